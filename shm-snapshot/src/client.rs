@@ -137,12 +137,23 @@ impl Client {
         let newest_end = units.last().map_or(0, UnitRef::end);
         self.cursor = cursor.max(newest_end);
         self.next_seq = next_seq.max(highest_seq + 1);
-        if self.next_seq > limits::MAX_COUNTER {
+        if self.next_seq >= limits::MAX_COUNTER {
             return Err(RegionError::ImpossibleField {
-                field: "unit sequence number",
-                value: highest_seq,
-                why: "above 2^62",
+                field: "next sequence number",
+                value: self.next_seq,
+                why: "at or above 2^62, where tags would overflow",
             });
+        }
+        // Every valid unit is one of the last `slots` sequence numbers: an
+        // older one's slot was reused. This also bounds the first commit's
+        // invalidation loop (`make_room`) by `slots`.
+        if let Some(oldest) = units.first() {
+            if self.next_seq - oldest.seq() > g.slots {
+                return Err(RegionError::CorruptSlot {
+                    slot: oldest.slot,
+                    why: "unit is older than the unit table can hold",
+                });
+            }
         }
         self.tail = units.first().map_or(self.next_seq, UnitRef::seq);
         self.commits = commits;
@@ -343,9 +354,10 @@ impl Tx<'_> {
     }
 }
 
-/// Fails unless the header and the unit table are all zero.
+/// Fails unless the header, the unit table and the chunk counters are all
+/// zero (the sections a layout relies on starting blank).
 fn check_blank(words: &[crate::sync::AtomicU64], g: &Geometry) -> Result<(), RegionError> {
-    let end = g.table_offset + g.slots * slot::SIZE;
+    let end = g.counters_offset + g.counters * layout::COUNTER_SIZE;
     for at in (0..end).step_by(8) {
         if words::load(words, at, Relaxed) != 0 {
             return Err(RegionError::NotBlank { offset: at });

@@ -6,6 +6,12 @@
 
 use crate::error::RegionError;
 
+// Words are stored in the machine's byte order and the format says
+// little-endian; a big-endian build would write regions and snapshots no
+// other build reads.
+#[cfg(target_endian = "big")]
+compile_error!("the region format is little-endian; big-endian targets are not supported");
+
 /// Alignment of the sections of a region, and the unit in which region
 /// lengths are counted. 4 KiB is the page size of every Linux target we run
 /// on; under the loom model it shrinks so a whole region fits in a few dozen
@@ -181,9 +187,11 @@ pub struct Geometry {
     pub table_offset: u64,
     /// Offset of the arena chunk write counters.
     pub counters_offset: u64,
-    /// Number of write counters: one per chunk of the region's length, an
-    /// upper bound on the arena's chunks that does not depend on where the
-    /// arena starts.
+    /// Number of write counters reserved: `ceil(region_len / chunk_bytes)`,
+    /// an upper bound on the arena's chunks that does not depend on where
+    /// the arena starts (which depends on the counters' size). Counter `i`
+    /// covers arena bytes `[i * chunk_bytes, (i + 1) * chunk_bytes)`,
+    /// counted from the arena's start; the ones past the arena are unused.
     pub counters: u64,
     /// Offset of the ring.
     pub ring_offset: u64,
@@ -211,8 +219,8 @@ fn power_of_two_in(field: &'static str, value: u64, min: u64, max: u64) -> Resul
 }
 
 impl Geometry {
-    /// Computes the layout of a region of `region_len` bytes from its three
-    /// parameters, checking each against [`limits`].
+    /// Computes the layout of a region of `region_len` bytes from its other
+    /// three parameters, checking each against [`limits`].
     pub fn derive(
         region_len: u64,
         slots: u64,
