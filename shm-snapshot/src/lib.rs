@@ -52,6 +52,10 @@ pub mod layout;
 #[cfg(feature = "host")]
 mod observe;
 mod region;
+#[cfg(feature = "host")]
+pub mod snapshot;
+#[cfg(feature = "host")]
+pub mod store;
 mod sync;
 mod words;
 

@@ -1,0 +1,440 @@
+//! The generation file format, v1: every offset, tag and size in one place.
+//!
+//! `STORE.md` beside this crate describes the format byte by byte and argues
+//! its crash safety; this module is its only definition in code. Offsets are
+//! chained so no two fields overlap and the order here is the order there.
+
+use std::fmt;
+
+/// Size of a store chunk: the unit in which a delta records change.
+///
+/// 64 KiB keeps both costs small: a change of a few bytes rewrites at most
+/// 64 KiB (little write amplification for scattered updates), while the
+/// per-chunk overhead (a 56-byte record descriptor, one 32-byte hash kept in
+/// memory, one write) stays below 0.1% of the data; a 1 GiB region has 16 Ki
+/// chunks and 512 KiB of hashes. It is also a multiple of every page size in
+/// use, so a page never straddles two chunks.
+pub const CHUNK_BYTES: u64 = 64 << 10;
+
+/// The largest region a generation may describe, 1 TiB. It bounds the one
+/// allocation a header decides (the reassembled image) so a corrupt length
+/// cannot ask for an absurd buffer.
+pub const MAX_REGION_LEN: u64 = 1 << 40;
+
+/// The first eight bytes of every generation file.
+pub const MAGIC: [u8; 8] = *b"SHM-GENS";
+
+/// The format version this build writes and the newest it reads.
+pub const VERSION: u64 = 1;
+
+/// Length of a BLAKE3 hash.
+pub const HASH_LEN: usize = 32;
+
+/// Tag of a chunk record.
+pub const CHUNK_TAG: [u8; 8] = *b"gen:chnk";
+/// Tag of the meta record.
+pub const META_TAG: [u8; 8] = *b"gen:meta";
+/// Tag of the trailer.
+pub const END_TAG: [u8; 8] = *b"gen:end\0";
+
+/// Byte offsets of the header's fields, and its length.
+pub mod header {
+    use super::HASH_LEN;
+    /// [`super::MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// [`super::VERSION`].
+    pub const VERSION: usize = MAGIC + 8;
+    /// This generation's number.
+    pub const NUMBER: usize = VERSION + 8;
+    /// The base of the chain: the number itself for a base.
+    pub const BASE: usize = NUMBER + 8;
+    /// The generation a delta changes; 0 for a base.
+    pub const PARENT: usize = BASE + 8;
+    /// The region's length in bytes.
+    pub const REGION_LEN: usize = PARENT + 8;
+    /// [`super::CHUNK_BYTES`].
+    pub const CHUNK_BYTES: usize = REGION_LEN + 8;
+    /// Creation time, milliseconds since the Unix epoch.
+    pub const CREATED_MS: usize = CHUNK_BYTES + 8;
+    /// BLAKE3 of the bytes before it.
+    pub const HASH: usize = CREATED_MS + 8;
+    /// Length of the header.
+    pub const LEN: usize = HASH + HASH_LEN;
+
+    const _: () = assert!(LEN == 96);
+}
+
+/// Byte offsets of a chunk record's descriptor; the chunk's bytes follow it.
+pub mod chunk {
+    use super::HASH_LEN;
+    /// [`super::CHUNK_TAG`].
+    pub const TAG: usize = 0;
+    /// The chunk's index in the region.
+    pub const INDEX: usize = TAG + 8;
+    /// The chunk's length.
+    pub const LEN: usize = INDEX + 8;
+    /// BLAKE3 of the chunk's bytes.
+    pub const HASH: usize = LEN + 8;
+    /// Length of the descriptor.
+    pub const DESCRIPTOR: usize = HASH + HASH_LEN;
+
+    const _: () = assert!(DESCRIPTOR == 56);
+}
+
+/// Byte offsets of the meta record's descriptor; the blob follows it.
+pub mod meta {
+    use super::HASH_LEN;
+    /// [`super::META_TAG`].
+    pub const TAG: usize = 0;
+    /// The blob's length.
+    pub const LEN: usize = TAG + 8;
+    /// BLAKE3 of the blob.
+    pub const HASH: usize = LEN + 8;
+    /// Length of the descriptor.
+    pub const DESCRIPTOR: usize = HASH + HASH_LEN;
+
+    const _: () = assert!(DESCRIPTOR == 48);
+}
+
+/// Byte offsets of the trailer, the last bytes of the file.
+pub mod trailer {
+    use super::HASH_LEN;
+    /// [`super::END_TAG`].
+    pub const TAG: usize = 0;
+    /// Number of chunk records in the file.
+    pub const CHUNK_COUNT: usize = TAG + 8;
+    /// Length of the whole file.
+    pub const FILE_LEN: usize = CHUNK_COUNT + 8;
+    /// BLAKE3 of the skeleton: every byte before this field that is not chunk
+    /// or meta payload.
+    pub const HASH: usize = FILE_LEN + 8;
+    /// Length of the trailer.
+    pub const LEN: usize = HASH + HASH_LEN;
+
+    const _: () = assert!(LEN == 56);
+}
+
+/// The smallest possible generation file: a header, an empty meta record and
+/// the trailer.
+pub const MIN_FILE_LEN: u64 = (header::LEN + meta::DESCRIPTOR + trailer::LEN) as u64;
+
+/// The decoded header of a generation file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// This generation's number.
+    pub number: u64,
+    /// The base of its chain (its own number for a base).
+    pub base: u64,
+    /// The generation a delta changes; 0 for a base.
+    pub parent: u64,
+    /// The region's length in bytes.
+    pub region_len: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A field of a store file that holds a value the format does not allow.
+/// Its display names the field, where it is, what was expected and what was
+/// found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Defect {
+    /// The field, e.g. `"header_hash"` or `"chunk 3 len"`.
+    pub field: String,
+    /// Byte offset of the field in the file.
+    pub offset: u64,
+    /// What the format requires there.
+    pub expected: String,
+    /// What the file holds.
+    pub found: String,
+}
+
+impl Defect {
+    /// A defect in `field` at `offset`.
+    pub fn new(
+        field: impl Into<String>,
+        offset: u64,
+        expected: impl fmt::Display,
+        found: impl fmt::Display,
+    ) -> Defect {
+        Defect {
+            field: field.into(),
+            offset,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Defect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at byte {}: expected {}, found {}",
+            self.field, self.offset, self.expected, self.found
+        )
+    }
+}
+
+impl Header {
+    /// Whether this generation is a base.
+    pub fn is_base(&self) -> bool {
+        self.base == self.number
+    }
+
+    /// Number of chunks in the region.
+    pub fn chunks(&self) -> u64 {
+        chunk_count(self.region_len)
+    }
+
+    /// Encodes the header, its hash included.
+    pub fn encode(&self) -> [u8; header::LEN] {
+        let mut b = [0u8; header::LEN];
+        b[header::MAGIC..][..8].copy_from_slice(&MAGIC);
+        put(&mut b, header::VERSION, VERSION);
+        put(&mut b, header::NUMBER, self.number);
+        put(&mut b, header::BASE, self.base);
+        put(&mut b, header::PARENT, self.parent);
+        put(&mut b, header::REGION_LEN, self.region_len);
+        put(&mut b, header::CHUNK_BYTES, CHUNK_BYTES);
+        put(&mut b, header::CREATED_MS, self.created_ms);
+        let hash = blake3::hash(&b[..header::HASH]);
+        b[header::HASH..].copy_from_slice(hash.as_bytes());
+        b
+    }
+
+    /// Decodes and checks a header: magic, version, hash, then every field's
+    /// rule (STORE.md, "Header").
+    pub fn decode(b: &[u8; header::LEN]) -> Result<Header, Defect> {
+        let magic = &b[header::MAGIC..][..8];
+        if magic != MAGIC {
+            return Err(Defect::new("magic", 0, show_tag(&MAGIC), show_tag(magic)));
+        }
+        let version = get(b, header::VERSION);
+        if version != VERSION {
+            return Err(Defect::new(
+                "version",
+                header::VERSION as u64,
+                format!("{VERSION} (the newest this build reads)"),
+                version,
+            ));
+        }
+        let stored = hash_at(b, header::HASH);
+        let computed = blake3::hash(&b[..header::HASH]);
+        if stored != computed {
+            return Err(Defect::new(
+                "header_hash",
+                header::HASH as u64,
+                stored.to_hex(),
+                format!("{} (the hash of the header's bytes)", computed.to_hex()),
+            ));
+        }
+        let chunk_bytes = get(b, header::CHUNK_BYTES);
+        if chunk_bytes != CHUNK_BYTES {
+            return Err(Defect::new(
+                "chunk_bytes",
+                header::CHUNK_BYTES as u64,
+                CHUNK_BYTES,
+                chunk_bytes,
+            ));
+        }
+        let h = Header {
+            number: get(b, header::NUMBER),
+            base: get(b, header::BASE),
+            parent: get(b, header::PARENT),
+            region_len: get(b, header::REGION_LEN),
+            created_ms: get(b, header::CREATED_MS),
+        };
+        if h.number == 0 {
+            return Err(Defect::new("number", header::NUMBER as u64, "at least 1", 0));
+        }
+        if h.is_base() {
+            if h.parent != 0 {
+                return Err(Defect::new(
+                    "parent",
+                    header::PARENT as u64,
+                    "0 in a base",
+                    h.parent,
+                ));
+            }
+        } else {
+            if h.base >= h.number || h.base == 0 {
+                return Err(Defect::new(
+                    "base",
+                    header::BASE as u64,
+                    format!("the number itself or 1..{}", h.number),
+                    h.base,
+                ));
+            }
+            if h.parent < h.base || h.parent >= h.number {
+                return Err(Defect::new(
+                    "parent",
+                    header::PARENT as u64,
+                    format!("{}..{} in a delta", h.base, h.number),
+                    h.parent,
+                ));
+            }
+        }
+        if h.region_len == 0 || h.region_len > MAX_REGION_LEN {
+            return Err(Defect::new(
+                "region_len",
+                header::REGION_LEN as u64,
+                format!("1..={MAX_REGION_LEN}"),
+                h.region_len,
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// Number of chunks of a region of `region_len` bytes.
+pub fn chunk_count(region_len: u64) -> u64 {
+    region_len.div_ceil(CHUNK_BYTES)
+}
+
+/// Length of chunk `index` of a region of `region_len` bytes; `None` if
+/// there is no such chunk.
+pub fn chunk_len(region_len: u64, index: u64) -> Option<u64> {
+    let start = index.checked_mul(CHUNK_BYTES)?;
+    if start >= region_len {
+        return None;
+    }
+    Some((region_len - start).min(CHUNK_BYTES))
+}
+
+/// Encodes a chunk record's descriptor.
+pub fn chunk_descriptor(index: u64, len: u64, hash: &blake3::Hash) -> [u8; chunk::DESCRIPTOR] {
+    let mut b = [0u8; chunk::DESCRIPTOR];
+    b[chunk::TAG..][..8].copy_from_slice(&CHUNK_TAG);
+    put(&mut b, chunk::INDEX, index);
+    put(&mut b, chunk::LEN, len);
+    b[chunk::HASH..][..HASH_LEN].copy_from_slice(hash.as_bytes());
+    b
+}
+
+/// Encodes the meta record's descriptor.
+pub fn meta_descriptor(len: u64, hash: &blake3::Hash) -> [u8; meta::DESCRIPTOR] {
+    let mut b = [0u8; meta::DESCRIPTOR];
+    b[meta::TAG..][..8].copy_from_slice(&META_TAG);
+    put(&mut b, meta::LEN, len);
+    b[meta::HASH..][..HASH_LEN].copy_from_slice(hash.as_bytes());
+    b
+}
+
+/// Encodes the trailer. `skeleton` has seen every skeleton byte before the
+/// trailer; the trailer's own first bytes are added to it here.
+pub fn trailer(chunk_count: u64, file_len: u64, skeleton: &mut blake3::Hasher) -> [u8; trailer::LEN] {
+    let mut b = [0u8; trailer::LEN];
+    b[trailer::TAG..][..8].copy_from_slice(&END_TAG);
+    put(&mut b, trailer::CHUNK_COUNT, chunk_count);
+    put(&mut b, trailer::FILE_LEN, file_len);
+    skeleton.update(&b[..trailer::HASH]);
+    b[trailer::HASH..].copy_from_slice(skeleton.finalize().as_bytes());
+    b
+}
+
+/// The little-endian u64 at `at`.
+pub(crate) fn get(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The hash at `at`.
+pub(crate) fn hash_at(b: &[u8], at: usize) -> blake3::Hash {
+    let mut h = [0u8; HASH_LEN];
+    h.copy_from_slice(&b[at..at + HASH_LEN]);
+    blake3::Hash::from_bytes(h)
+}
+
+fn put(b: &mut [u8], at: usize, value: u64) {
+    b[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+/// A tag or magic shown as text when printable, as hex otherwise.
+pub(crate) fn show_tag(tag: &[u8]) -> String {
+    if tag.iter().all(|c| c.is_ascii_graphic() || *c == b':' || *c == 0) {
+        format!("{:?}", String::from_utf8_lossy(tag).trim_end_matches('\0'))
+    } else {
+        let hex: String = tag.iter().map(|c| format!("{c:02x}")).collect();
+        format!("0x{hex}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta() -> Header {
+        Header {
+            number: 7,
+            base: 4,
+            parent: 6,
+            region_len: 3 * CHUNK_BYTES + 5,
+            created_ms: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn header_round_trips() {
+        let h = delta();
+        assert_eq!(Header::decode(&h.encode()), Ok(h));
+        assert_eq!(h.chunks(), 4);
+        assert!(!h.is_base());
+    }
+
+    #[test]
+    fn every_flipped_header_byte_is_a_defect() {
+        let b = delta().encode();
+        for i in 0..b.len() {
+            let mut c = b;
+            c[i] ^= 0x40;
+            assert!(Header::decode(&c).is_err(), "flip at byte {i} not detected");
+        }
+    }
+
+    #[test]
+    fn newer_version_is_named() {
+        let mut b = delta().encode();
+        b[header::VERSION] = 2;
+        let d = Header::decode(&b).unwrap_err();
+        assert_eq!(d.field, "version");
+        assert_eq!(d.found, "2");
+    }
+
+    #[test]
+    fn impossible_links_are_refused_even_with_a_good_hash() {
+        for (base, parent) in [(7, 3), (8, 6), (4, 3), (4, 7), (0, 0)] {
+            let h = Header {
+                base,
+                parent,
+                ..delta()
+            };
+            assert!(
+                Header::decode(&h.encode()).is_err(),
+                "base {base} parent {parent}"
+            );
+        }
+        let h = Header {
+            region_len: MAX_REGION_LEN + 1,
+            ..delta()
+        };
+        assert_eq!(Header::decode(&h.encode()).unwrap_err().field, "region_len");
+    }
+
+    #[test]
+    fn last_chunk_is_short_and_none_follows() {
+        let len = 2 * CHUNK_BYTES + 10;
+        assert_eq!(chunk_len(len, 0), Some(CHUNK_BYTES));
+        assert_eq!(chunk_len(len, 2), Some(10));
+        assert_eq!(chunk_len(len, 3), None);
+        assert_eq!(chunk_len(len, u64::MAX), None);
+        assert_eq!(chunk_count(len), 3);
+        assert_eq!(chunk_count(CHUNK_BYTES), 1);
+    }
+
+    #[test]
+    fn tags_show_as_text_and_garbage_as_hex() {
+        assert_eq!(show_tag(&END_TAG), "\"gen:end\"");
+        assert_eq!(show_tag(&[0xff, 1]), "0xff01");
+    }
+}

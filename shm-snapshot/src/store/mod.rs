@@ -1,0 +1,29 @@
+//! The on-disk snapshot store: generations of a region, each a base or a
+//! delta of changed chunks plus an opaque meta blob, written atomically,
+//! verified on load, pruned by retention.
+//!
+//! `STORE.md` beside this crate specifies the file format byte by byte and
+//! argues, step by step, why a crash at any instant leaves a store that
+//! opens to a verified generation; [`format`](mod@format) is the format's only
+//! definition in code.
+
+mod error;
+mod fault;
+pub mod format;
+mod io;
+mod load;
+mod lock;
+mod names;
+mod open;
+mod prune;
+mod read;
+mod write;
+
+pub use error::StoreError;
+pub use fault::{FaultPlan, Faults, FaultyIo, IoOp};
+pub use format::{CHUNK_BYTES, MAX_REGION_LEN};
+pub use io::{LockAttempt, ReadFile, RealIo, StoreFile, StoreIo};
+pub use load::Loaded;
+pub use lock::LOCK_FILE;
+pub use open::{GenerationInfo, GenerationKind, Store, StoreOptions};
+pub use write::{GenerationTx, Persisted};

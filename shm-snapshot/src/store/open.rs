@@ -1,0 +1,325 @@
+//! The store handle: options, opening (directory, lock, stale temporary
+//! files), the scan of the generations present, and what it reports about
+//! them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::error::StoreError;
+use super::format::{self, Defect, Header};
+use super::io::{LockAttempt, RealIo, StoreIo};
+use super::lock::LOCK_FILE;
+use super::names::{self, Name};
+use super::read::read_header;
+
+/// How a [`Store`] keeps generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Generations to keep, at least 1 (default 8). Pruning keeps the newest
+    /// `keep` and every older generation their chains need.
+    pub keep: usize,
+    /// A full base at least every `full_every` generations, at least 1
+    /// (default 16, so a restore reads at most 16 files); 1 makes every
+    /// generation a base.
+    pub full_every: u32,
+    /// Make each generation durable (fsync the file and the directory)
+    /// before reporting it persisted (default true). Off, a power loss may
+    /// lose the newest generations, though never the store's integrity.
+    pub fsync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            keep: 8,
+            full_every: 16,
+            fsync: true,
+        }
+    }
+}
+
+impl StoreOptions {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.keep == 0 {
+            return Err(StoreError::InvalidOption {
+                name: "keep",
+                value: 0,
+                why: "at least one generation must be kept",
+            });
+        }
+        if self.full_every == 0 {
+            return Err(StoreError::InvalidOption {
+                name: "full_every",
+                value: 0,
+                why: "it must be at least 1 (1 makes every generation a base)",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Whether a generation is a base or a delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationKind {
+    /// A full image.
+    Base,
+    /// The chunks that changed since `parent`, in the chain starting at
+    /// `base`.
+    Delta {
+        /// The base of its chain.
+        base: u64,
+        /// The generation it changes.
+        parent: u64,
+    },
+}
+
+/// A generation file present in the store, as its header describes it. The
+/// header verified; the rest of the file is checked only when loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GenerationInfo {
+    /// The generation's number.
+    pub number: u64,
+    /// Base or delta.
+    pub kind: GenerationKind,
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// The region's length in bytes.
+    pub region_len: u64,
+    /// When writing it began, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl GenerationInfo {
+    /// Whether it is a base.
+    pub fn is_base(&self) -> bool {
+        self.kind == GenerationKind::Base
+    }
+
+    /// The base of its chain (its own number for a base).
+    pub fn base(&self) -> u64 {
+        match self.kind {
+            GenerationKind::Base => self.number,
+            GenerationKind::Delta { base, .. } => base,
+        }
+    }
+}
+
+/// A generation file found in the directory.
+pub(crate) struct Entry {
+    pub path: PathBuf,
+    /// Its size; 0 if it could not be opened.
+    pub size: u64,
+    /// Its header, if it verified.
+    pub header: Option<Header>,
+    /// Why its header did not verify.
+    pub problem: Option<StoreError>,
+}
+
+/// The newest image the store has verified (loaded or committed): what the
+/// next delta is written against.
+pub(crate) struct Current {
+    pub number: u64,
+    pub region_len: u64,
+    /// Its chain, base first, itself last.
+    pub chain: Vec<u64>,
+    /// Bytes on disk of the chain's deltas (the base excluded).
+    pub delta_bytes: u64,
+    /// BLAKE3 of each chunk of the image.
+    pub hashes: Vec<blake3::Hash>,
+}
+
+/// A directory of generations, owned exclusively while this lives. See
+/// `STORE.md` for the format and the crash argument.
+pub struct Store {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: StoreOptions,
+    pub(crate) io: Box<dyn StoreIo>,
+    /// Dropped last: the lock is held as long as anything else of the store.
+    _lock: Box<dyn Send>,
+    pub(crate) entries: BTreeMap<u64, Entry>,
+    pub(crate) current: Option<Current>,
+    /// The number the next generation gets.
+    pub(crate) next_number: u64,
+    /// Temporary files made by this store, for unique names.
+    pub(crate) temp_seq: u64,
+    pub(crate) last_skipped: Vec<(u64, StoreError)>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("options", &self.options)
+            .field("generations", &self.entries.keys().collect::<Vec<_>>())
+            .field("current", &self.current.as_ref().map(|c| c.number))
+            .field("next_number", &self.next_number)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir`: creates the directory (0700) if missing,
+    /// takes an exclusive lock on its `lock` file (0600, holding our pid),
+    /// removes temporary files a crashed writer left, and scans the
+    /// generations present. Nothing is loaded yet: see
+    /// [`Store::load_newest`].
+    ///
+    /// A store another owner holds fails with [`StoreError::Locked`].
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        Store::open_with_io(dir, options, Box::new(RealIo))
+    }
+
+    /// [`Store::open`] through another I/O layer, e.g. a
+    /// [`super::FaultyIo`].
+    pub fn open_with_io(
+        dir: &Path,
+        options: StoreOptions,
+        mut io: Box<dyn StoreIo>,
+    ) -> Result<Store, StoreError> {
+        options.check()?;
+        io.create_dir_all(dir)
+            .map_err(|e| StoreError::io("creating the store directory", dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = match io.lock(&lock_path) {
+            Ok(LockAttempt::Acquired(guard)) => guard,
+            Ok(LockAttempt::Held { holder }) => {
+                return Err(StoreError::Locked {
+                    path: lock_path,
+                    pid: holder,
+                });
+            }
+            Err(e) => return Err(StoreError::io("locking the store", lock_path, e)),
+        };
+        let mut store = Store {
+            dir: dir.to_owned(),
+            options,
+            io,
+            _lock: lock,
+            entries: BTreeMap::new(),
+            current: None,
+            next_number: 1,
+            temp_seq: 0,
+            last_skipped: Vec::new(),
+        };
+        // We hold the lock, so no temporary file is being written: each is a
+        // dead writer's. One that cannot be removed is harmless (never read)
+        // and tried again at the next open.
+        for name in store.list()? {
+            if names::classify(&name) == Name::Temp {
+                let _ = store.io.remove(&store.dir.join(&name));
+            }
+        }
+        store.rescan()?;
+        Ok(store)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The generations present whose header verifies, oldest first, as of
+    /// the last open, load or commit. Generation files whose header does not
+    /// verify are left out (a load reports them).
+    pub fn generations(&self) -> Vec<GenerationInfo> {
+        self.entries
+            .iter()
+            .filter_map(|(&number, e)| {
+                let h = e.header?;
+                Some(GenerationInfo {
+                    number,
+                    kind: if h.is_base() {
+                        GenerationKind::Base
+                    } else {
+                        GenerationKind::Delta {
+                            base: h.base,
+                            parent: h.parent,
+                        }
+                    },
+                    bytes: e.size,
+                    region_len: h.region_len,
+                    created_ms: h.created_ms,
+                    path: e.path.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The number of the newest generation the store has verified (by
+    /// loading or committing it): the parent of the next delta.
+    pub fn newest_verified(&self) -> Option<u64> {
+        self.current.as_ref().map(|c| c.number)
+    }
+
+    /// After [`Store::load_newest`] failed with
+    /// [`StoreError::NoVerifiedGeneration`]: each generation it tried, newest
+    /// first, and why it was unusable. Empty after a load that succeeded
+    /// (the skipped ones are in [`super::Loaded::skipped`]).
+    pub fn last_load_skipped(&self) -> &[(u64, StoreError)] {
+        &self.last_skipped
+    }
+
+    fn list(&mut self) -> Result<Vec<std::ffi::OsString>, StoreError> {
+        self.io
+            .list(&self.dir)
+            .map_err(|e| StoreError::io("listing the store directory", &self.dir, e))
+    }
+
+    /// Re-reads the directory's generation files and their headers. Reads
+    /// only: nothing is created, changed or removed.
+    pub(crate) fn rescan(&mut self) -> Result<(), StoreError> {
+        let mut entries = BTreeMap::new();
+        for name in self.list()? {
+            let Name::Generation(number) = names::classify(&name) else {
+                continue;
+            };
+            let path = self.dir.join(&name);
+            let entry = match read_header(self.io.as_mut(), &path) {
+                Ok((header, size)) if header.number == number => Entry {
+                    path,
+                    size,
+                    header: Some(header),
+                    problem: None,
+                },
+                Ok((header, size)) => {
+                    let problem = StoreError::corrupt(
+                        &path,
+                        Defect::new(
+                            "number",
+                            format::header::NUMBER as u64,
+                            format!("{number} (the number in the file name)"),
+                            header.number,
+                        ),
+                    );
+                    Entry {
+                        path,
+                        size,
+                        header: None,
+                        problem: Some(problem),
+                    }
+                }
+                Err(problem) => Entry {
+                    path,
+                    size: 0,
+                    header: None,
+                    problem: Some(problem),
+                },
+            };
+            entries.insert(number, entry);
+        }
+        if let Some((&newest, _)) = entries.last_key_value() {
+            self.next_number = self.next_number.max(newest.saturating_add(1));
+        }
+        self.entries = entries;
+        Ok(())
+    }
+}

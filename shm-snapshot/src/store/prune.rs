@@ -1,0 +1,102 @@
+//! Retention: which old generations go after a commit (STORE.md,
+//! "Retention").
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::error::StoreError;
+use super::open::Store;
+
+/// The generations to remove, newest first, given each generation's parent
+/// (`None` for a base or a generation whose header did not verify): all but
+/// the newest `keep`, the generations in `protect`, and every generation
+/// their chains need.
+pub(crate) fn doomed(parents: &BTreeMap<u64, Option<u64>>, keep: usize, protect: &[u64]) -> Vec<u64> {
+    let mut kept: BTreeSet<u64> = parents.keys().rev().take(keep).copied().collect();
+    kept.extend(protect.iter().copied());
+    let mut todo: Vec<u64> = kept.iter().copied().collect();
+    while let Some(n) = todo.pop() {
+        if let Some(&Some(parent)) = parents.get(&n)
+            && kept.insert(parent)
+        {
+            todo.push(parent);
+        }
+    }
+    parents
+        .keys()
+        .rev()
+        .copied()
+        .filter(|n| !kept.contains(n))
+        .collect()
+}
+
+impl Store {
+    /// Removes the generations retention does not keep, newest first. The
+    /// newest verified generation's chain is always kept. Returns how many
+    /// were removed and the removals that failed.
+    pub(crate) fn prune(&mut self) -> (usize, Vec<StoreError>) {
+        let parents: BTreeMap<u64, Option<u64>> = self
+            .entries
+            .iter()
+            .map(|(&n, e)| (n, e.header.filter(|h| !h.is_base()).map(|h| h.parent)))
+            .collect();
+        let protect = self.current.as_ref().map_or(&[][..], |c| &c.chain[..]);
+        let doomed = doomed(&parents, self.options.keep, protect);
+        let mut removed = 0;
+        let mut errors = Vec::new();
+        for n in doomed {
+            let Some(entry) = self.entries.get(&n) else {
+                continue;
+            };
+            match self.io.remove(&entry.path) {
+                Ok(()) => {
+                    self.entries.remove(&n);
+                    removed += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.entries.remove(&n);
+                }
+                Err(e) => errors.push(StoreError::io("removing old generation file", &entry.path, e)),
+            }
+        }
+        (removed, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generations 1..=10; bases at 1, 5, 9; every other one a delta on the
+    /// one before.
+    fn chains() -> BTreeMap<u64, Option<u64>> {
+        (1..=10)
+            .map(|n| (n, if (n - 1) % 4 == 0 { None } else { Some(n - 1) }))
+            .collect()
+    }
+
+    #[test]
+    fn keeps_the_newest_and_their_chains() {
+        assert_eq!(doomed(&chains(), 3, &[10]), vec![4, 3, 2, 1]);
+        assert_eq!(doomed(&chains(), 2, &[10]), vec![8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(doomed(&chains(), 1, &[10]), vec![8, 7, 6, 5, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn protected_chain_survives_whatever_keep_says() {
+        // The newest verified is 7 (8..10 are newer but it is what loaded).
+        assert_eq!(doomed(&chains(), 1, &[5, 6, 7]), vec![8, 4, 3, 2, 1]);
+    }
+
+    #[test]
+    fn keeping_more_than_exist_removes_nothing() {
+        assert!(doomed(&chains(), 100, &[]).is_empty());
+    }
+
+    #[test]
+    fn unreadable_generations_keep_nothing_alive() {
+        let mut p = chains();
+        p.insert(10, None);
+        // 10's header is unreadable: its chain (9) is not kept for it.
+        assert_eq!(doomed(&p, 1, &[]), vec![9, 8, 7, 6, 5, 4, 3, 2, 1]);
+    }
+}
