@@ -1,0 +1,139 @@
+//! Command-line flags.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  shm-restore --snapshot=./state -- ./my-program --its --args
+  shm-restore --snapshot=/var/lib/app --size=1GiB --restart=always ./worker
+
+The program finds its region at fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES=SHM_SHARED_FD,
+LISTEN_PID=<its pid>). Exit status: the program's own; 128+N if signal N killed
+it; 1 if the supervisor failed or the restart limit was reached; 2 for bad
+arguments.";
+
+/// When a program that ended is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Restart {
+    /// Unless it exited with status 0.
+    OnFailure,
+    /// Whatever its status.
+    Always,
+    /// Never: the supervisor ends with it.
+    Never,
+}
+
+/// When the store syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Fsync {
+    /// Sync every generation's data and directory entry.
+    Always,
+    /// Never sync.
+    Never,
+}
+
+/// Run a program whose state lives in a shared memory region; persist
+/// consistent snapshots of the region and restore the newest one before
+/// every relaunch.
+#[derive(Debug, Parser)]
+#[command(name = "shm-restore", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// Snapshot store directory (created 0700 if missing; one supervisor at a time).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot: PathBuf,
+
+    /// Region size, in bytes or human units (64MiB, 1GiB); rounded up to a page. [default: 64MiB]
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", hide_default_value = true, value_parser = parse_size)]
+    pub size: u64,
+
+    /// When to start the program again after it ends.
+    #[arg(long, value_enum, value_name = "POLICY", default_value_t = Restart::OnFailure)]
+    pub restart: Restart,
+
+    /// Relaunches allowed within --restart-window before giving up.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub restart_limit: u32,
+
+    /// Window for --restart-limit (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub restart_window: Duration,
+
+    /// Delay before the first relaunch; doubles after each quick death up to --backoff-max.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+
+    /// Longest delay between relaunches.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+
+    /// On SIGTERM/SIGINT/SIGHUP, how long the program has to exit before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Whether a generation is synced to disk before it counts as persisted
+    /// (never: for tmpfs and tests; a power loss may then lose generations).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Fsync::Always)]
+    pub fsync: Fsync,
+
+    /// Generations to keep in the store (older ones are pruned).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keep: u64,
+
+    /// More log lines (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Fewer log lines (-q warnings and errors only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+
+    /// The program to run and its arguments (a `--` before it is optional).
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// The smallest unit of a region's size: a page.
+const PAGE: u64 = shm_snapshot::layout::PAGE;
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (expected e.g. 64MiB, 1GiB)"))?;
+    if bytes == 0 {
+        return Err("a region needs at least one page".into());
+    }
+    bytes
+        .checked_next_multiple_of(PAGE)
+        .ok_or_else(|| "too large".into())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 10s, 5m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_flags_pass_through_without_a_double_dash() {
+        let args =
+            Args::try_parse_from(["shm-restore", "--snapshot=dir", "./child", "--its-flag", "-v"]).unwrap();
+        assert_eq!(args.command, ["./child", "--its-flag", "-v"]);
+        assert_eq!(args.verbose, 0);
+    }
+
+    #[test]
+    fn sizes_take_human_units_and_round_up_to_a_page() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1000"), Ok(PAGE));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
+}

@@ -1,0 +1,94 @@
+//! The region the supervisor owns: a memfd of the requested size, sealed
+//! against growing, shrinking and further seals, its memory reserved up front.
+
+use std::fs::File;
+
+use anyhow::{Context, Result};
+use rustix::fs::{FallocateFlags, fallocate};
+
+/// The supervisor's region.
+pub struct HostRegion {
+    memfd: memfd::Memfd,
+    len: u64,
+}
+
+impl HostRegion {
+    /// Creates the memfd, sizes it, reserves its memory and seals it. A
+    /// machine without room for `len` bytes fails here, with a clear error,
+    /// instead of killing the program with SIGBUS later.
+    pub fn create(len: u64) -> Result<HostRegion> {
+        let memfd = memfd::MemfdOptions::default()
+            .allow_sealing(true)
+            .close_on_exec(true)
+            .create("shm-snapshot")
+            .context("creating the region's memfd")?;
+        memfd
+            .as_file()
+            .set_len(len)
+            .with_context(|| format!("sizing the region to {len} bytes"))?;
+        let region = HostRegion { memfd, len };
+        region.reserve()?;
+        for seal in [
+            memfd::FileSeal::SealShrink,
+            memfd::FileSeal::SealGrow,
+            memfd::FileSeal::SealSeal,
+        ] {
+            region
+                .memfd
+                .add_seal(seal)
+                .context("sealing the region's memfd")?;
+        }
+        Ok(region)
+    }
+
+    fn reserve(&self) -> Result<()> {
+        fallocate(self.file(), FallocateFlags::empty(), 0, self.len)
+            .map_err(std::io::Error::from)
+            .with_context(|| {
+                format!(
+                    "reserving {} of memory for the region (lower --size or free memory)",
+                    human(self.len)
+                )
+            })
+    }
+
+    /// The memfd.
+    pub fn file(&self) -> &File {
+        self.memfd.as_file()
+    }
+
+    /// The region's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Makes the region all zero again (a blank region), keeping its memory
+    /// reserved.
+    pub fn clear(&self) -> Result<()> {
+        fallocate(
+            self.file(),
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            self.len,
+        )
+        .map_err(std::io::Error::from)
+        .context("clearing the region")?;
+        self.reserve()
+    }
+}
+
+/// `n` bytes in binary units, for messages.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

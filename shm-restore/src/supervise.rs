@@ -1,0 +1,375 @@
+//! The supervisor's lifecycle: restore, start the program, and at every
+//! death kill its group, take a post-mortem generation of the quiet region,
+//! and start it again per policy.
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rustix::process::{Pid, Signal, WaitOptions};
+use shm_snapshot::snapshot::{self, Outcome};
+use shm_snapshot::store::{Store, StoreOptions};
+use tracing::{error, info, warn};
+
+use crate::child::Launcher;
+use crate::cli::{Args, Fsync, Restart};
+use crate::region::{HostRegion, human};
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+impl Ended {
+    /// The exit status the supervisor passes on: the status, or 128+N.
+    pub fn code(self) -> u8 {
+        match self {
+            Ended::Exited(code) => code as u8,
+            Ended::Signaled(signal) => 128u8.wrapping_add(signal as u8),
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::Exited(code) => write!(f, "exited with status {code}"),
+            Ended::Signaled(signal) => write!(f, "killed by {}", signal_name(*signal)),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Signals the supervisor acts on, delivered by a thread as events.
+fn signal_events() -> Result<Receiver<i32>> {
+    use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        .context("installing signal handlers")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(rx)
+}
+
+/// Runs the supervisor until the program is done, the restart limit is
+/// reached, or a signal stops it. Returns the exit status to end with.
+pub fn run(args: Args) -> Result<ExitCode> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .context("becoming the reaper of the program's orphans")?;
+    let options = StoreOptions {
+        keep: args.keep as usize,
+        fsync: args.fsync == Fsync::Always,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(&args.snapshot, options)?;
+    let region = HostRegion::create(args.size)?;
+    let mut launcher = Launcher::new(&args.command)?;
+    restore_newest(&mut store, &region, true)?;
+    let events = signal_events()?;
+
+    let mut supervisor = Supervisor {
+        args: &args,
+        store,
+        region,
+        events,
+        stop: None,
+        launches: Vec::new(),
+    };
+    let mut quick_deaths = 0u32;
+    loop {
+        let started = Instant::now();
+        supervisor.launches.push(started);
+        let ended = supervisor.run_child(&mut launcher)?;
+        supervisor.post_mortem()?;
+        if supervisor.stop.is_some() {
+            return Ok(ExitCode::from(ended.code()));
+        }
+        let success = ended == Ended::Exited(0);
+        match args.restart {
+            Restart::Never => return Ok(ExitCode::from(ended.code())),
+            Restart::OnFailure if success => return Ok(ExitCode::SUCCESS),
+            _ => {}
+        }
+        let window = args.restart_window;
+        supervisor.launches.retain(|t| t.elapsed() < window);
+        if supervisor.launches.len() > args.restart_limit as usize {
+            error!(
+                relaunches = args.restart_limit,
+                window = %humantime::format_duration(window),
+                last = %ended,
+                "restart limit reached: the program died {} times within {}; giving up",
+                supervisor.launches.len(),
+                humantime::format_duration(window)
+            );
+            return Ok(ExitCode::from(if success { 1 } else { ended.code().max(1) }));
+        }
+        quick_deaths = if started.elapsed() > args.backoff_max {
+            0
+        } else {
+            quick_deaths + 1
+        };
+        let delay = args
+            .backoff
+            .saturating_mul(1 << quick_deaths.saturating_sub(1).min(16))
+            .min(args.backoff_max);
+        info!(after_ms = delay.as_millis() as u64, "relaunching");
+        if !supervisor.sleep(delay) {
+            return Ok(ExitCode::from(ended.code()));
+        }
+    }
+}
+
+struct Supervisor<'a> {
+    args: &'a Args,
+    store: Store,
+    region: HostRegion,
+    events: Receiver<i32>,
+    /// The stop signal received, if any: no relaunch after it.
+    stop: Option<i32>,
+    /// When each recent launch happened, for the restart limit.
+    launches: Vec<Instant>,
+}
+
+impl Supervisor<'_> {
+    /// Starts the program and waits for it to end, forwarding stop signals
+    /// to its group and killing it after the grace period.
+    fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
+        let pid = launcher.spawn(self.region.file().as_fd())?;
+        info!(pid, program = launcher.display(), "child started");
+        let mut kill_at: Option<Instant> = None;
+        loop {
+            if let Some(ended) = reap(pid)? {
+                info!(pid, status = %ended, "child ended");
+                kill_group(pid);
+                return Ok(ended);
+            }
+            let event = match kill_at {
+                Some(at) => self
+                    .events
+                    .recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match event {
+                Ok(libc::SIGCHLD) => {}
+                Ok(signal) => {
+                    if self.stop.is_none() {
+                        self.stop = Some(signal);
+                        info!(
+                            signal = %signal_name(signal),
+                            grace = %humantime::format_duration(self.args.grace),
+                            "stopping: signal forwarded to the child's group"
+                        );
+                        signal_group(pid, signal);
+                        kill_at = Some(Instant::now() + self.args.grace);
+                    } else {
+                        warn!(signal = %signal_name(signal), "second stop signal: killing the child's group now");
+                        signal_group(pid, libc::SIGKILL);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    warn!(grace = %humantime::format_duration(self.args.grace), "child did not exit within the grace period: SIGKILL");
+                    signal_group(pid, libc::SIGKILL);
+                    kill_at = None;
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!("the signal thread stopped"),
+            }
+        }
+    }
+
+    /// Sleeps `delay` unless a stop signal comes first; false if one did.
+    fn sleep(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        loop {
+            match self
+                .events
+                .recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                Ok(libc::SIGCHLD) => {
+                    let _ = reap(0);
+                }
+                Ok(signal) => {
+                    info!(signal = %signal_name(signal), "stopping during the relaunch delay");
+                    self.stop = Some(signal);
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// After a death: the group is gone, so every valid unit in the region
+    /// is consistent. Persists them as a generation and leaves the region
+    /// holding exactly the newest generation (or blank if there is none).
+    fn post_mortem(&mut self) -> Result<()> {
+        let started = Instant::now();
+        match snapshot::take(self.region.file(), &mut self.store) {
+            Ok(Outcome::Persisted {
+                persisted,
+                units,
+                anomalies,
+                meta,
+                geometry,
+            }) => {
+                info!(
+                    generation = persisted.number,
+                    units,
+                    bytes_written = persisted.bytes_written,
+                    base = persisted.base,
+                    ms = started.elapsed().as_millis() as u64,
+                    "generation persisted"
+                );
+                if !anomalies.is_clean() {
+                    warn!(
+                        ?anomalies,
+                        "the region's unit table had corrupt entries; they were not persisted"
+                    );
+                }
+                snapshot::apply_meta(self.region.file(), &geometry, &meta)
+                    .context("making the region hold the persisted generation")?;
+                Ok(())
+            }
+            Ok(Outcome::NoConsistentUnit { anomalies }) => {
+                if !anomalies.is_clean() {
+                    warn!(?anomalies, "the region's unit table had corrupt entries");
+                }
+                info!("no committed unit in the region: nothing new to persist");
+                restore_newest(&mut self.store, &self.region, false)
+            }
+            Ok(Outcome::Blank) => {
+                info!("the program never laid out the region: nothing to persist");
+                restore_newest(&mut self.store, &self.region, false)
+            }
+            Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
+            Err(snapshot::SnapshotError::Region(e)) => {
+                warn!("the region is not usable ({e}); restoring the newest generation");
+                restore_newest(&mut self.store, &self.region, false)
+            }
+            Err(e @ snapshot::SnapshotError::Store(_)) => {
+                // The region still holds every committed unit; the program
+                // recovers them from memory, and the store keeps its last
+                // good generation.
+                error!("could not persist a generation: {e}; the region is kept as it is");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Puts the newest verified generation into the region, or makes it blank
+/// when the store is empty.
+fn restore_newest(store: &mut Store, region: &HostRegion, at_start: bool) -> Result<()> {
+    let started = Instant::now();
+    let loaded = store.load_newest()?;
+    let Some(loaded) = loaded else {
+        if at_start {
+            info!(dir = %store.dir().display(), "empty store: the program starts on a blank region");
+        }
+        return region.clear();
+    };
+    for (number, why) in &loaded.skipped {
+        warn!(generation = number, "skipping a damaged generation: {why}");
+    }
+    if loaded.image.len() as u64 != region.len() {
+        bail!(
+            "the newest generation holds a region of {} but --size is {}; run with --size={}",
+            human(loaded.image.len() as u64),
+            human(region.len()),
+            loaded.image.len()
+        );
+    }
+    let restored = snapshot::restore(region.file(), &loaded)
+        .with_context(|| format!("restoring generation {}", loaded.number))?;
+    info!(
+        generation = restored.number,
+        units = restored.units,
+        bytes = restored.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "generation restored"
+    );
+    Ok(())
+}
+
+/// Reaps every child that has ended (orphans included: the supervisor is
+/// their subreaper) and returns how `pid` ended if it did.
+fn reap(pid: libc::pid_t) -> Result<Option<Ended>> {
+    let mut ended = None;
+    loop {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some((who, status))) => {
+                if who.as_raw_nonzero().get() == pid {
+                    if let Some(code) = status.exit_status() {
+                        ended = Some(Ended::Exited(code));
+                    } else if let Some(signal) = status.terminating_signal() {
+                        ended = Some(Ended::Signaled(signal));
+                    }
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::CHILD) => return Ok(ended),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e).context("waiting for the program"),
+        }
+    }
+}
+
+/// Sends `signal` to the process group `pgid` (the program's), ignoring a
+/// group that is already gone.
+fn signal_group(pgid: libc::pid_t, signal: i32) {
+    let (Some(pgid), Some(signal)) = (Pid::from_raw(pgid), Signal::from_named_raw(signal)) else {
+        return;
+    };
+    let _ = rustix::process::kill_process_group(pgid, signal);
+}
+
+/// How long the supervisor waits for the program's group to vanish after
+/// SIGKILL before snapshotting anyway. Killed processes are gone within
+/// milliseconds unless stuck in uninterruptible I/O.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills what is left of the program's process group and waits until it is
+/// gone, so the region is quiet before the post-mortem snapshot.
+fn kill_group(pgid: libc::pid_t) {
+    signal_group(pgid, libc::SIGKILL);
+    let Some(group) = Pid::from_raw(pgid) else { return };
+    let deadline = Instant::now() + GROUP_EXIT_WAIT;
+    loop {
+        let _ = reap(0);
+        if rustix::process::test_kill_process_group(group).is_err() {
+            return;
+        }
+        if Instant::now() > deadline {
+            warn!(
+                pgid,
+                "processes of the program's group survive SIGKILL; snapshotting anyway"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

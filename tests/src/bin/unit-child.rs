@@ -1,0 +1,97 @@
+//! A test program for the supervisor: prints what it recovered, commits
+//! numbered units, then does what it is told.
+//!
+//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term] [--grandchild]`
+//!
+//! Output, one line each, flushed: `pid <pid>`, `recovered <id> <payload>`
+//! per unit, `ready`, `committed <id> <payload>` per commit, `done`.
+//! Payloads are `unit-<k>` padded with `.` to B bytes; k continues after the
+//! highest recovered k, so a test can tell recovered units from new ones.
+
+use std::io::Write;
+
+use shm_snapshot::{Client, Config, Region};
+
+fn main() {
+    let mut commits = 0u64;
+    let mut unit_bytes = 0usize;
+    let mut then = String::from("exit:0");
+    let mut grandchild = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--commit" => commits = args.next().and_then(|v| v.parse().ok()).expect("--commit N"),
+            "--unit-bytes" => unit_bytes = args.next().and_then(|v| v.parse().ok()).expect("--unit-bytes B"),
+            "--then" => then = args.next().expect("--then WHAT"),
+            "--grandchild" => grandchild = true,
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    if then == "ignore-term" {
+        // Before anything is printed, so a test that reads `done` knows the
+        // signal is ignored. SAFETY: SIG_IGN installs no handler and touches
+        // no memory; nothing else in this process relies on SIGTERM.
+        unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "pid {}", std::process::id()).unwrap();
+    // SAFETY: the only place this process takes the handed-over descriptor;
+    // the supervisor seals the region against shrinking.
+    let region = unsafe { Region::from_env() }.unwrap_or_else(|e| {
+        eprintln!("unit-child: {e}");
+        std::process::exit(4)
+    });
+    let mut client = Client::open(region, &Config::default()).unwrap_or_else(|e| {
+        eprintln!("unit-child: {e}");
+        std::process::exit(5)
+    });
+    let mut next = 0u64;
+    for unit in client.recover().expect("recover") {
+        let payload = String::from_utf8(unit.bytes).expect("utf-8 payload");
+        let k: u64 = payload
+            .trim_end_matches('.')
+            .trim_start_matches("unit-")
+            .parse()
+            .expect("numbered payload");
+        next = next.max(k + 1);
+        writeln!(out, "recovered {} {payload}", unit.id.0).unwrap();
+    }
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    if grandchild {
+        let child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("sleep");
+        writeln!(out, "grandchild {}", child.id()).unwrap();
+    }
+    for k in next..next + commits {
+        let mut payload = format!("unit-{k}");
+        while payload.len() < unit_bytes {
+            payload.push('.');
+        }
+        let id = client.commit(payload.as_bytes()).expect("commit");
+        writeln!(out, "committed {} {payload}", id.0).unwrap();
+        out.flush().unwrap();
+    }
+    writeln!(out, "done").unwrap();
+    out.flush().unwrap();
+    match then.as_str() {
+        "sleep" => loop {
+            std::thread::sleep(std::time::Duration::from_secs(1000));
+        },
+        "ignore-term" => {
+            // SIGTERM was set to be ignored at start.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1000));
+            }
+        }
+        exit => {
+            let code = exit
+                .strip_prefix("exit:")
+                .and_then(|c| c.parse().ok())
+                .expect("--then exit:CODE");
+            std::process::exit(code)
+        }
+    }
+}

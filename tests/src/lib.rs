@@ -1,0 +1,220 @@
+//! Helpers for the cross-process tests: find the workspace's binaries, run
+//! them in a temporary directory, and read their output line by line with
+//! time limits, so a hung process fails a test instead of hanging it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a line it expects. Generous: CI machines are
+/// slow and shared; a healthy run answers in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A workspace binary, built by `cargo test --workspace` into the same
+/// target directory as the running test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output (the supervised program's, passed through).
+    Out,
+    /// Standard error (the supervisor's log and the program's errors).
+    Err,
+}
+
+/// A running process whose output is read line by line.
+pub struct Proc {
+    child: Option<Child>,
+    lines: Receiver<(Stream, String)>,
+    /// Every line seen so far, in arrival order.
+    pub seen: Vec<(Stream, String)>,
+}
+
+fn forward(stream: impl Read + Send + 'static, which: Stream, tx: mpsc::Sender<(Stream, String)>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((which, line)).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `program` with `args` in `dir`.
+    pub fn start(dir: &Path, program: &Path, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+        let (tx, lines) = mpsc::channel();
+        forward(child.stdout.take().expect("piped"), Stream::Out, tx.clone());
+        forward(child.stderr.take().expect("piped"), Stream::Err, tx);
+        Proc {
+            child: Some(child),
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts the supervisor on store `store` with extra `flags`, running `command`.
+    pub fn supervise(dir: &Path, store: &str, flags: &[&str], command: &[&str]) -> Proc {
+        let snapshot = format!("--snapshot={store}");
+        let mut args = vec![snapshot.as_str()];
+        args.extend(flags);
+        args.push("--");
+        args.extend(command);
+        Proc::start(dir, &bin("shm-restore"), &args)
+    }
+
+    /// The process's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Waits for a line of `stream` matching `want`, returning it. Panics
+    /// with everything seen if none comes within [`PATIENCE`].
+    pub fn expect(&mut self, stream: Stream, want: impl Fn(&str) -> bool, what: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((which, line)) => {
+                    self.seen.push((which, line.clone()));
+                    if which == stream && want(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what} within {PATIENCE:?}; saw:\n{}", self.transcript()),
+            }
+        }
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub fn expect_out(&mut self, prefix: &str) -> String {
+        self.expect(
+            Stream::Out,
+            |l| l.starts_with(prefix),
+            &format!("stdout line `{prefix}…`"),
+        )
+    }
+
+    /// Waits for a stderr line containing `text`.
+    pub fn expect_err(&mut self, text: &str) -> String {
+        self.expect(
+            Stream::Err,
+            |l| l.contains(text),
+            &format!("stderr line containing `{text}`"),
+        )
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) {
+        send(self.pid(), signal);
+    }
+
+    /// Waits for the process to exit, collecting the rest of its output.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        let child = self.child.as_mut().expect("running");
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "process did not exit within {PATIENCE:?}; saw:\n{}",
+                    self.transcript()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // The pipes close when the process and its children are gone.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        self.child = None;
+        status
+    }
+
+    /// The lines of `stream` seen so far.
+    pub fn lines(&self, stream: Stream) -> Vec<String> {
+        self.seen
+            .iter()
+            .filter(|(s, _)| *s == stream)
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// Everything seen so far, for failure messages.
+    pub fn transcript(&self) -> String {
+        self.seen.iter().map(|(s, l)| format!("{s:?}: {l}\n")).collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn send(pid: i32, signal: i32) {
+    let pid = rustix::process::Pid::from_raw(pid).expect("positive pid");
+    let signal = rustix::process::Signal::from_named_raw(signal).expect("named signal");
+    let _ = rustix::process::kill_process(pid, signal);
+}
+
+/// Whether process `pid` is gone (or a zombie nobody reaped yet).
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// Waits until process `pid` is gone; false if it is still alive after [`PATIENCE`].
+pub fn wait_gone(pid: i32) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if is_gone(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// A temporary working directory for one test.
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
