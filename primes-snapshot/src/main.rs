@@ -177,7 +177,7 @@ fn is_prime(n: u64, table: &[u64]) -> bool {
         if p.saturating_mul(p) > n {
             return true;
         }
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return false;
         }
     }
@@ -198,10 +198,10 @@ fn validate(table: &[u64], progress: Progress) -> Result<(), String> {
     if let Some(w) = table.windows(2).find(|w| w[0] >= w[1]) {
         return Err(format!("table not strictly increasing: {} then {}", w[0], w[1]));
     }
-    if let Some(&top) = table.last() {
-        if top > progress.last {
-            return Err(format!("table ends at {top}, past last={}", progress.last));
-        }
+    if let Some(&top) = table.last()
+        && top > progress.last
+    {
+        return Err(format!("table ends at {top}, past last={}", progress.last));
     }
     let bound =
         usize::try_from(progress.last).map_err(|_| format!("last={} is out of reach", progress.last))?;

@@ -98,8 +98,13 @@ impl Launcher {
     /// group (pgid = its pid), killed by SIGKILL if the supervisor dies.
     /// Returns its pid once it has exec'd, or the step that failed.
     pub fn spawn(&mut self, region: BorrowedFd<'_>) -> Result<libc::pid_t> {
-        let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        let (read_end, low_write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .context("creating the start-up pipe")?;
+        // Above the region's fd 3, so placing the region cannot clobber it.
+        // The original must close, or the read below never sees EOF.
+        let write_end = rustix::io::fcntl_dupfd_cloexec(&low_write_end, REGION_FD + 1)
+            .context("moving the start-up pipe above fd 3")?;
+        drop(low_write_end);
         // Every pointer the child uses, taken while allocation is still fine.
         let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
         envp.push(self.listen_pid.as_ptr().cast());
@@ -231,6 +236,10 @@ impl ChildSetup {
             } else if libc::dup2(self.region, REGION_FD) != REGION_FD {
                 self.fail(3);
             }
+            // No other descriptor reaches the program, not even one the
+            // supervisor inherited without close-on-exec. The report pipe
+            // stays open until exec closes it.
+            close_from(REGION_FD + 1, self.report);
             write_decimal(self.digits, libc::getpid() as u64);
             libc::execve(self.path, self.argv, self.envp);
             self.fail(4);
@@ -251,6 +260,39 @@ impl ChildSetup {
             report[4..8].copy_from_slice(&errno.to_le_bytes());
             libc::write(self.report, report.as_ptr().cast(), report.len());
             libc::_exit(127);
+        }
+    }
+}
+
+/// Closes every descriptor from `first` up, except `keep`, with
+/// close_range(2) where the kernel has it (5.9+), else one by one up to the
+/// descriptor limit. Async-signal-safe: system calls only.
+///
+/// # Safety
+///
+/// Only in the child between fork and exec: it closes descriptors other
+/// code may own.
+unsafe fn close_from(first: libc::c_int, keep: libc::c_int) {
+    let ranges = [(first, keep - 1), (keep + 1, libc::c_int::MAX)];
+    for (low, high) in ranges {
+        if low > high {
+            continue;
+        }
+        // SAFETY: close_range only closes descriptors; the caller owns them all.
+        let done = unsafe { libc::syscall(libc::SYS_close_range, low as u32, high as u32, 0u32) } == 0;
+        if !done {
+            // SAFETY: getrlimit writes only into `limit`; close only closes.
+            unsafe {
+                let mut limit: libc::rlimit = std::mem::zeroed();
+                let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur.min(1 << 20) as libc::c_int
+                } else {
+                    4096
+                };
+                for fd in low..high.min(max.saturating_sub(1)).saturating_add(1) {
+                    libc::close(fd);
+                }
+            }
         }
     }
 }

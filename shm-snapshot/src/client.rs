@@ -137,23 +137,16 @@ impl Client {
         let newest_end = units.last().map_or(0, UnitRef::end);
         self.cursor = cursor.max(newest_end);
         self.next_seq = next_seq.max(highest_seq + 1);
-        if self.next_seq >= limits::MAX_COUNTER {
-            return Err(RegionError::ImpossibleField {
-                field: "next sequence number",
-                value: self.next_seq,
-                why: "at or above 2^62, where tags would overflow",
-            });
-        }
         // Every valid unit is one of the last `slots` sequence numbers: an
         // older one's slot was reused. This also bounds the first commit's
         // invalidation loop (`make_room`) by `slots`.
-        if let Some(oldest) = units.first() {
-            if self.next_seq - oldest.seq() > g.slots {
-                return Err(RegionError::CorruptSlot {
-                    slot: oldest.slot,
-                    why: "unit is older than the unit table can hold",
-                });
-            }
+        if let Some(oldest) = units.first()
+            && self.next_seq - oldest.seq() > g.slots
+        {
+            return Err(RegionError::CorruptSlot {
+                slot: oldest.slot,
+                why: "unit is older than the unit table can hold",
+            });
         }
         self.tail = units.first().map_or(self.next_seq, UnitRef::seq);
         self.commits = commits;
@@ -231,6 +224,9 @@ impl Client {
         }
         let words = self.region.words();
         let seq = self.next_seq;
+        if seq >= limits::MAX_COUNTER {
+            return Err(CommitError::SequenceExhausted { seq }.into());
+        }
         let start = self.cursor;
         let end = start + layout::pad(len);
 

@@ -150,6 +150,13 @@ pub enum CommitError {
         /// The ring's size.
         ring_bytes: u64,
     },
+    /// The region has used every sequence number a tag can hold (2^62):
+    /// only a corrupt header gets here.
+    #[error("sequence number {seq} is past the last one a tag can hold (2^62 - 1)")]
+    SequenceExhausted {
+        /// The sequence number the unit would have had.
+        seq: u64,
+    },
     /// A patch inside `commit_with` fell outside the unit.
     #[error("patch of {len} bytes at {offset} is outside the unit of {unit_len} bytes")]
     PatchOutOfBounds {

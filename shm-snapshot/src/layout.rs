@@ -70,7 +70,7 @@ pub mod header {
     pub const END: u64 = COMMIT_COUNT + 8;
 
     const _: () = assert!(FIXED_END <= CURSOR);
-    const _: () = assert!(CURSOR % 64 == 0);
+    const _: () = assert!(CURSOR.is_multiple_of(64));
     const _: () = assert!(END <= super::HEADER_BYTES);
 }
 
@@ -227,7 +227,7 @@ impl Geometry {
         ring_bytes: u64,
         chunk_bytes: u64,
     ) -> Result<Geometry, RegionError> {
-        if region_len % PAGE != 0 {
+        if !region_len.is_multiple_of(PAGE) {
             return Err(impossible(
                 "region length",
                 region_len,
@@ -362,7 +362,7 @@ impl Geometry {
         if self.slot_of(seq) != index {
             return Err("sequence number does not belong to this slot");
         }
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err("offset is not a multiple of 8");
         }
         if len > self.ring_bytes {

@@ -63,7 +63,7 @@ impl Meta {
             value: bytes.len() as u64,
             why,
         };
-        if bytes.len() % 8 != 0 || bytes.len() < META_HEADER_WORDS * 8 {
+        if !bytes.len().is_multiple_of(8) || bytes.len() < META_HEADER_WORDS * 8 {
             return Err(bad("length is not a whole header of 8-byte words"));
         }
         let words: Vec<u64> = bytes
@@ -140,6 +140,8 @@ pub enum SnapshotError {
 /// What one snapshot attempt did.
 #[derive(Debug)]
 #[non_exhaustive]
+// One value per snapshot, moved once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// A generation was persisted with these units.
     Persisted {

@@ -930,15 +930,27 @@ fn counters_beyond_their_limit_are_impossible() {
 }
 
 #[test]
-fn next_sequence_number_at_the_tag_limit_is_refused_instead_of_wrapping() {
-    // A tag holds seq << 2: a seq of 2^62 would wrap to 0.
-    let (region, _) = region_with_two_units();
-    write_u64(&region, header::NEXT_SEQ, limits::MAX_COUNTER);
-    let err = refuse(region, &SMALL);
-    assert!(
-        matches!(err, RegionError::ImpossibleField { field: "next sequence number", value, .. }
-            if value == limits::MAX_COUNTER),
-        "{err:?}"
+fn commits_stop_cleanly_when_sequence_numbers_run_out_instead_of_wrapping() {
+    // A tag holds seq << 2: a seq of 2^62 would wrap to 0. Only a corrupt
+    // header gets this far; the region still opens and recovers.
+    let region = small_client().into_region();
+    write_u64(&region, header::NEXT_SEQ, limits::MAX_COUNTER - 1);
+    let mut client = Client::open(region, &SMALL).expect("region opens");
+    client
+        .commit(b"the last one")
+        .expect("seq 2^62 - 1 is the last a tag holds");
+    let err = client.commit(b"one too many").unwrap_err();
+    assert_eq!(
+        err,
+        CommitError::SequenceExhausted {
+            seq: limits::MAX_COUNTER
+        }
+    );
+    let client = Client::open(client.into_region(), &SMALL).expect("a used-up region still opens");
+    assert_eq!(
+        client.recover().expect("recover").len(),
+        1,
+        "the refused unit was not published"
     );
 }
 

@@ -60,15 +60,20 @@ fn forward(stream: impl Read + Send + 'static, which: Stream, tx: mpsc::Sender<(
 impl Proc {
     /// Starts `program` with `args` in `dir`.
     pub fn start(dir: &Path, program: &Path, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .current_dir(dir)
+        let mut command = Command::new(program);
+        command.args(args).current_dir(dir);
+        Proc::spawn(command)
+    }
+
+    /// Starts a prepared command, its output piped and read line by line.
+    pub fn spawn(mut command: Command) -> Proc {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
+            .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
         let (tx, lines) = mpsc::channel();
         forward(child.stdout.take().expect("piped"), Stream::Out, tx.clone());
         forward(child.stderr.take().expect("piped"), Stream::Err, tx);

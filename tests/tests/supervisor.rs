@@ -331,3 +331,39 @@ fn store_files_are_private_to_the_user() {
         );
     }
 }
+
+#[test]
+fn the_child_gets_the_region_at_fd_3_its_own_listen_pid_and_no_other_descriptor() {
+    use std::os::unix::process::CommandExt;
+    let dir = workdir();
+    // The supervisor itself inherits a descriptor without close-on-exec, as
+    // from a careless parent; it must not reach the program.
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let stray_fd = std::os::fd::AsRawFd::as_raw_fd(&stray);
+    let mut command = std::process::Command::new(shm_snapshot_tests::bin("shm-restore"));
+    command
+        .args(["--snapshot=state", "--fsync=never", "--", CHILD, "--list-fds"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null());
+    // SAFETY: fcntl on a descriptor this process owns; async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            libc::fcntl(stray_fd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .expect("pid line");
+    assert!(stdout.contains("\nfds 0 1 2 3\n"), "{stdout}");
+    assert!(stdout.contains(&format!("env LISTEN_PID={pid}\n")), "{stdout}");
+}

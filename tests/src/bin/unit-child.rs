@@ -1,7 +1,7 @@
 //! A test program for the supervisor: prints what it recovered, commits
 //! numbered units, then does what it is told.
 //!
-//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term] [--grandchild]`
+//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term] [--grandchild] [--list-fds]`
 //!
 //! Output, one line each, flushed: `pid <pid>`, `recovered <id> <payload>`
 //! per unit, `ready`, `committed <id> <payload>` per commit, `done`.
@@ -17,6 +17,7 @@ fn main() {
     let mut unit_bytes = 0usize;
     let mut then = String::from("exit:0");
     let mut grandchild = false;
+    let mut list_fds = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -24,6 +25,7 @@ fn main() {
             "--unit-bytes" => unit_bytes = args.next().and_then(|v| v.parse().ok()).expect("--unit-bytes B"),
             "--then" => then = args.next().expect("--then WHAT"),
             "--grandchild" => grandchild = true,
+            "--list-fds" => list_fds = true,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -35,6 +37,15 @@ fn main() {
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "pid {}", std::process::id()).unwrap();
+    if list_fds {
+        writeln!(out, "fds {}", open_fds().join(" ")).unwrap();
+        writeln!(
+            out,
+            "env LISTEN_PID={}",
+            std::env::var("LISTEN_PID").unwrap_or_default()
+        )
+        .unwrap();
+    }
     // SAFETY: the only place this process takes the handed-over descriptor;
     // the supervisor seals the region against shrinking.
     let region = unsafe { Region::from_env() }.unwrap_or_else(|e| {
@@ -59,6 +70,8 @@ fn main() {
     writeln!(out, "ready").unwrap();
     out.flush().unwrap();
     if grandchild {
+        // Left running on purpose: the test checks the group kill ends it.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new("sleep")
             .arg("1000")
             .spawn()
@@ -94,4 +107,16 @@ fn main() {
             std::process::exit(code)
         }
     }
+}
+
+/// The descriptors open in this process, but the one reading the list.
+fn open_fds() -> Vec<String> {
+    let dir = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd");
+    let mut fds: Vec<u32> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| std::fs::read_link(e.path()).is_ok_and(|target| !target.starts_with("/proc")))
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    fds.sort_unstable();
+    fds.iter().map(u32::to_string).collect()
 }
