@@ -4,6 +4,7 @@
 
 mod child;
 mod cli;
+mod leftovers;
 mod region;
 mod supervise;
 

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
+use crate::leftovers;
 use crate::region::{HostRegion, human};
 
 /// How the program ended.
@@ -88,6 +89,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..StoreOptions::default()
     };
     let mut store = Store::open(&args.snapshot, options)?;
+    // Holding the store's lock, no other supervisor can be using the group.
+    leftovers::kill_recorded(store.dir());
     let region = HostRegion::create(args.size)?;
     let mut launcher = Launcher::new(&args.command)?;
     restore_newest(&mut store, &region, true)?;
@@ -161,12 +164,14 @@ impl Supervisor<'_> {
     /// to its group and killing it after the grace period.
     fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
         let pid = launcher.spawn(self.region.file().as_fd())?;
+        leftovers::record(self.store.dir(), pid);
         info!(pid, program = launcher.display(), "child started");
         let mut kill_at: Option<Instant> = None;
         loop {
             if let Some(ended) = reap(pid)? {
                 info!(pid, status = %ended, "child ended");
                 kill_group(pid);
+                leftovers::clear(self.store.dir());
                 return Ok(ended);
             }
             let event = match kill_at {

@@ -367,3 +367,19 @@ fn the_child_gets_the_region_at_fd_3_its_own_listen_pid_and_no_other_descriptor(
     assert!(stdout.contains("\nfds 0 1 2 3\n"), "{stdout}");
     assert!(stdout.contains(&format!("env LISTEN_PID={pid}\n")), "{stdout}");
 }
+
+#[test]
+fn a_supervisor_killed_by_sigkill_leaves_nothing_running_once_the_next_one_starts() {
+    let dir = workdir();
+    let mut first = Proc::supervise(dir.path(), "state", FAST, &[CHILD, "--grandchild", "--then", "sleep"]);
+    let pid = child_pid(&first.expect_out("pid "));
+    let grandchild: i32 = first.expect_out("grandchild ")["grandchild ".len()..].parse().unwrap();
+    first.signal(libc::SIGKILL);
+    first.wait();
+    assert!(wait_gone(pid), "the program dies with its supervisor");
+    assert!(!is_gone(grandchild), "only a supervisor can kill the group; this one is dead");
+    let mut second = Proc::supervise(dir.path(), "state", FAST, &[CHILD]);
+    second.expect_err("left running");
+    assert!(wait_gone(grandchild), "grandchild {grandchild} survived the next supervisor's start");
+    assert_eq!(second.wait().code(), Some(0), "{}", second.transcript());
+}

@@ -1,0 +1,109 @@
+//! Processes a killed supervisor left behind.
+//!
+//! The program dies with its supervisor (PDEATHSIG), but processes the
+//! program started only die if someone kills its process group, and a
+//! supervisor killed by SIGKILL cannot. So the supervisor records the
+//! program's process group in the store directory, and the next supervisor
+//! on that store kills whatever is left of it before starting anything.
+//!
+//! Pids are reused, so a recorded group is killed only if it still has a
+//! member that is visibly ours: it holds a shm-snapshot memfd, or carries
+//! the hand-over variable `LISTEN_FDNAMES=SHM_SHARED_FD` in its environment.
+
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+/// The record's file name in the store directory.
+const RECORD: &str = "program.pgid";
+
+fn record_path(store: &Path) -> PathBuf {
+    store.join(RECORD)
+}
+
+/// Records `pgid` as the running program's process group.
+pub fn record(store: &Path, pgid: i32) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(record_path(store))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pgid}\n").as_bytes()));
+    if let Err(e) = written {
+        warn!("cannot record the program's process group in the store ({e}); a supervisor killed by SIGKILL may leave its descendants running");
+    }
+}
+
+/// Forgets the record once the program's group is gone.
+pub fn clear(store: &Path) {
+    let _ = std::fs::remove_file(record_path(store));
+}
+
+/// Kills what is left of a recorded group from a previous supervisor, and
+/// returns how many of its processes were found.
+pub fn kill_recorded(store: &Path) -> usize {
+    let Some(pgid) = std::fs::read_to_string(record_path(store)).ok().and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return 0;
+    };
+    let members = members_of(pgid);
+    let ours = members.iter().any(|pid| is_ours(*pid));
+    if ours {
+        warn!(
+            pgid,
+            processes = members.len(),
+            "killing what a previous supervisor's program left running"
+        );
+        if let Some(group) = rustix::process::Pid::from_raw(pgid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+    clear(store);
+    if ours { members.len() } else { 0 }
+}
+
+/// The pids whose process group is `pgid`, from /proc.
+fn members_of(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| process_group(*pid) == Some(pgid))
+        .collect()
+}
+
+/// The process group of `pid`: field 5 of /proc/<pid>/stat, counted after
+/// the parenthesised command name (which may itself hold spaces).
+fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Whether `pid` holds a shm-snapshot memfd or was handed a region.
+fn is_ours(pid: i32) -> bool {
+    let holds_region = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:shm-snapshot"))
+        })
+    });
+    holds_region
+        || std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            let marker = format!("LISTEN_FDNAMES={}", shm_snapshot::FD_NAME);
+            env.split(|b| *b == 0).any(|var| var == marker.as_bytes())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_group_is_read_past_a_command_name_with_spaces() {
+        let me = std::process::id() as i32;
+        let expected = rustix::process::getpgid(None).unwrap().as_raw_nonzero().get();
+        assert_eq!(process_group(me), Some(expected));
+        assert!(members_of(expected).contains(&me));
+    }
+
+}
