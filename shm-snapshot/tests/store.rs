@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use shm_snapshot::store::format::{chunk, header, meta, trailer};
 use shm_snapshot::store::{
-    CHUNK_BYTES, FaultPlan, FaultyIo, GenerationKind, IoOp, Loaded, Persisted, RealIo, Store, StoreError,
-    StoreOptions,
+    CHUNK_BYTES, FaultPlan, FaultyIo, GenerationKind, IoOp, Loaded, PAGE_BYTES, Persisted, RealIo, Store,
+    StoreError, StoreOptions,
 };
 
 const CHUNK: u64 = CHUNK_BYTES;
@@ -179,16 +179,283 @@ fn delta_writes_only_changed_chunks() {
     let p = commit(&mut store, &image, &meta);
     assert!(!p.base);
     assert_eq!(p.chunks_written, 3);
-    // The changed chunks plus at most a few hundred bytes of header,
-    // descriptors and trailer.
-    let overhead = p.bytes_written - 3 * CHUNK - meta.len() as u64;
-    assert!(p.bytes_written >= 3 * CHUNK + meta.len() as u64);
-    assert!(overhead <= 512, "delta overhead {overhead} bytes");
+    // Format v2 stores changed pages, not chunks: one page per changed
+    // chunk, and nothing else but the fixed parts of the file.
+    assert_eq!(p.pages_written, 3);
+    assert_eq!(p.bytes_written, file_len(&[1, 1, 1], meta.len()));
 
-    // Nothing changed: a delta of no chunks, a few hundred bytes.
+    // Nothing changed: a delta of no chunks, only the fixed parts.
     let p = commit(&mut store, &image, &meta);
-    assert_eq!(p.chunks_written, 0);
-    assert!(p.bytes_written <= 512 + meta.len() as u64);
+    assert_eq!((p.chunks_written, p.pages_written), (0, 0));
+    assert_eq!(p.bytes_written, file_len(&[], meta.len()));
+    assert_eq!(load(&mut store).image, image);
+}
+
+/// The exact size of a generation file whose chunk records store
+/// `pages[i]` whole pages each, with a meta blob of `meta` bytes: the
+/// header, a 56-byte descriptor per record, the pages, the meta record and
+/// the trailer.
+fn file_len(pages: &[u64], meta: usize) -> u64 {
+    let records: u64 = pages
+        .iter()
+        .map(|n| chunk::DESCRIPTOR as u64 + n * PAGE_BYTES)
+        .sum();
+    header::LEN as u64 + records + (meta::DESCRIPTOR + meta + trailer::LEN) as u64
+}
+
+#[test]
+fn a_delta_changing_one_byte_in_each_of_three_pages_of_a_chunk_writes_those_three_pages() {
+    let (_tmp, dir, mut store) = fresh(StoreOptions::default());
+    let len = 8 * CHUNK;
+    let mut image = pattern(len, 30);
+    commit(&mut store, &image, b"");
+    for page in [2u64, 5, 15] {
+        image[(4 * CHUNK + page * PAGE_BYTES + 100) as usize] ^= 1;
+    }
+    let p = commit(&mut store, &image, b"m");
+    assert_eq!((p.chunks_written, p.pages_written), (1, 3));
+    // Fixed overhead: a 104-byte header, one 56-byte record descriptor, a
+    // 48-byte meta descriptor and its 1-byte blob, a 56-byte trailer.
+    assert_eq!(p.bytes_written, 3 * PAGE_BYTES + 104 + 56 + 48 + 1 + 56);
+    let file = fs::read(gen_path(&dir, 2)).unwrap();
+    assert_eq!(file.len() as u64, p.bytes_written);
+    let at = header::LEN;
+    assert_eq!(u64_at(&file, at + chunk::INDEX), 4);
+    assert_eq!(u64_at(&file, at + chunk::PAGES), 1 << 2 | 1 << 5 | 1 << 15);
+    assert_eq!(load(&mut store).image, image);
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn hashes_loaded_from_a_chain_find_exactly_the_changed_pages() {
+    let (_tmp, dir, mut store) = fresh(StoreOptions::default());
+    let len = 6 * CHUNK + 2 * PAGE_BYTES + 9;
+    let mut image = pattern(len, 36);
+    image[..(2 * CHUNK) as usize].fill(0);
+    commit(&mut store, &image, b"");
+    for g in 0..3u64 {
+        image[(g * CHUNK + 3 * PAGE_BYTES) as usize] ^= 1;
+        image[(len - 1) as usize] ^= 1;
+        commit(&mut store, &image, b"");
+    }
+    drop(store);
+    let mut store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert_eq!(load(&mut store).image, image);
+    // The hashes rebuilt from a base and three deltas match the image:
+    // nothing changed writes nothing, two changed pages write two.
+    let p = commit(&mut store, &image, b"");
+    assert_eq!((p.base, p.pages_written), (false, 0));
+    image[(CHUNK + 3 * PAGE_BYTES + 8) as usize] ^= 1;
+    image[(len - 2) as usize] ^= 1;
+    let p = commit(&mut store, &image, b"");
+    assert_eq!((p.chunks_written, p.pages_written), (2, 2));
+    assert_eq!(p.bytes_written, file_len(&[1, 1], 0) - PAGE_BYTES + 9);
+    assert_eq!(load(&mut store).image, image);
+}
+
+#[test]
+fn a_base_of_a_region_with_one_non_zero_page_writes_that_page_alone() {
+    let (_tmp, _dir, mut store) = fresh(StoreOptions::default());
+    let len = 16 * CHUNK + 100;
+    let mut image = vec![0u8; len as usize];
+    image[(5 * CHUNK + 7 * PAGE_BYTES + 3) as usize] = 0x42;
+    // Every chunk offered, all-zero ones included: a base stores only the
+    // pages that are not zero.
+    let p = commit_batched(&mut store, &image, b"");
+    assert!(p.base);
+    assert_eq!((p.chunks_written, p.pages_written), (1, 1));
+    assert_eq!(p.bytes_written, file_len(&[1], 0));
+    let loaded = load(&mut store);
+    assert_eq!(loaded.image, image);
+
+    // The next generation, a delta, finds nothing changed.
+    let p = commit(&mut store, &image, b"");
+    assert!(!p.base);
+    assert_eq!(p.bytes_written, file_len(&[], 0));
+}
+
+#[test]
+fn a_page_zeroed_again_within_a_base_is_written_as_zero() {
+    let (_tmp, _dir, mut store) = fresh(StoreOptions::default());
+    let mut tx = store.begin(CHUNK).unwrap();
+    tx.put_chunk(0, &vec![7u8; CHUNK as usize]).unwrap();
+    let mut second = vec![0u8; CHUNK as usize];
+    second[..PAGE_BYTES as usize].fill(9);
+    tx.put_chunk(0, &second).unwrap();
+    let p = tx.commit(b"").unwrap();
+    // All 16 pages, then the 16 that differ from the first offer.
+    assert_eq!((p.chunks_written, p.pages_written), (2, 32));
+    assert_eq!(load(&mut store).image, second);
+}
+
+/// Offers `image` to a new generation in one batch and commits.
+fn commit_batched(store: &mut Store, image: &[u8], meta: &[u8]) -> Persisted {
+    let mut tx = store.begin(image.len() as u64).unwrap();
+    tx.put_chunks(0, image).unwrap();
+    tx.commit(meta).unwrap()
+}
+
+/// Asserts two generation files are the same but for their creation time
+/// and the hashes that cover it (the header's and the skeleton's).
+fn assert_same_but_time(a: &[u8], b: &[u8], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    assert_eq!(a[..header::CREATED_MS], b[..header::CREATED_MS], "{what}: header");
+    let end = a.len() - trailer::LEN + trailer::HASH;
+    assert!(
+        a[header::LEN..end] == b[header::LEN..end],
+        "{what}: records differ"
+    );
+}
+
+#[test]
+fn put_chunks_writes_the_same_files_as_put_chunk_on_each_chunk() {
+    // 40 chunks and a short one: large enough to be hashed on several
+    // threads where the machine has them.
+    let len = 40 * CHUNK + 3 * PAGE_BYTES + 5;
+    let (_t1, one_dir, mut one) = fresh(options(100, 4));
+    let (_t2, batch_dir, mut batch) = fresh(options(100, 4));
+    let mut image = pattern(len, 31);
+    image[(7 * CHUNK) as usize..(9 * CHUNK) as usize].fill(0);
+    for g in 1..=6u64 {
+        let a = commit(&mut one, &image, b"meta");
+        let b = commit_batched(&mut batch, &image, b"meta");
+        assert_eq!(
+            (
+                a.number,
+                a.base,
+                a.bytes_written,
+                a.chunks_written,
+                a.pages_written
+            ),
+            (
+                b.number,
+                b.base,
+                b.bytes_written,
+                b.chunks_written,
+                b.pages_written
+            ),
+        );
+        let what = format!("generation {g}");
+        let (fa, fb) = (
+            fs::read(gen_path(&one_dir, g)).unwrap(),
+            fs::read(gen_path(&batch_dir, g)).unwrap(),
+        );
+        assert_same_but_time(&fa, &fb, &what);
+        // Change a few pages, some in the short last chunk, some in the
+        // zeroed chunks, and a whole chunk.
+        for k in 0..5u64 {
+            let at = (g * 7919 + k * 523_001) % len;
+            image[at as usize] ^= 0x5a;
+        }
+        image[(len - 1) as usize] ^= 1;
+        image[(8 * CHUNK + g * PAGE_BYTES) as usize] = g as u8;
+        image[(20 * CHUNK) as usize..(21 * CHUNK) as usize].fill(g as u8);
+    }
+    assert_eq!(load(&mut one).image, load(&mut batch).image);
+}
+
+#[test]
+fn a_batch_after_single_offers_of_the_same_chunks_keeps_the_last_offer() {
+    let (_tmp, dir, mut store) = fresh(StoreOptions::default());
+    let len = 3 * CHUNK + 10;
+    let image = pattern(len, 32);
+    commit(&mut store, &image, b"");
+    let mut tx = store.begin(len).unwrap();
+    tx.put_chunk(1, &vec![1u8; CHUNK as usize]).unwrap();
+    tx.put_chunk(3, &[2u8; 10]).unwrap();
+    // Back to the parent's bytes in one batch: chunks 1 and 3 must be
+    // written again, 0 and 2 not at all.
+    tx.put_chunks(0, &image).unwrap();
+    let p = tx.commit(b"").unwrap();
+    assert_eq!((p.chunks_written, p.pages_written), (4, 2 * 16 + 2));
+    assert_eq!(p.bytes_written, fs::metadata(gen_path(&dir, 2)).unwrap().len());
+    assert_eq!(load(&mut store).image, image);
+}
+
+#[test]
+fn put_chunks_refuses_a_bad_batch_and_offers_nothing_of_it() {
+    let (_tmp, _dir, mut store) = fresh(StoreOptions::default());
+    let len = 3 * CHUNK + 10;
+    let image = pattern(len, 33);
+    commit(&mut store, &image, b"");
+    let mut tx = store.begin(len).unwrap();
+    let changed = vec![9u8; (3 * CHUNK) as usize];
+    // Past the end: chunk 3 is 10 bytes, chunk 4 does not exist.
+    let e = tx.put_chunks(2, &changed).unwrap_err();
+    assert!(
+        matches!(e, StoreError::ChunkLen { index: 3, expected: 10, found } if found == CHUNK),
+        "{e}"
+    );
+    let e = tx.put_chunks(4, &changed[..10]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::ChunkOutOfRange {
+                index: 4,
+                chunks: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = tx.put_chunks(u64::MAX, &changed).unwrap_err();
+    assert!(matches!(e, StoreError::ChunkOutOfRange { .. }), "{e}");
+    // A short piece that is not the region's last chunk.
+    let e = tx.put_chunks(0, &changed[..(CHUNK + 10) as usize]).unwrap_err();
+    assert!(
+        matches!(e, StoreError::ChunkLen { index: 1, expected, found: 10 } if expected == CHUNK),
+        "{e}"
+    );
+    // An empty batch offers nothing.
+    tx.put_chunks(7, &[]).unwrap();
+    let p = tx.commit(b"").unwrap();
+    assert_eq!((p.chunks_written, p.pages_written), (0, 0));
+    assert_eq!(load(&mut store).image, image);
+}
+
+#[test]
+fn a_typical_generation_writes_at_most_twice_its_changed_bytes_plus_64_kib() {
+    // A region laid out like a real one: the header and unit table in the
+    // first page, a 1 MiB ring, then a 7 MiB arena.
+    let (_tmp, _dir, mut store) = fresh(StoreOptions::default());
+    let len = 8 << 20;
+    let ring = 1 << 12;
+    let arena = ring + (1 << 20);
+    let mut image = pattern(len, 34);
+    commit_batched(&mut store, &image, b"");
+    let mut changed = 0u64;
+    let mut change = |image: &mut Vec<u8>, at: u64, n: u64| {
+        for b in &mut image[at as usize..(at + n) as usize] {
+            *b = !*b;
+        }
+        changed += n;
+    };
+    // Header counters and ten unit-table slots.
+    change(&mut image, 64, 24);
+    change(&mut image, 512, 10 * 32);
+    // Ten 64-byte units, each in a page of its own (the worst case).
+    for u in 0..10u64 {
+        change(&mut image, ring + u * 25 * PAGE_BYTES + 960, 64);
+    }
+    // Ten 4 KiB arena writes, none aligned to a page.
+    for w in 0..10u64 {
+        change(&mut image, arena + w * 611 * 1024 + 1000 + w * 8, PAGE_BYTES);
+    }
+    // A unit table of 256 units in the meta.
+    let meta = vec![0x5au8; 48 + 256 * 32];
+    let p = commit_batched(&mut store, &image, &meta);
+    assert!(!p.base);
+    // 1 page of header and table, 10 of ring, 20 of arena.
+    assert_eq!(p.pages_written, 31);
+    let target = 2 * changed + (64 << 10);
+    assert!(
+        p.bytes_written <= target,
+        "{} bytes written for {changed} changed (target {target})",
+        p.bytes_written
+    );
     assert_eq!(load(&mut store).image, image);
 }
 
@@ -234,9 +501,14 @@ fn a_delta_chain_heavier_than_the_region_forces_a_base() {
     commit(&mut store, &image, b"");
     let mut kinds = Vec::new();
     for g in 0..4u64 {
-        // Two of four chunks change each time: two deltas outweigh the region.
-        image[((g % 2) * CHUNK) as usize] ^= 1;
-        image[((2 + g % 2) * CHUNK) as usize] ^= 1;
+        // Two of four chunks change in every page each time (a delta stores
+        // changed pages, so every page must change for the whole chunk to
+        // be stored): two deltas outweigh the region.
+        for chunk in [g % 2, 2 + g % 2] {
+            for page in 0..CHUNK / PAGE_BYTES {
+                image[(chunk * CHUNK + page * PAGE_BYTES) as usize] ^= 1;
+            }
+        }
         kinds.push(commit(&mut store, &image, b"").base);
     }
     assert_eq!(kinds, vec![false, false, true, false]);
@@ -408,6 +680,71 @@ fn flipped_byte_in_a_record_descriptor_or_the_trailer_is_detected() {
         flip(&path, at as u64);
         assert_fell_back(&mut store, &first, names);
     }
+}
+
+/// A change made to a file's bytes.
+type Edit<'a> = dyn Fn(&mut Vec<u8>) + 'a;
+
+#[test]
+fn a_corrupt_page_record_is_detected() {
+    let (_tmp, dir, mut store) = fresh(StoreOptions::default());
+    let mut image = pattern(2 * CHUNK, 35);
+    commit(&mut store, &image, b"first");
+    let first = image.clone();
+    // One record of chunk 1 storing pages 2, 5 and 9.
+    for page in [2u64, 5, 9] {
+        image[(CHUNK + page * PAGE_BYTES + 1) as usize] ^= 1;
+    }
+    let p = commit(&mut store, &image, b"second");
+    assert_eq!((p.chunks_written, p.pages_written), (1, 3));
+    let path = gen_path(&dir, 2);
+    let whole = fs::read(&path).unwrap();
+    let record = header::LEN;
+    let pages_at = record + chunk::PAGES;
+    let payload = record + chunk::DESCRIPTOR;
+    let page = PAGE_BYTES as usize;
+    let with = |edit: &Edit<'_>| {
+        let mut bytes = whole.clone();
+        edit(&mut bytes);
+        fs::write(&path, &bytes).unwrap();
+    };
+    let set_pages =
+        |bitmap: u64| move |b: &mut Vec<u8>| b[pages_at..pages_at + 8].copy_from_slice(&bitmap.to_le_bytes());
+    let cases: Vec<(&str, Box<Edit<'_>>)> = vec![
+        // A flipped byte in the second stored page (page 5).
+        ("chunk 1 hash", Box::new(|b| b[payload + page + 77] ^= 0x20)),
+        // The first and second stored pages swapped: each page is intact,
+        // their order is not.
+        (
+            "chunk 1 hash",
+            Box::new(|b| {
+                let (first, second) = b[payload..payload + 2 * page].split_at_mut(page);
+                first.swap_with_slice(second);
+            }),
+        ),
+        // The bitmap names other pages of the same count: every stored byte
+        // matches its hash, the skeleton does not.
+        (
+            "trailer skeleton_hash",
+            Box::new(set_pages(1 << 2 | 1 << 5 | 1 << 10)),
+        ),
+        // A page past the chunk's 16, and no page at all.
+        ("chunk 1 pages", Box::new(set_pages(1 << 2 | 1 << 5 | 1 << 16))),
+        ("chunk 1 pages", Box::new(set_pages(0))),
+        // One page fewer: the two pages read do not make the record's hash.
+        ("chunk 1 hash", Box::new(set_pages(1 << 2 | 1 << 5))),
+        // Cut in the middle of the last stored page.
+        (
+            "chunk 1 page 9 bytes",
+            Box::new(|b| b.truncate(payload + 2 * page + 100)),
+        ),
+    ];
+    for (names, edit) in cases {
+        with(&*edit);
+        assert_fell_back(&mut store, &first, names);
+    }
+    fs::write(&path, &whole).unwrap();
+    assert_eq!(load(&mut store).image, image);
 }
 
 #[test]
@@ -1093,8 +1430,14 @@ mod model {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Poke { at: u64, value: u8 },
-        Commit,
+        Poke {
+            at: u64,
+            value: u8,
+        },
+        /// Commits, offering the chunks one by one or in one batch.
+        Commit {
+            batched: bool,
+        },
         Abort,
         Reopen,
     }
@@ -1102,7 +1445,7 @@ mod model {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => (0..REGION, any::<u8>()).prop_map(|(at, value)| Op::Poke { at, value }),
-            3 => Just(Op::Commit),
+            3 => any::<bool>().prop_map(|batched| Op::Commit { batched }),
             1 => Just(Op::Abort),
             1 => Just(Op::Reopen),
         ]
@@ -1123,8 +1466,12 @@ mod model {
             for op in ops {
                 match op {
                     Op::Poke { at, value } => image[at as usize] = value,
-                    Op::Commit => {
-                        commit(&mut store, &image, &image[..8]);
+                    Op::Commit { batched } => {
+                        if batched {
+                            commit_batched(&mut store, &image, &image[..8]);
+                        } else {
+                            commit(&mut store, &image, &image[..8]);
+                        }
                         committed = Some(image.clone());
                     }
                     Op::Abort => {

@@ -101,10 +101,11 @@ pub enum StoreError {
         /// The abandoned generation's number.
         number: u64,
     },
-    /// The memory to reassemble a generation could not be allocated.
-    #[error("cannot allocate {bytes} bytes to reassemble generation file {}", path.display())]
+    /// The memory to reassemble a generation, or to hold the hashes of the
+    /// region a generation is begun for, could not be allocated.
+    #[error("cannot allocate {bytes} bytes for generation file {}", path.display())]
     OutOfMemory {
-        /// The generation file.
+        /// The generation file (for one being begun, the name it would get).
         path: PathBuf,
         /// The allocation's size.
         bytes: u64,

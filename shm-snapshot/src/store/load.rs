@@ -2,10 +2,10 @@
 //! (STORE.md, "Loading the newest generation"). Loading only reads.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use super::error::StoreError;
-use super::format::{self, CHUNK_BYTES};
+use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
+use super::hashes::{ImageHashes, zero_pages};
 use super::open::{Current, Store};
 use super::read::{ChunkSink, read_generation, zeroed};
 
@@ -29,7 +29,9 @@ struct Image {
     chain: Vec<u64>,
     delta_bytes: u64,
     image: Vec<u8>,
-    hashes: Vec<blake3::Hash>,
+    /// The hash of each page of `image`. Chunk hashes are computed only
+    /// for the image that is returned.
+    page_hashes: Vec<blake3::Hash>,
     meta: Vec<u8>,
 }
 
@@ -90,7 +92,7 @@ impl Store {
                         region_len: image.region_len,
                         chain: image.chain,
                         delta_bytes: image.delta_bytes,
-                        hashes: image.hashes,
+                        hashes: ImageHashes::from_pages(&image.image, image.page_hashes),
                     });
                     return Ok(Some(Loaded {
                         number,
@@ -208,10 +210,16 @@ impl Store {
         };
         let region_len = header.region_len;
         let mut image = zeroed(region_len, &path).map_err(|e| fail(base, e))?;
-        let mut hashes = zero_hashes(region_len);
+        let mut page_hashes = zero_pages(region_len).map_err(|e| {
+            let e = StoreError::OutOfMemory {
+                path: path.clone(),
+                bytes: e.bytes,
+            };
+            fail(base, e)
+        })?;
         let mut sink = ImageSink {
             image: &mut image,
-            hashes: &mut hashes,
+            page_hashes: &mut page_hashes,
         };
         let mut meta =
             read_generation(self.io.as_mut(), &path, &header, &mut sink).map_err(|e| fail(base, e))?;
@@ -228,7 +236,7 @@ impl Store {
             let mut staging = Staging::default();
             match read_generation(self.io.as_mut(), &path, &header, &mut staging) {
                 Ok(m) => {
-                    staging.apply(&mut image, &mut hashes);
+                    staging.apply(&mut image, &mut page_hashes);
                     meta = m;
                     delta_bytes += size;
                 }
@@ -242,7 +250,7 @@ impl Store {
                             chain: chain[..i].to_vec(),
                             delta_bytes,
                             image,
-                            hashes,
+                            page_hashes,
                             meta,
                         })),
                     });
@@ -255,76 +263,77 @@ impl Store {
             chain: chain.to_vec(),
             delta_bytes,
             image,
-            hashes,
+            page_hashes,
             meta,
         })
     }
 }
 
-/// The hashes of an all-zero image of `region_len` bytes, one per chunk.
-pub(crate) fn zero_hashes(region_len: u64) -> Vec<blake3::Hash> {
-    static FULL: OnceLock<blake3::Hash> = OnceLock::new();
-    let full = *FULL.get_or_init(|| blake3::hash(&[0u8; CHUNK_BYTES as usize]));
-    let chunks = format::chunk_count(region_len);
-    let mut hashes = vec![full; chunks as usize];
-    let tail = region_len % CHUNK_BYTES;
-    if tail != 0 {
-        hashes[chunks as usize - 1] = blake3::hash(&vec![0u8; tail as usize]);
-    }
-    hashes
+/// Where page `page` of chunk `index` starts in the region.
+fn page_start(index: u64, page: u64) -> usize {
+    (index * CHUNK_BYTES + page * PAGE_BYTES) as usize
 }
 
-/// Reads a base's chunks straight into the image.
+/// The index of page `page` of chunk `index` among the region's pages.
+fn page_number(index: u64, page: u64) -> usize {
+    (index * PAGES_PER_CHUNK + page) as usize
+}
+
+/// Reads a base's pages straight into the image.
 struct ImageSink<'a> {
     image: &'a mut [u8],
-    hashes: &'a mut [blake3::Hash],
+    page_hashes: &'a mut [blake3::Hash],
 }
 
 impl ChunkSink for ImageSink<'_> {
-    fn slot(&mut self, index: u64, len: usize) -> &mut [u8] {
-        // The reader checked index and len against the region's length,
-        // which is the image's length.
-        let start = (index * CHUNK_BYTES) as usize;
+    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
+        // The reader checked index, page and len against the region's
+        // length, which is the image's length.
+        let start = page_start(index, page);
         &mut self.image[start..start + len]
     }
 
-    fn verified(&mut self, index: u64, hash: blake3::Hash) {
-        self.hashes[index as usize] = hash;
+    fn verified(&mut self, index: u64, pages: u64, hashes: &[blake3::Hash]) {
+        for (page, hash) in format::pages_of(pages).zip(hashes) {
+            self.page_hashes[page_number(index, page)] = *hash;
+        }
     }
 }
 
-/// Holds a delta's chunks until the whole file has verified.
+/// Holds a delta's pages until the whole file has verified.
 #[derive(Default)]
 struct Staging {
     bytes: Vec<u8>,
-    /// Index, offset in `bytes`, length and hash of each chunk, in file
-    /// order.
-    chunks: Vec<(u64, usize, usize, blake3::Hash)>,
+    /// Chunk index, page in the chunk, offset in `bytes`, length and hash of
+    /// each page, in file order.
+    pages: Vec<(u64, u64, usize, usize, blake3::Hash)>,
 }
 
 impl ChunkSink for Staging {
-    fn slot(&mut self, index: u64, len: usize) -> &mut [u8] {
+    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
         let at = self.bytes.len();
         self.bytes.resize(at + len, 0);
-        self.chunks
-            .push((index, at, len, blake3::Hash::from_bytes([0; 32])));
+        self.pages
+            .push((index, page, at, len, blake3::Hash::from_bytes([0; 32])));
         &mut self.bytes[at..]
     }
 
-    fn verified(&mut self, _index: u64, hash: blake3::Hash) {
-        if let Some(last) = self.chunks.last_mut() {
-            last.3 = hash;
+    fn verified(&mut self, _index: u64, _pages: u64, hashes: &[blake3::Hash]) {
+        // The record's pages are the last ones staged, in the same order.
+        let first = self.pages.len() - hashes.len();
+        for (staged, hash) in self.pages[first..].iter_mut().zip(hashes) {
+            staged.4 = *hash;
         }
     }
 }
 
 impl Staging {
-    /// Applies the chunks in file order (a later record of a chunk wins).
-    fn apply(&self, image: &mut [u8], hashes: &mut [blake3::Hash]) {
-        for &(index, at, len, hash) in &self.chunks {
-            let start = (index * CHUNK_BYTES) as usize;
+    /// Applies the pages in file order (a later record of a page wins).
+    fn apply(&self, image: &mut [u8], page_hashes: &mut [blake3::Hash]) {
+        for &(index, page, at, len, hash) in &self.pages {
+            let start = page_start(index, page);
             image[start..start + len].copy_from_slice(&self.bytes[at..at + len]);
-            hashes[index as usize] = hash;
+            page_hashes[page_number(index, page)] = hash;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The on-disk snapshot store: generations of a region, each a base or a
-//! delta of changed chunks plus an opaque meta blob, written atomically,
+//! delta of changed pages plus an opaque meta blob, written atomically,
 //! verified on load, pruned by retention.
 //!
 //! `STORE.md` beside this crate specifies the file format byte by byte and
@@ -10,6 +10,7 @@
 mod error;
 mod fault;
 pub mod format;
+mod hashes;
 mod io;
 mod load;
 mod lock;
@@ -21,7 +22,7 @@ mod write;
 
 pub use error::StoreError;
 pub use fault::{FaultPlan, Faults, FaultyIo, IoOp};
-pub use format::{CHUNK_BYTES, MAX_REGION_LEN};
+pub use format::{CHUNK_BYTES, MAX_REGION_LEN, PAGE_BYTES};
 pub use io::{LockAttempt, ReadFile, RealIo, StoreFile, StoreIo};
 pub use load::Loaded;
 pub use lock::LOCK_FILE;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
 use super::format::{self, Defect, Header};
+use super::hashes::ImageHashes;
 use super::io::{LockAttempt, RealIo, StoreIo};
 use super::lock::LOCK_FILE;
 use super::names::{self, Name};
@@ -128,8 +129,8 @@ pub(crate) struct Current {
     pub chain: Vec<u64>,
     /// Bytes on disk of the chain's deltas (the base excluded).
     pub delta_bytes: u64,
-    /// BLAKE3 of each chunk of the image.
-    pub hashes: Vec<blake3::Hash>,
+    /// BLAKE3 of each chunk and of each page of the image.
+    pub hashes: ImageHashes,
 }
 
 /// A directory of generations, owned exclusively while this lives. See

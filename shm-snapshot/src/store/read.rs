@@ -1,9 +1,9 @@
 //! Reading one generation file: a front-to-back parse that checks every
-//! field (STORE.md, "Reading a generation") and hands verified chunks to a
+//! field (STORE.md, "Reading a generation") and hands verified pages to a
 //! sink.
 //!
 //! Every length the file claims is checked against the file's real length
-//! before it is read or allocated: a chunk is at most [`CHUNK_BYTES`], the
+//! before it is read or allocated: a page is at most [`PAGE_BYTES`], the
 //! meta blob at most what is left of the file.
 
 use std::io::{ErrorKind, Read};
@@ -11,18 +11,21 @@ use std::path::Path;
 
 use super::error::StoreError;
 use super::format::{
-    self, CHUNK_BYTES, CHUNK_TAG, Defect, END_TAG, Header, META_TAG, chunk, get, hash_at, header, meta,
-    show_tag, trailer,
+    self, CHUNK_TAG, Defect, END_TAG, Header, META_TAG, PAGE_BYTES, PAGES_PER_CHUNK, chunk, get, hash_at,
+    header, meta, show_tag, trailer,
 };
 use super::io::StoreIo;
 
-/// Where the chunks of a file being read go.
+/// Where the pages of a file being read go.
 pub(crate) trait ChunkSink {
-    /// The buffer chunk `index`'s `len` bytes are read into; `len` has been
-    /// checked against the region and is at most [`CHUNK_BYTES`].
-    fn slot(&mut self, index: u64, len: usize) -> &mut [u8];
-    /// The chunk just read into the slot verified, with this hash.
-    fn verified(&mut self, index: u64, hash: blake3::Hash);
+    /// The buffer page `page` of chunk `index` is read into, `len` bytes.
+    /// The chunk and page have been checked against the region, and `len`
+    /// is the page's length, at most [`PAGE_BYTES`].
+    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8];
+    /// The pages of chunk `index` just read verified: `pages` is the
+    /// record's bitmap and `hashes` the hashes of those pages, in page
+    /// order.
+    fn verified(&mut self, index: u64, pages: u64, hashes: &[blake3::Hash]);
 }
 
 /// Reads and checks only the header of the generation file at `path`,
@@ -164,9 +167,9 @@ impl<'p> Stream<'p> {
         let mut d = [0u8; chunk::DESCRIPTOR];
         self.read_skeleton(&mut d[chunk::INDEX..], || "chunk record descriptor".to_owned())?;
         let index = get(&d, chunk::INDEX);
-        let len = get(&d, chunk::LEN);
+        let pages = get(&d, chunk::PAGES);
         let stored = hash_at(&d, chunk::HASH);
-        let Some(expected_len) = format::chunk_len(header.region_len, index) else {
+        let Some(chunk_len) = format::chunk_len(header.region_len, index) else {
             return Err(self.defect(Defect::new(
                 "chunk index",
                 at + chunk::INDEX as u64,
@@ -174,28 +177,37 @@ impl<'p> Stream<'p> {
                 index,
             )));
         };
-        if len != expected_len {
+        let all = format::all_pages(chunk_len);
+        if pages == 0 || pages & !all != 0 {
             return Err(self.defect(Defect::new(
-                format!("chunk {index} len"),
-                at + chunk::LEN as u64,
-                expected_len,
-                len,
+                format!("chunk {index} pages"),
+                at + chunk::PAGES as u64,
+                format!("a non-empty subset of {all:#x} (the chunk's pages)"),
+                format!("{pages:#x}"),
             )));
         }
-        // `len` is at most CHUNK_BYTES now, whatever the file said.
-        debug_assert!(len <= CHUNK_BYTES);
-        let buf = sink.slot(index, len as usize);
-        self.read(buf, || format!("chunk {index} bytes"))?;
-        let computed = blake3::hash(buf);
+        // Every page read is at most PAGE_BYTES now, whatever the file said.
+        let mut hashes = [blake3::Hash::from_bytes([0; 32]); PAGES_PER_CHUNK as usize];
+        let mut count = 0;
+        for page in format::pages_of(pages) {
+            let len = format::page_len(chunk_len, page);
+            debug_assert!(len <= PAGE_BYTES);
+            let buf = sink.page(index, page, len as usize);
+            self.read(buf, || format!("chunk {index} page {page} bytes"))?;
+            hashes[count] = blake3::hash(buf);
+            count += 1;
+        }
+        let hashes = &hashes[..count];
+        let computed = format::record_hash(hashes);
         if computed != stored {
             return Err(self.defect(Defect::new(
                 format!("chunk {index} hash"),
                 at + chunk::HASH as u64,
                 stored.to_hex(),
-                format!("{} (the hash of its bytes)", computed.to_hex()),
+                format!("{} (the hash of its pages)", computed.to_hex()),
             )));
         }
-        sink.verified(index, computed);
+        sink.verified(index, pages, hashes);
         Ok(())
     }
 

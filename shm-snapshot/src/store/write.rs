@@ -1,13 +1,14 @@
-//! Writing a generation: base or delta, the chunks that changed, and the
+//! Writing a generation: base or delta, the pages that changed, and the
 //! steps that make it durable (STORE.md, "Writing a generation").
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::error::StoreError;
-use super::format::{self, Header, MAX_REGION_LEN};
+use super::format::{self, CHUNK_BYTES, Header, MAX_REGION_LEN, PAGE_BYTES};
+use super::hashes::{ChunkHashes, ImageHashes, View, changed_chunks};
 use super::io::StoreFile;
-use super::load::zero_hashes;
 use super::names;
 use super::open::{Current, Entry, Store};
 
@@ -18,10 +19,12 @@ pub struct Persisted {
     pub number: u64,
     /// Whether it is a base.
     pub base: bool,
-    /// Bytes written: the whole file.
+    /// Bytes written: the whole file, whose size this is.
     pub bytes_written: u64,
-    /// Chunk records written.
+    /// Chunk records written: chunks with at least one page stored.
     pub chunks_written: u64,
+    /// Pages stored, over all chunk records.
+    pub pages_written: u64,
     /// From [`Store::begin`] to the end of pruning.
     pub elapsed: Duration,
     /// Old generation files removed by pruning.
@@ -41,18 +44,23 @@ enum TxState {
     Done,
 }
 
-/// A generation being written. Offer chunks with [`GenerationTx::put_chunk`],
-/// then [`GenerationTx::commit`]. Dropping it without committing aborts: the
-/// temporary file is removed and the store is unchanged.
+/// A generation being written. Offer chunks with [`GenerationTx::put_chunk`]
+/// or [`GenerationTx::put_chunks`], then [`GenerationTx::commit`]. Dropping
+/// it without committing aborts: the temporary file is removed and the store
+/// is unchanged.
 pub struct GenerationTx<'a> {
     store: &'a mut Store,
     header: Header,
     temp: PathBuf,
     file: Option<Box<dyn StoreFile>>,
     state: TxState,
-    /// The hash of each chunk of the image this generation describes, as
-    /// offered so far.
-    hashes: Vec<blake3::Hash>,
+    /// A base's hashes: those of the all-zero image, updated in place as
+    /// chunks are offered. `None` in a delta, whose parent's hashes are the
+    /// store's [`Current`] ones, left untouched until the commit succeeds.
+    own: Option<ImageHashes>,
+    /// A delta's hashes of the chunks offered so far that differ from the
+    /// parent's; empty in a base.
+    offered: BTreeMap<u64, ChunkHashes>,
     /// The new generation's chain, base first, itself last.
     chain: Vec<u64>,
     /// Bytes on disk of the chain's deltas before this one.
@@ -62,6 +70,7 @@ pub struct GenerationTx<'a> {
     record: Vec<u8>,
     bytes_written: u64,
     chunks_written: u64,
+    pages_written: u64,
     started: Instant,
 }
 
@@ -73,6 +82,7 @@ impl std::fmt::Debug for GenerationTx<'_> {
             .field("state", &self.state)
             .field("bytes_written", &self.bytes_written)
             .field("chunks_written", &self.chunks_written)
+            .field("pages_written", &self.pages_written)
             .finish_non_exhaustive()
     }
 }
@@ -99,7 +109,7 @@ impl Store {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let parent = self.current.as_ref().filter(|c| self.delta_fits(c, region_len));
-        let (header, hashes, chain, delta_bytes_before) = match parent {
+        let (header, own, chain, delta_bytes_before) = match parent {
             Some(c) => {
                 let header = Header {
                     number,
@@ -110,7 +120,7 @@ impl Store {
                 };
                 let mut chain = c.chain.clone();
                 chain.push(number);
-                (header, c.hashes.clone(), chain, c.delta_bytes)
+                (header, None, chain, c.delta_bytes)
             }
             None => {
                 let header = Header {
@@ -120,7 +130,11 @@ impl Store {
                     region_len,
                     created_ms,
                 };
-                (header, zero_hashes(region_len), vec![number], 0)
+                let zero = ImageHashes::zero(region_len).map_err(|e| StoreError::OutOfMemory {
+                    path: self.dir.join(names::generation(number)),
+                    bytes: e.bytes,
+                })?;
+                (header, Some(zero), vec![number], 0)
             }
         };
         let seq = self.temp_seq;
@@ -136,13 +150,15 @@ impl Store {
             temp,
             file: Some(file),
             state: TxState::Writing,
-            hashes,
+            own,
+            offered: BTreeMap::new(),
             chain,
             delta_bytes_before,
             skeleton: blake3::Hasher::new(),
             record: Vec::new(),
             bytes_written: 0,
             chunks_written: 0,
+            pages_written: 0,
             started: Instant::now(),
         };
         let encoded = header.encode();
@@ -180,20 +196,15 @@ impl GenerationTx<'_> {
     /// Offers the current bytes of chunk `index`: [`super::CHUNK_BYTES`]
     /// bytes, or fewer for the region's last chunk.
     ///
-    /// In a delta the chunk is written only if it differs from its version in
-    /// the newest generation (or from what was offered for it earlier in this
-    /// one); in a base it is always written. A chunk never offered is, in a
-    /// delta, unchanged from the parent; in a base, all zero.
+    /// The chunk is hashed; if the hash differs from the chunk's in the image
+    /// this generation changes (the parent's in a delta, all zero in a base;
+    /// or what was offered for it earlier in this generation), its pages are
+    /// hashed and a record of the pages that differ is written. A chunk never
+    /// offered is, in a delta, unchanged from the parent; in a base, all
+    /// zero.
     pub fn put_chunk(&mut self, index: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.writing()?;
-        let region_len = self.header.region_len;
-        let Some(expected) = format::chunk_len(region_len, index) else {
-            return Err(StoreError::ChunkOutOfRange {
-                index,
-                region_len,
-                chunks: self.header.chunks(),
-            });
-        };
+        let expected = self.chunk_len(index)?;
         if bytes.len() as u64 != expected {
             return Err(StoreError::ChunkLen {
                 index,
@@ -201,16 +212,114 @@ impl GenerationTx<'_> {
                 found: bytes.len() as u64,
             });
         }
-        let hash = blake3::hash(bytes);
-        let slot = &mut self.hashes[index as usize];
-        if !self.header.is_base() && *slot == hash {
-            return Ok(());
+        self.offer(index, bytes)
+    }
+
+    /// Offers consecutive chunks at once: `bytes` holds chunk `first_index`
+    /// and those after it, each [`super::CHUNK_BYTES`] long but the last,
+    /// which may be shorter only if it is the region's last chunk.
+    ///
+    /// The same as [`GenerationTx::put_chunk`] on each chunk in order, and
+    /// the file written is the same byte for byte, but a large batch is
+    /// hashed on several threads (up to 4, as the machine allows; a batch of
+    /// less than 1 MiB on the calling thread alone). Every chunk is checked
+    /// before any is hashed: a refused batch offers nothing. An empty batch
+    /// offers nothing.
+    pub fn put_chunks(&mut self, first_index: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.writing()?;
+        for (k, chunk) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
+            // Saturating: past the region long before it could wrap.
+            let index = first_index.saturating_add(k as u64);
+            let expected = self.chunk_len(index)?;
+            if chunk.len() as u64 != expected {
+                return Err(StoreError::ChunkLen {
+                    index,
+                    expected,
+                    found: chunk.len() as u64,
+                });
+            }
         }
-        *slot = hash;
-        let descriptor = format::chunk_descriptor(index, expected, &hash);
-        self.skeleton.update(&descriptor);
-        self.write_record(&descriptor, bytes)?;
-        self.chunks_written += 1;
+        self.offer(first_index, bytes)
+    }
+
+    /// The length of chunk `index`, or why there is no such chunk.
+    fn chunk_len(&self, index: u64) -> Result<u64, StoreError> {
+        let region_len = self.header.region_len;
+        format::chunk_len(region_len, index).ok_or(StoreError::ChunkOutOfRange {
+            index,
+            region_len,
+            chunks: self.header.chunks(),
+        })
+    }
+
+    /// The hashes of the image this generation describes, as offered so far.
+    fn view(&self) -> View<'_> {
+        let parent = match &self.own {
+            Some(own) => own,
+            None => {
+                &self
+                    .store
+                    .current
+                    .as_ref()
+                    .expect("a delta is begun only on a current image, which only its commit changes")
+                    .hashes
+            }
+        };
+        View {
+            parent,
+            offered: &self.offered,
+        }
+    }
+
+    /// Hashes checked chunks, then writes a record for each that changed, in
+    /// order.
+    fn offer(&mut self, first_index: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let changed = changed_chunks(first_index, bytes, self.view());
+        for (index, hashes) in changed {
+            let at = ((index - first_index) * CHUNK_BYTES) as usize;
+            let chunk = &bytes[at..bytes.len().min(at + CHUNK_BYTES as usize)];
+            self.write_changed(index, chunk, hashes)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the record of chunk `index`, whose bytes hash to `hashes` and
+    /// differ from the view's: the pages whose hashes differ.
+    fn write_changed(&mut self, index: u64, chunk: &[u8], hashes: ChunkHashes) -> Result<(), StoreError> {
+        let before = self.view().pages_of(index);
+        let pages = hashes
+            .pages()
+            .iter()
+            .zip(before)
+            .enumerate()
+            .filter(|(_, (new, old))| new != old)
+            .fold(0u64, |bitmap, (p, _)| bitmap | 1 << p);
+        // A chunk whose hash changed has a changed page, unless BLAKE3
+        // collides; then there is nothing to store, only hashes to keep.
+        if pages != 0 {
+            let stored = format::pages_of(pages).map(|p| &hashes.pages()[p as usize]);
+            let descriptor = format::chunk_descriptor(index, pages, &format::record_hash(stored));
+            self.skeleton.update(&descriptor);
+            let mut record = std::mem::take(&mut self.record);
+            record.clear();
+            record.extend_from_slice(&descriptor);
+            for p in format::pages_of(pages) {
+                let start = (p * PAGE_BYTES) as usize;
+                let end = (start + PAGE_BYTES as usize).min(chunk.len());
+                record.extend_from_slice(&chunk[start..end]);
+            }
+            let written = self.write(&record);
+            self.record = record;
+            written?;
+            self.chunks_written += 1;
+            self.pages_written += u64::from(pages.count_ones());
+        }
+        match &mut self.own {
+            Some(own) => own.set(index, &hashes),
+            None => {
+                self.offered.insert(index, hashes);
+            }
+        }
         Ok(())
     }
 
@@ -277,12 +386,27 @@ impl GenerationTx<'_> {
         } else {
             self.delta_bytes_before + file_len
         };
+        let hashes = match self.own.take() {
+            Some(own) => own,
+            None => {
+                let mut hashes = self
+                    .store
+                    .current
+                    .take()
+                    .expect("a delta is begun only on a current image, which only its commit changes")
+                    .hashes;
+                for (index, offered) in std::mem::take(&mut self.offered) {
+                    hashes.set(index, &offered);
+                }
+                hashes
+            }
+        };
         self.store.current = Some(Current {
             number,
             region_len: self.header.region_len,
             chain: std::mem::take(&mut self.chain),
             delta_bytes,
-            hashes: std::mem::take(&mut self.hashes),
+            hashes,
         });
         let (pruned, prune_errors) = self.store.prune();
         Ok(Persisted {
@@ -290,6 +414,7 @@ impl GenerationTx<'_> {
             base: self.is_base(),
             bytes_written: file_len,
             chunks_written: self.chunks_written,
+            pages_written: self.pages_written,
             elapsed: self.started.elapsed(),
             pruned,
             prune_errors,
