@@ -27,6 +27,27 @@ pub enum Restart {
     Never,
 }
 
+/// How changed arena chunks are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArenaScan {
+    /// Counters once the program moves any, hashing until then.
+    Auto,
+    /// The program's write counters only.
+    Hints,
+    /// Hash every arena chunk for every generation.
+    Hash,
+}
+
+impl From<ArenaScan> for shm_snapshot::snapshot::ArenaScan {
+    fn from(scan: ArenaScan) -> Self {
+        match scan {
+            ArenaScan::Auto => Self::Auto,
+            ArenaScan::Hints => Self::Hints,
+            ArenaScan::Hash => Self::Hash,
+        }
+    }
+}
+
 /// When the store syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Fsync {
@@ -73,6 +94,18 @@ pub struct Args {
     /// On SIGTERM/SIGINT/SIGHUP, how long the program has to exit before SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
+
+    /// Minimum spacing between generations while the program runs (0: one as soon as a commit lands).
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Persist generations only when the program ends, not while it runs.
+    #[arg(long)]
+    pub no_continuous: bool,
+
+    /// How changed arena chunks are found: the program's write counters, hashing every chunk, or counters once the program moves any.
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = ArenaScan::Auto)]
+    pub arena_scan: ArenaScan,
 
     /// Whether a generation is synced to disk before it counts as persisted
     /// (never: for tmpfs and tests; a power loss may then lose generations).

@@ -32,7 +32,9 @@ pub fn record(store: &Path, pgid: i32) {
         .open(record_path(store))
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{pgid}\n").as_bytes()));
     if let Err(e) = written {
-        warn!("cannot record the program's process group in the store ({e}); a supervisor killed by SIGKILL may leave its descendants running");
+        warn!(
+            "cannot record the program's process group in the store ({e}); a supervisor killed by SIGKILL may leave its descendants running"
+        );
     }
 }
 
@@ -44,7 +46,9 @@ pub fn clear(store: &Path) {
 /// Kills what is left of a recorded group from a previous supervisor, and
 /// returns how many of its processes were found.
 pub fn kill_recorded(store: &Path) -> usize {
-    let Some(pgid) = std::fs::read_to_string(record_path(store)).ok().and_then(|s| s.trim().parse::<i32>().ok())
+    let Some(pgid) = std::fs::read_to_string(record_path(store))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
     else {
         return 0;
     };
@@ -66,7 +70,9 @@ pub fn kill_recorded(store: &Path) -> usize {
 
 /// The pids whose process group is `pgid`, from /proc.
 fn members_of(pgid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| process_group(*pid) == Some(pgid))
         .collect()
@@ -84,7 +90,8 @@ fn process_group(pid: i32) -> Option<i32> {
 fn is_ours(pid: i32) -> bool {
     let holds_region = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
         fds.filter_map(Result::ok).any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:shm-snapshot"))
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("/memfd:shm-snapshot"))
         })
     });
     holds_region
@@ -105,5 +112,4 @@ mod tests {
         assert_eq!(process_group(me), Some(expected));
         assert!(members_of(expected).contains(&me));
     }
-
 }

@@ -6,6 +6,7 @@ mod child;
 mod cli;
 mod leftovers;
 mod region;
+mod snapshotter;
 mod supervise;
 
 use std::process::ExitCode;

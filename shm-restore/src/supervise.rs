@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal, WaitOptions};
-use shm_snapshot::snapshot::{self, Outcome};
+use std::sync::{Arc, Mutex};
+
+use shm_snapshot::snapshot::{self, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreOptions};
 use tracing::{error, info, warn};
 
@@ -17,6 +19,7 @@ use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
 use crate::leftovers;
 use crate::region::{HostRegion, human};
+use crate::snapshotter::{self, Shared, SnapshotThread};
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,71 +89,105 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let options = StoreOptions {
         keep: args.keep as usize,
         fsync: args.fsync == Fsync::Always,
-        ..StoreOptions::default()
+        // Bases come from the chain's weight (the store writes one when the
+        // deltas since the last outweigh the region), not from a count: at
+        // hundreds of generations a second a count would mean a full copy
+        // every few milliseconds.
+        full_every: u32::MAX,
     };
-    let mut store = Store::open(&args.snapshot, options)?;
+    let store = Store::open(&args.snapshot, options)?;
     // Holding the store's lock, no other supervisor can be using the group.
     leftovers::kill_recorded(store.dir());
     let region = HostRegion::create(args.size)?;
     let mut launcher = Launcher::new(&args.command)?;
-    restore_newest(&mut store, &region, true)?;
+    let mut shared = Shared {
+        store,
+        snapshotter: Snapshotter::new(args.arena_scan.into()),
+        stats: Default::default(),
+    };
+    restore_newest(&mut shared, &region, true)?;
     let events = signal_events()?;
+    let file = region
+        .file()
+        .try_clone()
+        .context("duplicating the region descriptor")?;
+    let snapshots = SnapshotThread::start(
+        file,
+        Arc::new(Mutex::new(shared)),
+        args.interval,
+        !args.no_continuous,
+    )
+    .context("starting the snapshot thread")?;
 
     let mut supervisor = Supervisor {
         args: &args,
-        store,
+        snapshots,
         region,
         events,
         stop: None,
         launches: Vec::new(),
     };
-    let mut quick_deaths = 0u32;
-    loop {
-        let started = Instant::now();
-        supervisor.launches.push(started);
-        let ended = supervisor.run_child(&mut launcher)?;
-        supervisor.post_mortem()?;
-        if supervisor.stop.is_some() {
-            return Ok(ExitCode::from(ended.code()));
-        }
-        let success = ended == Ended::Exited(0);
-        match args.restart {
-            Restart::Never => return Ok(ExitCode::from(ended.code())),
-            Restart::OnFailure if success => return Ok(ExitCode::SUCCESS),
-            _ => {}
-        }
-        let window = args.restart_window;
-        supervisor.launches.retain(|t| t.elapsed() < window);
-        if supervisor.launches.len() > args.restart_limit as usize {
-            error!(
-                relaunches = args.restart_limit,
-                window = %humantime::format_duration(window),
-                last = %ended,
-                "restart limit reached: the program died {} times within {}; giving up",
-                supervisor.launches.len(),
-                humantime::format_duration(window)
-            );
-            return Ok(ExitCode::from(if success { 1 } else { ended.code().max(1) }));
-        }
-        quick_deaths = if started.elapsed() > args.backoff_max {
-            0
-        } else {
-            quick_deaths + 1
-        };
-        let delay = args
-            .backoff
-            .saturating_mul(1 << quick_deaths.saturating_sub(1).min(16))
-            .min(args.backoff_max);
-        info!(after_ms = delay.as_millis() as u64, "relaunching");
-        if !supervisor.sleep(delay) {
-            return Ok(ExitCode::from(ended.code()));
+    let code = supervisor.lifecycle(&mut launcher);
+    supervisor.snapshots.shutdown();
+    snapshotter::lock(&supervisor.snapshots.shared())
+        .stats
+        .log_summary();
+    code
+}
+
+impl Supervisor<'_> {
+    /// Starts the program and relaunches it per the policy until it is done.
+    fn lifecycle(&mut self, launcher: &mut Launcher) -> Result<ExitCode> {
+        let args = self.args;
+        let supervisor = self;
+        let mut quick_deaths = 0u32;
+        loop {
+            let started = Instant::now();
+            supervisor.launches.push(started);
+            let ended = supervisor.run_child(launcher)?;
+            supervisor.post_mortem()?;
+            if supervisor.stop.is_some() {
+                return Ok(ExitCode::from(ended.code()));
+            }
+            let success = ended == Ended::Exited(0);
+            match args.restart {
+                Restart::Never => return Ok(ExitCode::from(ended.code())),
+                Restart::OnFailure if success => return Ok(ExitCode::SUCCESS),
+                _ => {}
+            }
+            let window = args.restart_window;
+            supervisor.launches.retain(|t| t.elapsed() < window);
+            if supervisor.launches.len() > args.restart_limit as usize {
+                error!(
+                    relaunches = args.restart_limit,
+                    window = %humantime::format_duration(window),
+                    last = %ended,
+                    "restart limit reached: the program died {} times within {}; giving up",
+                    supervisor.launches.len(),
+                    humantime::format_duration(window)
+                );
+                return Ok(ExitCode::from(if success { 1 } else { ended.code().max(1) }));
+            }
+            quick_deaths = if started.elapsed() > args.backoff_max {
+                0
+            } else {
+                quick_deaths + 1
+            };
+            let delay = args
+                .backoff
+                .saturating_mul(1 << quick_deaths.saturating_sub(1).min(16))
+                .min(args.backoff_max);
+            info!(after_ms = delay.as_millis() as u64, "relaunching");
+            if !supervisor.sleep(delay) {
+                return Ok(ExitCode::from(ended.code()));
+            }
         }
     }
 }
 
 struct Supervisor<'a> {
     args: &'a Args,
-    store: Store,
+    snapshots: SnapshotThread,
     region: HostRegion,
     events: Receiver<i32>,
     /// The stop signal received, if any: no relaunch after it.
@@ -164,14 +201,15 @@ impl Supervisor<'_> {
     /// to its group and killing it after the grace period.
     fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
         let pid = launcher.spawn(self.region.file().as_fd())?;
-        leftovers::record(self.store.dir(), pid);
+        leftovers::record(&self.args.snapshot, pid);
         info!(pid, program = launcher.display(), "child started");
+        self.snapshots.resume();
         let mut kill_at: Option<Instant> = None;
         loop {
             if let Some(ended) = reap(pid)? {
                 info!(pid, status = %ended, "child ended");
                 kill_group(pid);
-                leftovers::clear(self.store.dir());
+                leftovers::clear(&self.args.snapshot);
                 return Ok(ended);
             }
             let event = match kill_at {
@@ -233,13 +271,24 @@ impl Supervisor<'_> {
     /// holding exactly the newest generation (or blank if there is none).
     fn post_mortem(&mut self) -> Result<()> {
         let started = Instant::now();
-        match snapshot::take(self.region.file(), &mut self.store) {
+        let mut shared = self.snapshots.pause();
+        let shared = &mut *shared;
+        let taken = match snapshot::observe_file(self.region.file()) {
+            Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
+            Ok(None) => Ok(Outcome::Blank),
+            Err(e) => Err(e.into()),
+        };
+        if let Ok(outcome) = &taken {
+            shared.stats.persisted(outcome);
+        }
+        match taken {
             Ok(Outcome::Persisted {
                 persisted,
                 units,
                 anomalies,
                 meta,
                 geometry,
+                ..
             }) => {
                 info!(
                     generation = persisted.number,
@@ -259,21 +308,21 @@ impl Supervisor<'_> {
                     .context("making the region hold the persisted generation")?;
                 Ok(())
             }
-            Ok(Outcome::NoConsistentUnit { anomalies }) => {
+            Ok(Outcome::NoConsistentUnit { anomalies, .. }) => {
                 if !anomalies.is_clean() {
                     warn!(?anomalies, "the region's unit table had corrupt entries");
                 }
                 info!("no committed unit in the region: nothing new to persist");
-                restore_newest(&mut self.store, &self.region, false)
+                restore_newest(shared, &self.region, false)
             }
             Ok(Outcome::Blank) => {
                 info!("the program never laid out the region: nothing to persist");
-                restore_newest(&mut self.store, &self.region, false)
+                restore_newest(shared, &self.region, false)
             }
             Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
             Err(snapshot::SnapshotError::Region(e)) => {
                 warn!("the region is not usable ({e}); restoring the newest generation");
-                restore_newest(&mut self.store, &self.region, false)
+                restore_newest(shared, &self.region, false)
             }
             Err(e @ snapshot::SnapshotError::Store(_)) => {
                 // The region still holds every committed unit; the program
@@ -289,8 +338,11 @@ impl Supervisor<'_> {
 
 /// Puts the newest verified generation into the region, or makes it blank
 /// when the store is empty.
-fn restore_newest(store: &mut Store, region: &HostRegion, at_start: bool) -> Result<()> {
+fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
     let started = Instant::now();
+    // The region is about to be rewritten: the next snapshot compares it all.
+    shared.snapshotter.forget();
+    let store = &mut shared.store;
     let loaded = store.load_newest()?;
     let Some(loaded) = loaded else {
         if at_start {

@@ -269,8 +269,35 @@ impl Client {
         // commit count (`Observer::commit_count`): a host that sees the count
         // move sees the header fields and the tag stored before it.
         words::store(words, header::COMMIT_COUNT, self.commits, Release);
+        // ORDERING: relaxed. A host sets the flag, re-reads the count, then
+        // sleeps only while the count is unchanged, with a timeout. Without a
+        // full fence here (which would double the cost of a small commit) a
+        // wake can be lost when this load is reordered before the count's
+        // store becomes visible; the host's timeout bounds what that costs,
+        // and it never costs a snapshot.
+        if words::load(words, header::HOST_FLAGS, Relaxed) & layout::HOST_SLEEPING != 0 {
+            wake_host(words);
+        }
         Ok((UnitId(seq), output))
     }
+}
+
+/// Wakes a host sleeping on the commit count: the only system call a commit
+/// can make, and only while the host asked for it.
+#[cold]
+#[inline(never)]
+fn wake_host(words: &[crate::sync::AtomicU64]) {
+    #[cfg(not(loom))]
+    {
+        let count = &words[(header::COMMIT_COUNT / 8) as usize];
+        let _ = rustix::thread::futex::wake(
+            crate::words::futex_word(count),
+            rustix::thread::futex::Flags::empty(),
+            u32::MAX,
+        );
+    }
+    #[cfg(loom)]
+    let _ = words;
 }
 
 /// Invalidates, oldest first from `tail`, every valid unit that the new unit

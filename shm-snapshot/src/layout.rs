@@ -65,9 +65,17 @@ pub mod header {
     pub const NEXT_SEQ: u64 = CURSOR + 8;
     /// Number of units published since layout; the host waits on it.
     pub const COMMIT_COUNT: u64 = NEXT_SEQ + 8;
+    /// Written by the host only (with a plain file write, never through a
+    /// mapping), on its own cache line: bit 0, [`super::HOST_SLEEPING`], says
+    /// the host sleeps on a futex on the low 32 bits of `COMMIT_COUNT` and
+    /// wants a wake after the next commit. Zero means "not provided": a
+    /// client that ignores it is correct, only slower to be snapshotted.
+    pub const HOST_FLAGS: u64 = 192;
     /// End of the fields v1 defines; the rest of the header is reserved and
     /// zero at layout.
-    pub const END: u64 = COMMIT_COUNT + 8;
+    pub const END: u64 = HOST_FLAGS + 8;
+
+    const _: () = assert!(HOST_FLAGS.is_multiple_of(64) && HOST_FLAGS >= COMMIT_COUNT + 8);
 
     const _: () = assert!(FIXED_END <= CURSOR);
     const _: () = assert!(CURSOR.is_multiple_of(64));
@@ -89,6 +97,9 @@ pub mod slot {
 
     const _: () = assert!(SIZE == 32);
 }
+
+/// [`header::HOST_FLAGS`] bit: the host sleeps until the commit count moves.
+pub const HOST_SLEEPING: u64 = 1;
 
 /// Bytes per arena chunk write counter.
 pub const COUNTER_SIZE: u64 = 8;

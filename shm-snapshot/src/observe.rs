@@ -95,6 +95,51 @@ impl Observer {
         words::load(self.region.words(), header::COMMIT_COUNT, Acquire)
     }
 
+    /// Sleeps until the client's commit count differs from `seen`, or
+    /// `timeout` passes, or a signal arrives. Sets the header's
+    /// [`layout::HOST_SLEEPING`] flag so the client wakes it after its next
+    /// commit; call [`Observer::stop_waiting`] once awake for good. A client
+    /// that ignores the flag (it is optional) leaves this to the timeout.
+    #[cfg(not(loom))]
+    pub fn wait_for_commit(&self, seen: u64, timeout: std::time::Duration) -> Result<(), RegionError> {
+        self.write_host_flags(layout::HOST_SLEEPING)?;
+        if self.commit_count() != seen {
+            return Ok(());
+        }
+        let count = &self.region.words()[(header::COMMIT_COUNT / 8) as usize];
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        // Returns early when the count's low half no longer equals `seen`'s,
+        // on a wake, a timeout or a signal: every case just re-checks.
+        let _ = rustix::thread::futex::wait(
+            crate::words::futex_word(count),
+            rustix::thread::futex::Flags::empty(),
+            seen as u32,
+            Some(&timeout),
+        );
+        Ok(())
+    }
+
+    /// Clears the header's sleeping flag, so commits stop waking the host.
+    #[cfg(not(loom))]
+    pub fn stop_waiting(&self) -> Result<(), RegionError> {
+        self.write_host_flags(0)
+    }
+
+    /// Writes the host's flag word through the file, not the (read-only)
+    /// mapping. Only its lowest byte is ever non-zero, so a reader can never
+    /// see a torn value.
+    #[cfg(not(loom))]
+    fn write_host_flags(&self, flags: u64) -> Result<(), RegionError> {
+        use std::os::unix::fs::FileExt;
+        self.region
+            .file()
+            .write_all_at(&flags.to_le_bytes(), header::HOST_FLAGS)
+            .map_err(|e| RegionError::io("setting the host's flags in the region", e))
+    }
+
     /// The client's write cursor (untrusted: a hint, never an index).
     pub fn cursor(&self) -> u64 {
         words::load(self.region.words(), header::CURSOR, Relaxed)

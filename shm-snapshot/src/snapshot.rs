@@ -156,78 +156,336 @@ pub enum Outcome {
         meta: Meta,
         /// The region's geometry.
         geometry: Geometry,
+        /// The client's commit count read just before Pre, when the newest
+        /// unit valid at Pre was kept: every commit up to it is durable now.
+        covers: Option<u64>,
+        /// Bytes offered to the store (copied from the region and hashed).
+        bytes_scanned: u64,
     },
     /// No unit was proven consistent: nothing was written and the previous
     /// generation stands.
     NoConsistentUnit {
         /// What the observer found wrong.
         anomalies: Anomalies,
+        /// Units valid at Pre; non-zero means every one of them changed
+        /// during the copy (a starved attempt).
+        pre_units: usize,
     },
     /// The region has not been laid out (its magic is zero): the program has
     /// not opened it yet, so there is nothing to keep.
     Blank,
 }
 
-/// Takes a snapshot of the region in `file` into `store`: Pre, copy every
-/// chunk (the store writes only those that changed), Post, and persists a
-/// generation when at least one unit is proven. Safe on a live region: a
-/// unit that changed during the copy is not kept.
+/// How a snapshot finds the arena chunks that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArenaScan {
+    /// Follow the program's write counters once it has moved any; while it
+    /// has moved none, hash every arena chunk.
+    #[default]
+    Auto,
+    /// Only the chunks whose write counters moved.
+    Hints,
+    /// Hash every arena chunk every time.
+    Hash,
+}
+
+/// Chunks offered to the store at a time: 8 MiB, enough for the store to
+/// spread hashing over threads (it splits batches of a MiB or more).
+const RUN_CHUNKS: u64 = 128;
+
+/// Takes consistent snapshots of one region into a store.
+///
+/// It keeps a shadow copy of the region (memory the size of the region),
+/// made once outside any snapshot. Between Pre and Post a snapshot then
+/// copies into the shadow only what can have changed: the header and unit
+/// table, the ring bytes of units newer than the last kept ones, and the
+/// arena chunks whose write counters moved (or, by [`ArenaScan`], every
+/// arena chunk that differs from the shadow). That window is a few memory
+/// copies, so a program committing fast still leaves units valid across
+/// it. Hashing and writing to the store happen after Post, from the shadow;
+/// the store writes only what differs from its newest generation.
+#[derive(Debug, Default)]
+pub struct Snapshotter {
+    scan: ArenaScan,
+    /// The region as last copied, chunk by chunk.
+    shadow: Vec<u8>,
+    /// The geometry the shadow was made for; `None` until it is primed.
+    shadow_geometry: Option<Geometry>,
+    /// The arena write counters read before the shadow's arena chunks were
+    /// last copied: a counter that differs now means newer data.
+    shadow_counters: Vec<u64>,
+    /// Stream offset past the newest kept unit: the shadow's ring bytes
+    /// before it belong to units that were proven intact, and valid units'
+    /// bytes never change.
+    ring_done: u64,
+    /// Store chunks whose shadow bytes changed since the newest persisted
+    /// generation.
+    dirty: Vec<bool>,
+    /// Every chunk counts as changed (a fresh shadow, or after `forget`).
+    all_dirty: bool,
+    counters: Vec<u64>,
+    pre: Vec<UnitRef>,
+    scratch: Vec<u8>,
+}
+
+impl Snapshotter {
+    /// A snapshotter that finds arena changes by `scan`.
+    pub fn new(scan: ArenaScan) -> Snapshotter {
+        Snapshotter {
+            scan,
+            ..Snapshotter::default()
+        }
+    }
+
+    /// Forgets the shadow: the next snapshot copies the whole region again
+    /// and offers every chunk. Call it after rewriting the region (restoring
+    /// a generation).
+    pub fn forget(&mut self) {
+        self.shadow_geometry = None;
+    }
+
+    /// Takes one snapshot: Pre, copy what can have changed, Post, and
+    /// persists a generation when at least one unit is proven. Safe on a
+    /// live region: a unit that changed during the copy is not kept.
+    pub fn take(&mut self, observer: &Observer, store: &mut Store) -> Result<Outcome, SnapshotError> {
+        self.take_with(observer, store, || {})
+    }
+
+    /// As [`Snapshotter::take`], running `between` after the copy and before
+    /// Post: lets a test change the region at the worst moment.
+    pub fn take_with(
+        &mut self,
+        observer: &Observer,
+        store: &mut Store,
+        between: impl FnOnce(),
+    ) -> Result<Outcome, SnapshotError> {
+        let g = *observer.geometry();
+        observer.check_header()?;
+        if self.shadow_geometry != Some(g) {
+            self.prime(observer, &g)?;
+        }
+        let commit_count = observer.commit_count();
+        let next_seq = observer.next_seq();
+        let mut pre = std::mem::take(&mut self.pre);
+        let mut anomalies = observer.pre(&mut pre);
+        let result =
+            self.window(observer, &g, &pre, &mut anomalies, between)
+                .and_then(|window| match window {
+                    None => Ok(Outcome::NoConsistentUnit {
+                        anomalies,
+                        pre_units: pre.len(),
+                    }),
+                    Some((kept, bytes_scanned)) => {
+                        let newest_pre = pre.iter().map(UnitRef::seq).max();
+                        self.persist(
+                            store,
+                            &g,
+                            kept,
+                            newest_pre,
+                            commit_count,
+                            next_seq,
+                            anomalies,
+                            bytes_scanned,
+                        )
+                    }
+                });
+        self.pre = pre;
+        result
+    }
+
+    /// Copies the whole region into a fresh shadow, outside any snapshot.
+    fn prime(&mut self, observer: &Observer, g: &Geometry) -> Result<(), RegionError> {
+        // ORDERING: counters first, then the copy: a write that lands after
+        // the counters were read moves its counter again, and a later window
+        // copies it.
+        observer.chunk_counters(&mut self.shadow_counters);
+        self.shadow.clear();
+        self.shadow.resize(g.region_len as usize, 0);
+        observer.copy_range(0, &mut self.shadow)?;
+        self.dirty = vec![false; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
+        self.all_dirty = true;
+        self.ring_done = 0;
+        self.shadow_geometry = Some(*g);
+        Ok(())
+    }
+
+    /// Between Pre and Post: copies into the shadow what can have changed,
+    /// then runs Post. Returns the kept units and the bytes copied, or
+    /// `None` when no unit survived.
+    fn window(
+        &mut self,
+        observer: &Observer,
+        g: &Geometry,
+        pre: &[UnitRef],
+        anomalies: &mut Anomalies,
+        between: impl FnOnce(),
+    ) -> Result<Option<(Vec<UnitRef>, u64)>, SnapshotError> {
+        if pre.is_empty() {
+            return Ok(None);
+        }
+        // ORDERING: the counters are read after Pre's acquire loads, so any
+        // arena write a Pre unit describes has moved its counter by now.
+        observer.chunk_counters(&mut self.counters);
+        let mut copied = 0;
+        // Header, unit table and counters: small, and always rewritten.
+        copied += self.copy(observer, 0, g.ring_offset)?;
+        // The ring bytes of units newer than the last kept ones.
+        let newest_end = pre.iter().map(UnitRef::end).max().unwrap_or(0);
+        let low = self.ring_done.max(newest_end.saturating_sub(g.ring_bytes));
+        if low < newest_end {
+            let start = low & (g.ring_bytes - 1);
+            let len = newest_end - low;
+            let first = len.min(g.ring_bytes - start);
+            copied += self.copy(observer, g.ring_offset + start, first)?;
+            copied += self.copy(observer, g.ring_offset, len - first)?;
+        }
+        // Arena chunks whose counters moved; or every chunk, compared.
+        let compare_all = match self.scan {
+            ArenaScan::Hash => true,
+            ArenaScan::Auto => self.counters.iter().all(|c| *c == 0),
+            ArenaScan::Hints => false,
+        };
+        for i in 0..self.counters.len() {
+            let at = g.arena_offset + i as u64 * g.chunk_bytes;
+            let len = g.chunk_bytes.min(g.region_len - at);
+            if compare_all {
+                copied += self.copy_if_changed(observer, at, len)?;
+            } else if self.counters[i] != self.shadow_counters[i] {
+                copied += self.copy(observer, at, len)?;
+            }
+        }
+        between();
+
+        let mut kept = Vec::new();
+        let post = observer.post(pre, &mut kept);
+        anomalies.broken_chain += post.broken_chain;
+        // Whatever Post says, the shadow now holds data at least as new as
+        // the counters read above.
+        std::mem::swap(&mut self.shadow_counters, &mut self.counters);
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        self.ring_done = kept.last().map_or(self.ring_done, UnitRef::end);
+        Ok(Some((kept, copied)))
+    }
+
+    /// Copies `[at, at + len)` of the region into the shadow and marks its
+    /// chunks changed.
+    fn copy(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
+        if len == 0 {
+            return Ok(0);
+        }
+        observer.copy_range(at, &mut self.shadow[at as usize..(at + len) as usize])?;
+        self.mark(at, len);
+        Ok(len)
+    }
+
+    /// Copies `[at, at + len)` aside and into the shadow only where it
+    /// differs, marking those chunks changed.
+    fn copy_if_changed(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
+        self.scratch.resize(len as usize, 0);
+        observer.copy_range(at, &mut self.scratch)?;
+        let shadow = &mut self.shadow[at as usize..(at + len) as usize];
+        if *shadow != self.scratch[..] {
+            shadow.copy_from_slice(&self.scratch);
+            self.mark(at, len);
+        }
+        Ok(len)
+    }
+
+    fn mark(&mut self, at: u64, len: u64) {
+        let first = at / store::CHUNK_BYTES;
+        let last = (at + len - 1) / store::CHUNK_BYTES;
+        for dirty in &mut self.dirty[first as usize..=last as usize] {
+            *dirty = true;
+        }
+    }
+
+    /// After Post: writes the changed chunks of the shadow as a generation.
+    #[allow(clippy::too_many_arguments)]
+    fn persist(
+        &mut self,
+        store: &mut Store,
+        g: &Geometry,
+        kept: Vec<UnitRef>,
+        newest_pre: Option<u64>,
+        commit_count: u64,
+        next_seq: u64,
+        anomalies: Anomalies,
+        bytes_scanned: u64,
+    ) -> Result<Outcome, SnapshotError> {
+        let newest = *kept.last().expect("kept is not empty");
+        let covers = (newest_pre == Some(newest.seq())).then_some(commit_count);
+        // The live next sequence number is untrusted: keep it within what a
+        // client accepts (past the newest unit, at most `slots` past the oldest).
+        let oldest = kept[0].seq();
+        let meta = Meta {
+            cursor: newest.end(),
+            next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
+            commit_count,
+            units: kept,
+        };
+        let mut tx = store.begin(g.region_len)?;
+        let base = tx.is_base();
+        let chunks = self.dirty.len() as u64;
+        let mut index = 0;
+        while index < chunks {
+            let offered = |i: u64| base || self.all_dirty || self.dirty[i as usize];
+            if !offered(index) {
+                index += 1;
+                continue;
+            }
+            let mut last = index + 1;
+            while last < chunks && last - index < RUN_CHUNKS && offered(last) {
+                last += 1;
+            }
+            let at = (index * store::CHUNK_BYTES) as usize;
+            let end = ((last * store::CHUNK_BYTES) as usize).min(self.shadow.len());
+            // The store writes only pages that differ from its newest
+            // generation (from zero, in a base).
+            tx.put_chunks(index, &self.shadow[at..end])?;
+            index = last;
+        }
+        let units = meta.units.len();
+        let persisted = tx.commit(&meta.encode())?;
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.all_dirty = false;
+        Ok(Outcome::Persisted {
+            persisted,
+            units,
+            anomalies,
+            meta,
+            geometry: *g,
+            covers,
+            bytes_scanned,
+        })
+    }
+}
+
+/// Takes one full snapshot of the region in `file` into `store` (every
+/// chunk offered; the store writes only what changed). For a region no
+/// program is running on, every valid unit is kept.
 pub fn take(file: &File, store: &mut Store) -> Result<Outcome, SnapshotError> {
+    let Some(observer) = observe_file(file)? else {
+        return Ok(Outcome::Blank);
+    };
+    Snapshotter::new(ArenaScan::Hash).take(&observer, store)
+}
+
+/// Maps the region in `file` read-only and observes it; `None` while it has
+/// not been laid out.
+pub fn observe_file(file: &File) -> Result<Option<Observer>, RegionError> {
     let dup = file
         .try_clone()
         .map_err(|e| RegionError::io("duplicating the region descriptor", e))?;
     // SAFETY: the supervisor's memfd is sealed against shrinking, and a
-    // file handed to this function must not shrink while it runs.
+    // file handed to this function must not shrink while it is observed.
     let region = unsafe { Region::from_file_read_only(dup)? };
-    let observer = match Observer::new(region) {
-        Ok(observer) => observer,
-        Err(RegionError::ForeignMagic { found: 0 }) => return Ok(Outcome::Blank),
-        Err(e) => return Err(e.into()),
-    };
-    let g = *observer.geometry();
-    let mut pre = Vec::new();
-    let mut anomalies = observer.pre(&mut pre);
-    let next_seq = observer.next_seq();
-    let commit_count = observer.commit_count();
-
-    let mut tx = store.begin(g.region_len)?;
-    let mut chunk = vec![0u8; store::CHUNK_BYTES as usize];
-    for index in 0..g.region_len.div_ceil(store::CHUNK_BYTES) {
-        let at = index * store::CHUNK_BYTES;
-        let len = store::CHUNK_BYTES.min(g.region_len - at) as usize;
-        observer.copy_range(at, &mut chunk[..len])?;
-        // A base leaves chunks it is not offered all zero: most of a young
-        // region is, and need not be written.
-        if tx.is_base() && chunk[..len].iter().all(|b| *b == 0) {
-            continue;
-        }
-        tx.put_chunk(index, &chunk[..len])?;
+    match Observer::new(region) {
+        Ok(observer) => Ok(Some(observer)),
+        Err(RegionError::ForeignMagic { found: 0 }) => Ok(None),
+        Err(e) => Err(e),
     }
-
-    let mut kept = Vec::new();
-    let post = observer.post(&pre, &mut kept);
-    anomalies.broken_chain += post.broken_chain;
-    let Some(newest) = kept.last() else {
-        return Ok(Outcome::NoConsistentUnit { anomalies });
-    };
-    // The live next sequence number is untrusted: keep it within what a
-    // client accepts (past the newest unit, at most `slots` past the oldest).
-    let oldest = kept[0].seq();
-    let meta = Meta {
-        cursor: newest.end(),
-        next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
-        commit_count,
-        units: kept,
-    };
-    let units = meta.units.len();
-    let persisted = tx.commit(&meta.encode())?;
-    Ok(Outcome::Persisted {
-        persisted,
-        units,
-        anomalies,
-        meta,
-        geometry: g,
-    })
 }
 
 /// What a restore put into the region.
@@ -284,5 +542,7 @@ pub fn apply_meta(file: &File, g: &Geometry, meta: &Meta) -> Result<(), RegionEr
     write(&meta.cursor.to_le_bytes(), header::CURSOR)?;
     write(&meta.next_seq.to_le_bytes(), header::NEXT_SEQ)?;
     write(&meta.commit_count.to_le_bytes(), header::COMMIT_COUNT)?;
+    // The copy may have caught the host asleep; a fresh run starts awake.
+    write(&0u64.to_le_bytes(), header::HOST_FLAGS)?;
     Ok(())
 }

@@ -117,6 +117,16 @@ impl Proc {
         }
     }
 
+    /// A line of `stream` matching `want`, among those seen already or, if
+    /// none is, the next to come (streams race each other, so a line of one
+    /// may arrive after a later line of the other).
+    pub fn seen_or_expect(&mut self, stream: Stream, want: impl Fn(&str) -> bool, what: &str) -> String {
+        if let Some((_, line)) = self.seen.iter().find(|(s, l)| *s == stream && want(l)) {
+            return line.clone();
+        }
+        self.expect(stream, want, what)
+    }
+
     /// Waits for a stdout line starting with `prefix`.
     pub fn expect_out(&mut self, prefix: &str) -> String {
         self.expect(
@@ -222,4 +232,46 @@ pub fn wait_gone(pid: i32) -> bool {
 /// A temporary working directory for one test.
 pub fn workdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
+}
+
+/// Runs `program` with `region` handed over at fd 3 by the supervisor's
+/// convention (no `LISTEN_PID`, which the convention allows), and returns
+/// its exit code and output.
+pub fn run_with_region(
+    program: &Path,
+    region: &std::fs::File,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = region.as_raw_fd();
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", shm_snapshot::FD_NAME)
+        .env_remove("LISTEN_PID")
+        .stdin(Stdio::null());
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the
+    // child's descriptor table.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) != 3 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

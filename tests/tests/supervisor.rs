@@ -136,18 +136,23 @@ fn restarted_supervisor_restores_its_newest_generation() {
     assert_eq!(recovered_after(&second, 1), ["unit-0", "unit-1", "unit-2"]);
 }
 
+/// Generations only at exits, so each run below makes exactly one.
+fn at_exit_only() -> Vec<&'static str> {
+    flags(&["--no-continuous"])
+}
+
 /// Two supervisor runs of 2 and 3 commits: generations 1 and 2 hold
 /// units 0-1 and 0-4.
 fn two_generations(dir: &Path) {
     for commits in ["2", "3"] {
-        let mut run = Proc::supervise(dir, "state", FAST, &[CHILD, "--commit", commits]);
+        let mut run = Proc::supervise(dir, "state", &at_exit_only(), &[CHILD, "--commit", commits]);
         assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
     }
     assert_eq!(generation_files(&dir.join("state")).len(), 2);
 }
 
 fn assert_falls_back_to_first_generation(dir: &Path) {
-    let mut run = Proc::supervise(dir, "state", FAST, &[CHILD]);
+    let mut run = Proc::supervise(dir, "state", &at_exit_only(), &[CHILD]);
     run.expect_err("skipping a damaged generation");
     assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
     assert_eq!(recovered_after(&run, 1), ["unit-0", "unit-1"]);
@@ -371,15 +376,28 @@ fn the_child_gets_the_region_at_fd_3_its_own_listen_pid_and_no_other_descriptor(
 #[test]
 fn a_supervisor_killed_by_sigkill_leaves_nothing_running_once_the_next_one_starts() {
     let dir = workdir();
-    let mut first = Proc::supervise(dir.path(), "state", FAST, &[CHILD, "--grandchild", "--then", "sleep"]);
+    let mut first = Proc::supervise(
+        dir.path(),
+        "state",
+        FAST,
+        &[CHILD, "--grandchild", "--then", "sleep"],
+    );
     let pid = child_pid(&first.expect_out("pid "));
-    let grandchild: i32 = first.expect_out("grandchild ")["grandchild ".len()..].parse().unwrap();
+    let grandchild: i32 = first.expect_out("grandchild ")["grandchild ".len()..]
+        .parse()
+        .unwrap();
     first.signal(libc::SIGKILL);
     first.wait();
     assert!(wait_gone(pid), "the program dies with its supervisor");
-    assert!(!is_gone(grandchild), "only a supervisor can kill the group; this one is dead");
+    assert!(
+        !is_gone(grandchild),
+        "only a supervisor can kill the group; this one is dead"
+    );
     let mut second = Proc::supervise(dir.path(), "state", FAST, &[CHILD]);
     second.expect_err("left running");
-    assert!(wait_gone(grandchild), "grandchild {grandchild} survived the next supervisor's start");
+    assert!(
+        wait_gone(grandchild),
+        "grandchild {grandchild} survived the next supervisor's start"
+    );
     assert_eq!(second.wait().code(), Some(0), "{}", second.transcript());
 }

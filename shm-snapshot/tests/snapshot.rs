@@ -1,0 +1,217 @@
+//! Snapshots of a live region into a store: what is kept, what is copied.
+
+use shm_snapshot::snapshot::{self, ArenaScan, Meta, Outcome, Snapshotter};
+use shm_snapshot::store::{Store, StoreOptions};
+use shm_snapshot::{Client, Config, Observer, Region};
+
+const REGION: u64 = 8 << 20;
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        fsync: false,
+        ..StoreOptions::default()
+    }
+}
+
+/// A client on a fresh region, and an observer of the same memfd through a
+/// read-only mapping, as the supervisor has.
+fn client_and_observer() -> (Client, Observer) {
+    let region = Region::anonymous(REGION).unwrap();
+    let file = region.file().try_clone().unwrap();
+    let client = Client::open(region, &Config::default()).unwrap();
+    // SAFETY: an anonymous region's memfd is sealed against shrinking.
+    let view = unsafe { Region::from_file_read_only(file) }.unwrap();
+    (client, Observer::new(view).unwrap())
+}
+
+fn persisted_units(store: &mut Store) -> Vec<(u64, Vec<u8>)> {
+    let loaded = store.load_newest().unwrap().expect("a generation");
+    let g = snapshot::image_geometry(&loaded.image).unwrap();
+    let meta = Meta::decode(&loaded.meta, &g).unwrap();
+    // Rebuild the region as a restart would, and read the units back
+    // through a client: the proof that the generation is usable.
+    let region = Region::anonymous(loaded.image.len() as u64).unwrap();
+    snapshot::restore(region.file(), &loaded).unwrap();
+    let client = Client::open(region, &Config::default()).unwrap();
+    let units: Vec<_> = client
+        .recover()
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.id.0, u.bytes))
+        .collect();
+    assert_eq!(
+        units.iter().map(|u| u.0).collect::<Vec<_>>(),
+        meta.units.iter().map(|u| u.seq()).collect::<Vec<_>>()
+    );
+    units
+}
+
+#[test]
+fn unit_invalidated_and_rewritten_during_the_copy_is_not_persisted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    // Four slots: the fifth commit reuses the first unit's slot.
+    let region = Region::anonymous(REGION).unwrap();
+    let file = region.file().try_clone().unwrap();
+    let mut client = Client::open(
+        region,
+        &Config {
+            slots: 4,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    // SAFETY: an anonymous region's memfd is sealed against shrinking.
+    let observer = Observer::new(unsafe { Region::from_file_read_only(file) }.unwrap()).unwrap();
+    for k in 1..=4u8 {
+        client.commit(&[k; 100]).unwrap();
+    }
+    let mut snapshotter = Snapshotter::new(ArenaScan::Auto);
+    let outcome = snapshotter
+        .take_with(&observer, &mut store, || {
+            // Paused between the copy and Post: the program invalidates
+            // unit 1 by reusing its slot, and writes new bytes.
+            client.commit(&[9; 100]).unwrap();
+        })
+        .unwrap();
+    let Outcome::Persisted { units, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        units, 3,
+        "units 2-4 were valid throughout; unit 1 changed during the copy"
+    );
+    let kept = persisted_units(&mut store);
+    assert_eq!(kept.iter().map(|u| u.0).collect::<Vec<_>>(), [2, 3, 4]);
+    for (id, bytes) in &kept {
+        assert_eq!(bytes, &vec![*id as u8; 100], "unit {id} is byte-identical");
+    }
+}
+
+#[test]
+fn every_unit_changing_during_the_copy_persists_nothing_and_is_reported_starved() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    client.commit(b"only unit").unwrap();
+    let outcome = Snapshotter::default()
+        .take_with(&observer, &mut store, || {
+            // A unit as large as the ring overwrites every older one.
+            client.commit(&vec![7; 1 << 20]).unwrap();
+        })
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::NoConsistentUnit { pre_units: 1, .. }),
+        "{outcome:?}"
+    );
+    assert!(store.load_newest().unwrap().is_none(), "nothing was persisted");
+}
+
+#[test]
+fn a_delta_copies_only_new_ring_bytes_and_the_arena_chunks_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Auto);
+    client
+        .commit_with(b"first", |tx| tx.arena().write(0, &[1; 4096]))
+        .unwrap();
+    let first = snapshotter.take(&observer, &mut store).unwrap();
+    assert!(matches!(first, Outcome::Persisted { .. }), "{first:?}");
+
+    // One more unit and one arena write far from the first.
+    let far = 5 << 20;
+    client
+        .commit_with(b"second", |tx| tx.arena().write(far, &[2; 4096]))
+        .unwrap();
+    let Outcome::Persisted {
+        bytes_scanned,
+        persisted,
+        ..
+    } = snapshotter.take(&observer, &mut store).unwrap()
+    else {
+        panic!("a delta")
+    };
+    assert!(!persisted.base);
+    // Header and table (one chunk), the ring chunk holding the new unit,
+    // the arena chunk(s) written: a handful of 64 KiB chunks, not 8 MiB.
+    assert!(bytes_scanned <= 4 * 65536, "scanned {bytes_scanned} bytes");
+    let loaded = store.load_newest().unwrap().unwrap();
+    let g = *observer.geometry();
+    let at = (g.arena_offset + far as u64) as usize;
+    assert_eq!(&loaded.image[at..at + 4096], &[2; 4096][..]);
+    assert_eq!(
+        persisted_units(&mut store)
+            .iter()
+            .map(|u| u.1.clone())
+            .collect::<Vec<_>>(),
+        [b"first".to_vec(), b"second".to_vec()]
+    );
+}
+
+#[test]
+fn arena_writes_without_hints_are_found_by_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Auto);
+    client.commit(b"first").unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    // Written through the raw words, with no `mark_written`: no counter moves.
+    let far_word = (3 << 20) / 8;
+    client.arena().words()[far_word].store(0xfeed, std::sync::atomic::Ordering::Relaxed);
+    client.commit(b"second").unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    let loaded = store.load_newest().unwrap().unwrap();
+    let at = observer.geometry().arena_offset as usize + far_word * 8;
+    assert_eq!(
+        u64::from_le_bytes(loaded.image[at..at + 8].try_into().unwrap()),
+        0xfeed
+    );
+}
+
+#[test]
+fn a_commit_wakes_a_host_sleeping_on_the_commit_count_long_before_its_timeout() {
+    let (mut client, observer) = client_and_observer();
+    client.commit(b"before").unwrap();
+    let seen = observer.commit_count();
+    let long = std::time::Duration::from_secs(20);
+    std::thread::scope(|scope| {
+        let host = scope.spawn(|| {
+            let started = std::time::Instant::now();
+            // A wake can be lost to a race (FORMAT.md, "Waking the host");
+            // the host then sleeps again until its timeout.
+            while observer.commit_count() == seen {
+                observer.wait_for_commit(seen, long).unwrap();
+            }
+            observer.stop_waiting().unwrap();
+            started.elapsed()
+        });
+        // Commit only once the host has said it sleeps: this commit is the
+        // one that must wake it.
+        let flags = shm_snapshot::layout::header::HOST_FLAGS;
+        let region = client.region();
+        let mut word = [0u8; 8];
+        while {
+            std::os::unix::fs::FileExt::read_exact_at(region.file(), &mut word, flags).unwrap();
+            u64::from_le_bytes(word) == 0
+        } {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        client.commit(b"wake up").unwrap();
+        let slept = host.join().unwrap();
+        assert!(
+            slept < std::time::Duration::from_secs(5),
+            "woken after {slept:?}, not by the commit"
+        );
+    });
+    let mut word = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(
+        client.region().file(),
+        &mut word,
+        shm_snapshot::layout::header::HOST_FLAGS,
+    )
+    .unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0, "the host cleared its flag");
+}
