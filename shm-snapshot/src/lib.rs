@@ -15,8 +15,8 @@
 //! use shm_snapshot::{Client, Config, Region};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Under shm-restore: `unsafe { Region::from_env() }`. Without one, a fresh
-//! // region of its own:
+//! // Under shm-restore the region comes from the unsafe constructor
+//! // `Region::from_env()`; without one, a fresh region of its own:
 //! let region = Region::anonymous(4 << 20)?;
 //! let mut client = Client::open(region, &Config::default())?;
 //! assert!(client.recover()?.is_empty());

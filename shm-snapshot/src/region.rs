@@ -36,10 +36,9 @@ pub struct Region {
     words: std::sync::Arc<[AtomicU64]>,
 }
 
-// SAFETY: the mapping is shared memory accessed only through atomics (see
-// `words`), and the `File` is Send + Sync; nothing in `Region` is tied to a
-// thread.
 #[cfg(not(loom))]
+// SAFETY: the mapping is shared memory accessed only through atomics (see
+// `words`), and the `File` is Send + Sync; nothing here is tied to a thread.
 unsafe impl Send for Region {}
 // SAFETY: as above; `&Region` only gives out `&[AtomicU64]`, which is Sync.
 #[cfg(not(loom))]
@@ -171,12 +170,12 @@ impl Region {
                 value: len,
                 why: "above the maximum",
             })?;
-        // SAFETY: a fresh shared mapping chosen by the kernel (null hint), of
-        // the file's current length, so it aliases no Rust object. The
-        // caller guarantees the file does not shrink while mapped.
-        let ptr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, file.as_fd(), 0) }
-                .map_err(|e| RegionError::io("mapping the region", e))?;
+        let null = std::ptr::null_mut();
+        // SAFETY: a fresh shared mapping placed by the kernel (null hint), of
+        // the file's length, aliasing no Rust object; the caller guarantees
+        // the file does not shrink while mapped.
+        let ptr = unsafe { rustix::mm::mmap(null, len, prot, MapFlags::SHARED, file.as_fd(), 0) }
+            .map_err(|e| RegionError::io("mapping the region", e))?;
         let ptr = NonNull::new(ptr.cast::<AtomicU64>()).expect("mmap never returns null on success");
         Ok(Region { ptr, len, file })
     }
@@ -198,14 +197,14 @@ impl Region {
 
     /// The region as words. Every byte of the format lives in one of them.
     pub(crate) fn words(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` is a page-aligned (so 8-aligned) mapping of `len`
-        // bytes that lives as long as `self` (unmapped in Drop), and
-        // AtomicU64 has the size and alignment of u64. Other processes write
-        // the memory, but only atomic accesses are made through this slice,
-        // so their writes are never a data race with a plain access. Loads of
-        // a read-only mapping are valid: AtomicU64 is lock-free on our
-        // targets and the host only loads (Relaxed/Acquire), never writes,
-        // through a read-only mapping.
+        // Other processes write this memory, but only atomic accesses are
+        // made through the slice, so their writes never race a plain access.
+        // Loads through a read-only mapping are valid: AtomicU64 is lock-free
+        // here and the host only loads (Relaxed/Acquire) through one.
+        //
+        // SAFETY: `ptr` is a page-aligned mapping of `len` bytes that lives
+        // as long as `self` (unmapped in Drop); AtomicU64 is a u64 in size and
+        // alignment.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len / 8) }
     }
 }

@@ -88,11 +88,10 @@ pub(crate) fn store(words: &[AtomicU64], at: u64, value: u64, order: crate::sync
 /// kernel's futex calls; never loaded through.
 #[cfg(not(loom))]
 pub(crate) fn futex_word(word: &AtomicU64) -> &std::sync::atomic::AtomicU32 {
-    // SAFETY: AtomicU32 needs 4-byte alignment and 4 bytes, which the first
-    // half of an 8-aligned AtomicU64 provides, for as long as the borrow of
-    // `word`. Rust code never accesses memory through the result (mixing
-    // 4- and 8-byte atomics is not defined); only the kernel's futex
-    // operations read it.
+    // Rust code never accesses memory through the result (mixing 4- and
+    // 8-byte atomics is not defined); only the kernel's futex calls read it.
+    // SAFETY: the first half of an 8-aligned AtomicU64 is 4 aligned bytes,
+    // valid for as long as the borrow of `word`.
     unsafe { &*(word as *const AtomicU64).cast::<std::sync::atomic::AtomicU32>() }
 }
 
