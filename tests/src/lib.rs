@@ -275,3 +275,14 @@ pub fn run_with_region(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The generation files of the store at `store`, oldest first.
+pub fn generation_files(store: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(store)
+        .expect("store directory")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    files.sort();
+    files
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use shm_snapshot_tests::{Proc, Stream, is_gone, send, wait_gone, workdir};
+use shm_snapshot_tests::{Proc, Stream, generation_files, is_gone, send, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -48,16 +48,6 @@ fn child_pid(line: &str) -> i32 {
 
 fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     FAST.iter().copied().chain(extra.iter().copied()).collect()
-}
-
-fn generation_files(store: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(store)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
