@@ -4,6 +4,7 @@
 
 mod child;
 mod cli;
+mod lag;
 mod leftovers;
 mod region;
 mod snapshotter;

@@ -24,6 +24,8 @@ use shm_snapshot::snapshot::{self, Outcome, SnapshotError, Snapshotter};
 use shm_snapshot::store::Store;
 use tracing::{debug, error, info, warn};
 
+use crate::lag::LagHistogram;
+
 /// What the lifecycle and the snapshot thread share: one owner of the store
 /// at a time.
 pub struct Shared {
@@ -46,8 +48,8 @@ pub struct Stats {
     pub bytes_changed: u64,
     /// Attempts in which every unit changed during the copy.
     pub skipped: u64,
-    /// Commit-to-durable lag samples: (lag, commits it applies to).
-    lags: Vec<(Duration, u64)>,
+    /// Commit-to-durable lag, weighted by commits.
+    lags: LagHistogram,
     started: Option<Instant>,
 }
 
@@ -61,36 +63,21 @@ impl Stats {
         }
     }
 
-    /// The lag at quantile `q` (0..=1), weighted by commits.
-    fn lag_quantile(&self, sorted: &[(Duration, u64)], q: f64) -> Duration {
-        let total: u64 = sorted.iter().map(|(_, w)| w).sum();
-        let target = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (lag, weight) in sorted {
-            seen += weight;
-            if seen >= target {
-                return *lag;
-            }
-        }
-        Duration::ZERO
-    }
-
     /// Logs the summary line.
-    pub fn log_summary(&mut self) {
+    pub fn log_summary(&self) {
         let elapsed = self
             .started
             .map_or(Duration::ZERO, |t| t.elapsed())
             .as_secs_f64()
             .max(1e-9);
-        self.lags.sort_unstable();
         let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
         let (p50, p99, max) = if self.lags.is_empty() {
             ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned())
         } else {
             (
-                ms(self.lag_quantile(&self.lags, 0.50)),
-                ms(self.lag_quantile(&self.lags, 0.99)),
-                ms(self.lags.last().map_or(Duration::ZERO, |l| l.0)),
+                ms(self.lags.quantile(0.50)),
+                ms(self.lags.quantile(0.99)),
+                ms(self.lags.max()),
             )
         };
         info!(
@@ -310,7 +297,14 @@ impl Worker {
         while still_running(&self.control) {
             let count = observer.commit_count();
             if count != seen {
-                self.pending.push_back((count, Instant::now()));
+                // Bounded while generations fail (a full disk): past the
+                // cap the newest entry absorbs new counts, keeping its
+                // earlier time, so lag is overstated, never memory.
+                let full = self.pending.len() >= MAX_PENDING;
+                match self.pending.back_mut() {
+                    Some(newest) if full => newest.0 = count,
+                    _ => self.pending.push_back((count, Instant::now())),
+                }
                 seen = count;
                 due = true;
             }
@@ -395,7 +389,7 @@ impl Worker {
                         previous = Some(count);
                         let l = durable.saturating_duration_since(seen_at);
                         lag = Some(lag.map_or(l, |m: Duration| m.max(l)));
-                        stats.lags.push((l, weight));
+                        stats.lags.record(l, weight);
                     }
                 }
                 if self.store_failing {
@@ -467,6 +461,9 @@ impl Worker {
         }
     }
 }
+
+/// Most commit counts awaiting a generation that are remembered one by one.
+const MAX_PENDING: usize = 4096;
 
 /// Consecutive starved attempts before a warning.
 const STARVED_REPORT: u64 = 10;
