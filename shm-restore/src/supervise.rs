@@ -139,14 +139,13 @@ impl Supervisor<'_> {
     /// Starts the program and relaunches it per the policy until it is done.
     fn lifecycle(&mut self, launcher: &mut Launcher) -> Result<ExitCode> {
         let args = self.args;
-        let supervisor = self;
         let mut quick_deaths = 0u32;
         loop {
             let started = Instant::now();
-            supervisor.launches.push(started);
-            let ended = supervisor.run_child(launcher)?;
-            supervisor.post_mortem()?;
-            if supervisor.stop.is_some() {
+            self.launches.push(started);
+            let ended = self.run_child(launcher)?;
+            self.post_mortem()?;
+            if self.stop.is_some() {
                 return Ok(ExitCode::from(ended.code()));
             }
             let success = ended == Ended::Exited(0);
@@ -156,14 +155,14 @@ impl Supervisor<'_> {
                 _ => {}
             }
             let window = args.restart_window;
-            supervisor.launches.retain(|t| t.elapsed() < window);
-            if supervisor.launches.len() > args.restart_limit as usize {
+            self.launches.retain(|t| t.elapsed() < window);
+            if self.launches.len() > args.restart_limit as usize {
                 error!(
                     relaunches = args.restart_limit,
                     window = %humantime::format_duration(window),
                     last = %ended,
                     "restart limit reached: the program died {} times within {}; giving up",
-                    supervisor.launches.len(),
+                    self.launches.len(),
                     humantime::format_duration(window)
                 );
                 return Ok(ExitCode::from(if success { 1 } else { ended.code().max(1) }));
@@ -178,7 +177,7 @@ impl Supervisor<'_> {
                 .saturating_mul(1 << quick_deaths.saturating_sub(1).min(16))
                 .min(args.backoff_max);
             info!(after_ms = delay.as_millis() as u64, "relaunching");
-            if !supervisor.sleep(delay) {
+            if !self.sleep(delay) {
                 return Ok(ExitCode::from(ended.code()));
             }
         }
