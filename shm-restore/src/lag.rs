@@ -53,8 +53,10 @@ impl LagHistogram {
     /// Records `lag` for `weight` commits.
     pub fn record(&mut self, lag: Duration, weight: u64) {
         let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[bucket(us)] += weight;
-        self.total += weight;
+        // Weights come from the program's commit count: saturate, never wrap.
+        let slot = &mut self.buckets[bucket(us)];
+        *slot = slot.saturating_add(weight);
+        self.total = self.total.saturating_add(weight);
         self.max = self.max.max(lag);
     }
 

@@ -122,6 +122,23 @@ impl Control {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` while the phase is still `Running(run)`, holding the phase
+    /// lock throughout: once `pause` has returned, nothing run this way can
+    /// still touch the region. `None` if the run has ended.
+    fn while_running<T>(&self, run: u64, f: impl FnOnce() -> T) -> Option<T> {
+        let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        (*guard == Phase::Running(run)).then(f)
+    }
+
+    /// Sleeps `duration` unless the phase leaves `Running(run)` first.
+    fn sleep_while_running(&self, run: u64, duration: Duration) {
+        let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .changed
+            .wait_timeout_while(guard, duration, |p| *p == Phase::Running(run))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
     /// Waits until the phase is not `Paused`, or `timeout` passes.
     fn wait_unpaused(&self, timeout: Duration) -> Phase {
         let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,6 +256,8 @@ struct Worker {
     region_failing: bool,
     /// Consecutive starved attempts.
     starved: u64,
+    /// The last commit count whose lag was recorded.
+    last_counted: Option<u64>,
 }
 
 impl Worker {
@@ -252,6 +271,7 @@ impl Worker {
             store_failing: false,
             region_failing: false,
             starved: 0,
+            last_counted: None,
         }
     }
 
@@ -263,6 +283,7 @@ impl Worker {
                 Phase::Running(run) => run,
             };
             self.pending.clear();
+            self.last_counted = None;
             self.follow(run);
         }
     }
@@ -318,9 +339,15 @@ impl Worker {
                     delay *= 2;
                 } else {
                     sleeping = true;
-                    if let Err(e) = observer.wait_for_commit(seen, IDLE_WAIT) {
+                    // Under the phase lock: the lifecycle's pause waits for
+                    // this sleep (at most IDLE_WAIT), so the flag is never
+                    // set in a region it has since cleared or restored.
+                    let slept = self
+                        .control
+                        .while_running(run, || observer.wait_for_commit(seen, IDLE_WAIT));
+                    if let Some(Err(e)) = slept {
                         self.region_problem(&e.to_string());
-                        std::thread::sleep(IDLE_WAIT);
+                        self.control.sleep_while_running(run, IDLE_WAIT);
                     }
                 }
                 continue;
@@ -334,7 +361,7 @@ impl Worker {
                 let next = at + self.interval;
                 let now = Instant::now();
                 if next > now {
-                    std::thread::sleep(next - now);
+                    self.control.sleep_while_running(run, next - now);
                     continue;
                 }
             }
@@ -379,14 +406,15 @@ impl Worker {
                 };
                 let mut lag = None;
                 if let Some(covered) = covers {
-                    let mut previous = None;
                     while let Some(&(count, seen_at)) = self.pending.front() {
                         if count > *covered {
                             break;
                         }
                         self.pending.pop_front();
-                        let weight = previous.map_or(1, |p| count.saturating_sub(p)).max(1);
-                        previous = Some(count);
+                        // The commits this sighting stands for: those since the
+                        // previous one (one, for the first of a run).
+                        let weight = self.last_counted.map_or(1, |p| count.saturating_sub(p)).max(1);
+                        self.last_counted = Some(count);
                         let l = durable.saturating_duration_since(seen_at);
                         lag = Some(lag.map_or(l, |m: Duration| m.max(l)));
                         stats.lags.record(l, weight);

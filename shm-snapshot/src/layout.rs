@@ -379,8 +379,13 @@ impl Geometry {
         if len > self.ring_bytes {
             return Err("length exceeds the ring");
         }
-        if offset > limits::MAX_COUNTER {
-            return Err("offset beyond the largest stream offset");
+        // The unit's end becomes a restored cursor, its seq + 1 a restored
+        // next sequence number: both must stay within what attach accepts.
+        if offset.saturating_add(pad(len)) > limits::MAX_COUNTER {
+            return Err("unit ends beyond the largest stream offset");
+        }
+        if seq >= limits::MAX_COUNTER {
+            return Err("sequence number beyond the last a tag can hold");
         }
         Ok(())
     }

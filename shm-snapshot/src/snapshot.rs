@@ -20,8 +20,10 @@ use crate::store::{self, Loaded, Persisted, Store, StoreError};
 pub struct Meta {
     /// The cursor to restore: the end of the newest kept unit.
     pub cursor: u64,
-    /// The next sequence number to restore: past every sequence number the
-    /// region had used, so ids stay unique across a restore.
+    /// The next sequence number to restore: past the newest kept unit and at
+    /// most `slots` past the oldest (what a client accepts); the live value
+    /// when it lies in that range. Ids of units lost in a crash may be
+    /// given again after a restore; no kept unit's id is.
     pub next_seq: u64,
     /// The commit count to restore.
     pub commit_count: u64,
@@ -108,9 +110,9 @@ impl Meta {
         let newest = units.last().map_or(0, |u| u.seq());
         let (cursor, next_seq) = (words[2], words[3]);
         let oldest = units.first().map_or(0, |u| u.seq());
-        let too_far = !units.is_empty() && next_seq - oldest > g.slots;
+        let too_far = !units.is_empty() && next_seq.saturating_sub(oldest) > g.slots;
         if cursor > layout::limits::MAX_COUNTER
-            || next_seq >= layout::limits::MAX_COUNTER
+            || next_seq > layout::limits::MAX_COUNTER
             || next_seq <= newest
             || too_far
         {
@@ -425,6 +427,17 @@ impl Snapshotter {
             commit_count,
             units: kept,
         };
+        // Everything persisted must restore: the header as laid out (a child
+        // may have scribbled on it after `check_header`, during the copy),
+        // and a meta that decodes against this geometry.
+        let mut canonical = vec![(header::MAGIC, layout::MAGIC)];
+        canonical.extend(g.fixed_fields());
+        for (at, value) in canonical {
+            self.shadow[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        self.mark(0, header::FIXED_END);
+        let encoded = meta.encode();
+        Meta::decode(&encoded, g)?;
         let mut tx = store.begin(g.region_len)?;
         let base = tx.is_base();
         let chunks = self.dirty.len() as u64;
@@ -447,7 +460,7 @@ impl Snapshotter {
             index = last;
         }
         let units = meta.units.len();
-        let persisted = tx.commit(&meta.encode())?;
+        let persisted = tx.commit(&encoded)?;
         self.dirty.iter_mut().for_each(|d| *d = false);
         self.all_dirty = false;
         Ok(Outcome::Persisted {

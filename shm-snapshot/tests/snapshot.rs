@@ -215,3 +215,94 @@ fn a_commit_wakes_a_host_sleeping_on_the_commit_count_long_before_its_timeout() 
     .unwrap();
     assert_eq!(u64::from_le_bytes(word), 0, "the host cleared its flag");
 }
+
+/// Loads the newest generation into a fresh region and opens it as a
+/// restarted program would.
+fn restore_and_open(store: &mut Store) -> Client {
+    let loaded = store.load_newest().unwrap().expect("a generation");
+    let region = Region::anonymous(loaded.image.len() as u64).unwrap();
+    snapshot::restore(region.file(), &loaded).expect("every persisted generation restores");
+    Client::open(region, &Config::default()).expect("and opens")
+}
+
+#[test]
+fn generations_taken_while_a_child_scribbles_on_the_header_all_restore() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let file = client.region().file().try_clone().unwrap();
+    let stop = AtomicBool::new(false);
+    /// Stops the scribbler however the test body ends, so a failing
+    /// assertion fails the test instead of leaving the scope waiting.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let (mut persisted, mut refused) = (0, 0);
+    std::thread::scope(|scope| {
+        let _stop = StopOnDrop(&stop);
+        // A hostile child flips the version between 1 and 2 as fast as it
+        // can, so some flips land after a snapshot checked the header and
+        // before it copied it.
+        scope.spawn(|| {
+            let version = shm_snapshot::layout::header::VERSION;
+            while !stop.load(Ordering::Relaxed) {
+                for v in [2u64, 1] {
+                    file.write_all_at(&v.to_le_bytes(), version).unwrap();
+                }
+            }
+        });
+        let mut snapshotter = Snapshotter::default();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while persisted < 40 && std::time::Instant::now() < deadline {
+            client.commit(b"kept").unwrap();
+            match snapshotter.take(&observer, &mut store) {
+                Ok(Outcome::Persisted { .. }) => {
+                    persisted += 1;
+                    let restored = restore_and_open(&mut store);
+                    assert_eq!(restored.recover().unwrap().last().unwrap().bytes, b"kept");
+                }
+                Ok(other) => panic!("{other:?}"),
+                // The header check caught a flip: nothing persisted.
+                Err(_) => refused += 1,
+            }
+        }
+    });
+    assert!(persisted >= 10, "{persisted} persisted, {refused} refused");
+}
+
+#[test]
+fn a_unit_with_the_last_sequence_number_persists_and_restores() {
+    use shm_snapshot::layout::{Tag, header, limits, slot};
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (client, observer) = client_and_observer();
+    // A table holding only the unit with the largest sequence number a tag
+    // can hold, as a child that used them all would leave.
+    let g = *client.geometry();
+    let file = client.region().file();
+    let seq = limits::MAX_COUNTER - 1;
+    let index = g.slot_of(seq);
+    for (field, value) in [(slot::OFFSET, 0), (slot::LEN, 8), (slot::TAG, Tag::valid(seq).0)] {
+        file.write_all_at(&value.to_le_bytes(), g.slot_field(index, field))
+            .unwrap();
+    }
+    file.write_all_at(&(seq + 1).to_le_bytes(), header::NEXT_SEQ)
+        .unwrap();
+    let outcome = Snapshotter::default().take(&observer, &mut store).unwrap();
+    assert!(
+        matches!(outcome, Outcome::Persisted { units: 1, .. }),
+        "{outcome:?}"
+    );
+    let mut restored = restore_and_open(&mut store);
+    assert_eq!(restored.recover().unwrap()[0].id.0, seq);
+    assert!(
+        restored.commit(b"one too many").is_err(),
+        "sequence numbers are used up"
+    );
+}
