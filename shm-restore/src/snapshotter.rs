@@ -466,7 +466,7 @@ impl Worker {
                 }
                 Attempt::Nothing
             }
-            Ok(Outcome::Blank) => Attempt::Nothing,
+            // Outcome is non-exhaustive; every outcome known today is above.
             Ok(_) => Attempt::Nothing,
             Err(SnapshotError::Store(e)) => {
                 if !self.store_failing {

@@ -274,7 +274,10 @@ impl Supervisor<'_> {
         let shared = &mut *shared;
         let taken = match snapshot::observe_file(self.region.file()) {
             Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
-            Ok(None) => Ok(Outcome::Blank),
+            Ok(None) => {
+                info!("the program never laid out the region: nothing to persist");
+                return restore_newest(shared, &self.region, false);
+            }
             Err(e) => Err(e.into()),
         };
         if let Ok(outcome) = &taken {
@@ -312,10 +315,6 @@ impl Supervisor<'_> {
                     warn!(?anomalies, "the region's unit table had corrupt entries");
                 }
                 info!("no committed unit in the region: nothing new to persist");
-                restore_newest(shared, &self.region, false)
-            }
-            Ok(Outcome::Blank) => {
-                info!("the program never laid out the region: nothing to persist");
                 restore_newest(shared, &self.region, false)
             }
             Ok(other) => bail!("unexpected snapshot outcome {other:?}"),

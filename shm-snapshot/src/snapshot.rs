@@ -173,9 +173,6 @@ pub enum Outcome {
         /// during the copy (a starved attempt).
         pre_units: usize,
     },
-    /// The region has not been laid out (its magic is zero): the program has
-    /// not opened it yet, so there is nothing to keep.
-    Blank,
 }
 
 /// How a snapshot finds the arena chunks that changed.
@@ -473,16 +470,6 @@ impl Snapshotter {
             bytes_scanned,
         })
     }
-}
-
-/// Takes one full snapshot of the region in `file` into `store` (every
-/// chunk offered; the store writes only what changed). For a region no
-/// program is running on, every valid unit is kept.
-pub fn take(file: &File, store: &mut Store) -> Result<Outcome, SnapshotError> {
-    let Some(observer) = observe_file(file)? else {
-        return Ok(Outcome::Blank);
-    };
-    Snapshotter::new(ArenaScan::Hash).take(&observer, store)
 }
 
 /// Maps the region in `file` read-only and observes it; `None` while it has

@@ -204,14 +204,7 @@ impl GenerationTx<'_> {
     /// zero.
     pub fn put_chunk(&mut self, index: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.writing()?;
-        let expected = self.chunk_len(index)?;
-        if bytes.len() as u64 != expected {
-            return Err(StoreError::ChunkLen {
-                index,
-                expected,
-                found: bytes.len() as u64,
-            });
-        }
+        self.check_chunk(index, bytes.len())?;
         self.offer(index, bytes)
     }
 
@@ -229,17 +222,22 @@ impl GenerationTx<'_> {
         self.writing()?;
         for (k, chunk) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
             // Saturating: past the region long before it could wrap.
-            let index = first_index.saturating_add(k as u64);
-            let expected = self.chunk_len(index)?;
-            if chunk.len() as u64 != expected {
-                return Err(StoreError::ChunkLen {
-                    index,
-                    expected,
-                    found: chunk.len() as u64,
-                });
-            }
+            self.check_chunk(first_index.saturating_add(k as u64), chunk.len())?;
         }
         self.offer(first_index, bytes)
+    }
+
+    /// Fails unless chunk `index` exists and is `len` bytes long.
+    fn check_chunk(&self, index: u64, len: usize) -> Result<(), StoreError> {
+        let expected = self.chunk_len(index)?;
+        if len as u64 != expected {
+            return Err(StoreError::ChunkLen {
+                index,
+                expected,
+                found: len as u64,
+            });
+        }
+        Ok(())
     }
 
     /// The length of chunk `index`, or why there is no such chunk.
