@@ -43,18 +43,16 @@ pub fn clear(store: &Path) {
     let _ = std::fs::remove_file(record_path(store));
 }
 
-/// Kills what is left of a recorded group from a previous supervisor, and
-/// returns how many of its processes were found.
-pub fn kill_recorded(store: &Path) -> usize {
+/// Kills what is left of a recorded group from a previous supervisor.
+pub fn kill_recorded(store: &Path) {
     let Some(pgid) = std::fs::read_to_string(record_path(store))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
     else {
-        return 0;
+        return;
     };
     let members = members_of(pgid);
-    let ours = members.iter().any(|pid| is_ours(*pid));
-    if ours {
+    if members.iter().any(|pid| is_ours(*pid)) {
         warn!(
             pgid,
             processes = members.len(),
@@ -65,7 +63,6 @@ pub fn kill_recorded(store: &Path) -> usize {
         }
     }
     clear(store);
-    if ours { members.len() } else { 0 }
 }
 
 /// The pids whose process group is `pgid`, from /proc.
