@@ -116,6 +116,10 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 
+    /// When generations exist but none verifies, start the program on a blank region (the damaged files stay) instead of stopping.
+    #[arg(long)]
+    pub start_empty_if_damaged: bool,
+
     /// More log lines (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,

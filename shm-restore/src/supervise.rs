@@ -12,7 +12,7 @@ use rustix::process::{Pid, Signal, WaitOptions};
 use std::sync::{Arc, Mutex};
 
 use shm_snapshot::snapshot::{self, Outcome, Snapshotter};
-use shm_snapshot::store::{Store, StoreOptions};
+use shm_snapshot::store::{Store, StoreError, StoreOptions};
 use tracing::{error, info, warn};
 
 use crate::child::Launcher;
@@ -105,7 +105,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         snapshotter: Snapshotter::new(args.arena_scan.into()),
         stats: Default::default(),
     };
-    restore_newest(&mut shared, &region, true)?;
+    restore_at_start(&mut shared, &region, args.start_empty_if_damaged)?;
     let events = signal_events()?;
     let file = region
         .file()
@@ -334,14 +334,62 @@ impl Supervisor<'_> {
     }
 }
 
-/// Puts the newest verified generation into the region, or makes it blank
-/// when the store is empty.
+/// At start: [`restore_newest`]. When generations exist but none verifies
+/// and restores, stops with an error having changed nothing, or, with
+/// `--start-empty-if-damaged`, leaves the damaged files in place and starts
+/// on a blank region (the next generation is a base numbered after them).
+fn restore_at_start(shared: &mut Shared, region: &HostRegion, start_empty_if_damaged: bool) -> Result<()> {
+    let err = match restore_newest(shared, region, true) {
+        Ok(()) => return Ok(()),
+        Err(err) => err,
+    };
+    let Some(StoreError::NoVerifiedGeneration { dir, tried }) = err.downcast_ref::<StoreError>() else {
+        return Err(err);
+    };
+    let damaged: Vec<String> = shared
+        .store
+        .last_load_skipped()
+        .iter()
+        .map(|(number, why)| {
+            warn!(generation = number, "damaged generation: {why}");
+            number.to_string()
+        })
+        .collect();
+    if !start_empty_if_damaged {
+        bail!(
+            "no generation in {} verifies ({tried} damaged: {}); nothing was changed. Check the store with `shm-restore verify`, or pass --start-empty-if-damaged to start the program on a blank region",
+            dir.display(),
+            damaged.join(", ")
+        );
+    }
+    warn!(
+        dir = %dir.display(),
+        damaged = damaged.join(", "),
+        "no generation verifies: the program starts on a blank region (--start-empty-if-damaged); the damaged generations stay in place"
+    );
+    region.clear()
+}
+
+/// Puts the newest generation that verifies and restores into the region,
+/// or makes it blank when the store is empty. A generation that verifies
+/// but whose unit table or header cannot be restored is skipped like a
+/// damaged one.
 fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
     let started = Instant::now();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
     let store = &mut shared.store;
-    let loaded = store.load_newest()?;
+    let region_len = region.len();
+    let loaded = store.load_newest_with(|image, meta| {
+        if image.len() as u64 != region_len {
+            // Not the generation's fault: --size is refused below.
+            return Ok(());
+        }
+        let g = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
+        snapshot::Meta::decode(meta, &g)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })?;
     let Some(loaded) = loaded else {
         if at_start {
             info!(dir = %store.dir().display(), "empty store: the program starts on a blank region");

@@ -67,8 +67,11 @@ impl Proc {
 
     /// Starts a prepared command, its output piped and read line by line.
     pub fn spawn(mut command: Command) -> Proc {
+        // Info-level logs unless the command sets its own level.
+        if !command.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
         let mut child = command
-            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,6 +231,8 @@ pub fn wait_gone(pid: i32) -> bool {
     }
     false
 }
+
+pub mod torture;
 
 /// A temporary working directory for one test.
 pub fn workdir() -> tempfile::TempDir {

@@ -48,6 +48,15 @@ pub enum StoreError {
         /// What is wrong with that one.
         why: String,
     },
+    /// A generation verifies, but its caller cannot restore what it holds
+    /// (see [`super::Store::load_newest_with`]).
+    #[error("generation file {} verifies but cannot be restored: {why}", path.display())]
+    Unrestorable {
+        /// The generation file.
+        path: PathBuf,
+        /// Why its contents were refused.
+        why: String,
+    },
     /// Generations exist but none of them verifies. Nothing was loaded; the
     /// reasons are in [`super::Store::last_load_skipped`].
     #[error("no generation in {} verifies ({tried} tried)", dir.display())]

@@ -55,6 +55,20 @@ impl Store {
     /// loaded generation becomes the parent of the next delta; after a failed
     /// load the next generation is a base.
     pub fn load_newest(&mut self) -> Result<Option<Loaded>, StoreError> {
+        self.load_newest_with(|_, _| Ok(()))
+    }
+
+    /// [`Store::load_newest`], where a generation that verifies must also
+    /// pass `accept` (given its image and meta blob) to be returned. One
+    /// that does not is skipped like a damaged one, as
+    /// [`StoreError::Unrestorable`] with the reason `accept` gives, and the
+    /// next older candidate is tried. This lets a caller that cannot use a
+    /// generation's contents (a meta blob it refuses) fall back instead of
+    /// stopping. Like `load_newest`, it only reads.
+    pub fn load_newest_with(
+        &mut self,
+        mut accept: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<Option<Loaded>, StoreError> {
         self.current = None;
         self.last_skipped.clear();
         self.rescan()?;
@@ -87,6 +101,15 @@ impl Store {
             };
             match attempt {
                 Ok(image) => {
+                    if let Err(why) = accept(&image.image, &image.meta) {
+                        let e = StoreError::Unrestorable {
+                            path: self.entries[&number].path.clone(),
+                            why,
+                        };
+                        unusable.insert(number, e.to_string());
+                        skipped.push((number, e));
+                        continue;
+                    }
                     self.current = Some(Current {
                         number,
                         region_len: image.region_len,

@@ -1,0 +1,161 @@
+//! Helpers for the adversarial tests: opening a store a dead supervisor
+//! left, decoding what its generations hold, damaging files, and taking a
+//! fingerprint of a directory to prove nothing in it changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use shm_snapshot::store::{Loaded, Store, StoreError, StoreOptions};
+use shm_snapshot::{Client, Config, Region, snapshot};
+
+/// Opens the store at `dir` with the library, read-mostly (no fsync; the
+/// tests only load). A process forked by a test running beside this one
+/// may briefly hold a duplicate of a previous lock descriptor until its
+/// exec closes it, so a locked store is retried for a few seconds.
+pub fn open_store(dir: &Path) -> Store {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Store::open(
+            dir,
+            StoreOptions {
+                fsync: false,
+                ..StoreOptions::default()
+            },
+        ) {
+            Ok(store) => return store,
+            Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("opening the store {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// The units a loaded generation holds, oldest first: its image restored
+/// into a private region, then recovered by a client as a program would.
+pub fn units_of(loaded: &Loaded) -> Vec<Vec<u8>> {
+    let region = Region::anonymous(loaded.image.len() as u64).expect("anonymous region");
+    snapshot::restore(region.file(), loaded)
+        .unwrap_or_else(|e| panic!("generation {} does not restore: {e}", loaded.number));
+    let client = Client::open(region, &Config::default())
+        .unwrap_or_else(|e| panic!("generation {} does not open: {e}", loaded.number));
+    client
+        .recover()
+        .unwrap_or_else(|e| panic!("generation {} does not recover: {e}", loaded.number))
+        .into_iter()
+        .map(|u| u.bytes)
+        .collect()
+}
+
+/// The progress primes-snapshot records in a generation: the `primes` of
+/// its newest unit (16 bytes: primes, last; both u64 little-endian), 0 for
+/// a generation without units.
+pub fn primes_of(loaded: &Loaded) -> u64 {
+    match units_of(loaded).last() {
+        None => 0,
+        Some(unit) => {
+            assert_eq!(
+                unit.len(),
+                16,
+                "generation {}: not a primes-snapshot unit",
+                loaded.number
+            );
+            u64::from_le_bytes(unit[..8].try_into().expect("8 bytes"))
+        }
+    }
+}
+
+/// Every generation of the store at `dir` that loads, newest first, with
+/// its number: each is loaded from a copy of the store from which every
+/// newer generation file was removed, so each is reassembled and verified
+/// on its own (and the store itself is left alone).
+pub fn every_generation(dir: &Path) -> Vec<Loaded> {
+    let copy = tempfile::tempdir().expect("temporary directory");
+    for file in crate::generation_files(dir) {
+        std::fs::copy(&file, copy.path().join(file.file_name().expect("file name"))).expect("copying");
+    }
+    let mut all = Vec::new();
+    loop {
+        let mut store = open_store(copy.path());
+        let Some(loaded) = store.load_newest().expect("a copy of the store loads") else {
+            break;
+        };
+        drop(store);
+        std::fs::remove_file(copy.path().join(generation_name(loaded.number))).expect("removing");
+        all.push(loaded);
+    }
+    all
+}
+
+/// The file name of generation `number` (STORE.md, "The directory").
+pub fn generation_name(number: u64) -> String {
+    format!("gen-{number:020}.snap")
+}
+
+/// The path of generation `number` in the store at `dir`.
+pub fn generation_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(generation_name(number))
+}
+
+/// Flips bit 6 of the byte at `offset` of `path` (from the end when
+/// `offset` is negative).
+pub fn flip_byte(path: &Path, offset: i64) {
+    let mut bytes = std::fs::read(path).expect("reading the file to damage");
+    let at = if offset < 0 {
+        bytes.len() - offset.unsigned_abs() as usize
+    } else {
+        offset as usize
+    };
+    bytes[at] ^= 0x40;
+    std::fs::write(path, bytes).expect("writing the damaged file");
+}
+
+/// Cuts `path` to `len` bytes.
+pub fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .expect("truncating");
+}
+
+/// What a file is: its bytes, its length as the file system reports it, and
+/// its modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    /// Its length.
+    pub len: u64,
+    /// Its modification time.
+    pub modified: SystemTime,
+    /// Its bytes (compared whole: stronger than a hash of them).
+    pub bytes: Vec<u8>,
+}
+
+/// Every file of `dir` but `except`, by name.
+pub fn fingerprint(dir: &Path, except: &[&str]) -> BTreeMap<String, FileState> {
+    std::fs::read_dir(dir)
+        .expect("listing the directory")
+        .map(|e| e.expect("directory entry"))
+        .filter(|e| !except.iter().any(|x| e.file_name() == *x))
+        .map(|e| {
+            let meta = e.metadata().expect("metadata");
+            let state = FileState {
+                len: meta.len(),
+                modified: meta.modified().expect("modification time"),
+                bytes: std::fs::read(e.path()).expect("reading"),
+            };
+            (e.file_name().to_string_lossy().into_owned(), state)
+        })
+        .collect()
+}
+
+/// The number in a log line's `generation=N` field.
+pub fn generation_field(line: &str) -> Option<u64> {
+    line.split("generation=")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
