@@ -19,9 +19,9 @@ use std::fs::File;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shm_snapshot::Observer;
 use shm_snapshot::snapshot::{self, Outcome, SnapshotError, Snapshotter};
 use shm_snapshot::store::Store;
+use shm_snapshot::{Anomalies, Observer};
 use tracing::{debug, error, info, warn};
 
 use crate::lag::LagHistogram;
@@ -254,6 +254,9 @@ struct Worker {
     store_failing: bool,
     /// Whether a region problem was already reported in this episode.
     region_failing: bool,
+    /// Whether corrupt unit-table entries were already reported in this
+    /// episode (it ends with a generation whose table was sound).
+    table_failing: bool,
     /// Consecutive starved attempts.
     starved: u64,
     /// The last commit count whose lag was recorded.
@@ -270,6 +273,7 @@ impl Worker {
             pending: VecDeque::new(),
             store_failing: false,
             region_failing: false,
+            table_failing: false,
             starved: 0,
             last_counted: None,
         }
@@ -399,6 +403,7 @@ impl Worker {
                     units,
                     covers,
                     bytes_scanned,
+                    anomalies,
                     ..
                 } = &outcome
                 else {
@@ -425,6 +430,7 @@ impl Worker {
                     self.store_failing = false;
                 }
                 self.region_failing = false;
+                self.table_problem(anomalies);
                 if self.starved >= STARVED_REPORT {
                     info!(
                         attempts = self.starved,
@@ -445,9 +451,7 @@ impl Worker {
                 Attempt::Persisted
             }
             Ok(Outcome::NoConsistentUnit { pre_units, anomalies }) => {
-                if !anomalies.is_clean() {
-                    self.region_problem(&format!("the unit table has corrupt entries: {anomalies:?}"));
-                }
+                self.table_problem(&anomalies);
                 if pre_units > 0 {
                     stats.skipped += 1;
                     self.starved += 1;
@@ -479,6 +483,20 @@ impl Worker {
                 self.region_problem(&e.to_string());
                 Attempt::RetryLater(REGION_RETRY)
             }
+        }
+    }
+
+    /// Reports corrupt unit-table entries (left out of any generation)
+    /// once per episode; a sound table ends the episode.
+    fn table_problem(&mut self, anomalies: &Anomalies) {
+        if anomalies.is_clean() {
+            self.table_failing = false;
+        } else if !self.table_failing {
+            warn!(
+                ?anomalies,
+                "the program's unit table has corrupt entries; they are not persisted"
+            );
+            self.table_failing = true;
         }
     }
 

@@ -159,3 +159,34 @@ pub fn generation_field(line: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// The length of every payload the hostile child commits: a multiple of 8,
+/// so each unit advances the ring's stream by exactly this much.
+pub const GENUINE_BYTES: usize = 32;
+
+/// The checksum of genuine payload `k`: FNV-1a 64 of `g<k>`, keyed.
+fn genuine_checksum(k: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ 0x5eed_0f40_5711_e5e5;
+    for byte in format!("g{k}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The hostile child's payload number `k`: `g<k, 13 digits>-<checksum, 16
+/// hex digits>-`, [`GENUINE_BYTES`] long.
+pub fn genuine_payload(k: u64) -> String {
+    let payload = format!("g{k:013}-{:016x}-", genuine_checksum(k));
+    assert_eq!(payload.len(), GENUINE_BYTES);
+    payload
+}
+
+/// Whether `bytes` is a genuine payload (its checksum matches its number).
+pub fn is_genuine(bytes: &[u8]) -> bool {
+    let number = bytes
+        .get(1..14)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok());
+    number.is_some_and(|k| genuine_payload(k).as_bytes() == bytes)
+}

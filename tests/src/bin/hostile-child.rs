@@ -1,0 +1,145 @@
+//! A hostile program for the supervisor: it commits genuine units, and at
+//! random moments writes random bytes into its region's header, unit table
+//! and ring, as a buggy or malicious program could.
+//!
+//! `hostile-child --seconds S [--seed N]`
+//!
+//! Output, one line each, flushed: `committed <payload>` per genuine unit,
+//! `attack <what>` per scribble, `done` at the end (exit status 0). It must
+//! start on a blank region.
+//!
+//! Every genuine payload is [`genuine_payload`]: it carries its own
+//! checksum, so a unit assembled from anything else is recognisable.
+//!
+//! The attacks:
+//! - header: 1 to 16 random bytes anywhere in the first 256 bytes (fixed
+//!   fields, counters, the host's flag word), put back after 1 to 40 ms so
+//!   the supervisor has something to resume on;
+//! - unit table: 1 to 4 whole slots overwritten with random bytes;
+//! - ring: up to 256 random bytes anywhere in the ring except where the
+//!   units still valid lie.
+//!
+//! Not attempted: rewriting the bytes of a unit while it is valid, or one
+//! field of a valid slot with another plausible value. Units carry no
+//! checksum in the region format, so either is indistinguishable from a
+//! commit, by design (the arena contract: data a valid unit describes is
+//! not modified while it is valid).
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use shm_snapshot::layout::{self, slot};
+use shm_snapshot::{Client, Config, Region};
+
+use shm_snapshot_tests::torture::{GENUINE_BYTES, genuine_payload};
+
+fn main() {
+    let mut seconds = 10u64;
+    let mut seed = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).expect("--seconds S"),
+            "--seed" => seed = Some(args.next().and_then(|v| v.parse().ok()).expect("--seed N")),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    let mut rng = match seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => StdRng::from_os_rng(),
+    };
+    // SAFETY: the only place this process takes the handed-over region;
+    // the supervisor seals it against shrinking.
+    let region = unsafe { Region::from_env() }.unwrap_or_else(|e| {
+        eprintln!("hostile-child: {e}");
+        std::process::exit(4)
+    });
+    let mut client = Client::open(region, &Config::default()).unwrap_or_else(|e| {
+        eprintln!("hostile-child: {e}");
+        std::process::exit(5)
+    });
+    if !client.recover().expect("recover").is_empty() {
+        eprintln!("hostile-child: must start on a blank region");
+        std::process::exit(6);
+    }
+    let g = *client.geometry();
+    // The region through its descriptor: writes land in the same pages the
+    // client and the supervisor map.
+    let file = client.region().file().try_clone().expect("dup the region");
+    let mut out = std::io::stdout().lock();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    // Header bytes to put back, and when.
+    let mut restore: Option<(Instant, u64, Vec<u8>)> = None;
+    let mut k = 0u64;
+    while Instant::now() < deadline {
+        let p = genuine_payload(k);
+        client.commit(p.as_bytes()).expect("commit");
+        writeln!(out, "committed {p}").unwrap();
+        out.flush().unwrap();
+        k += 1;
+        // The stream offset where the next unit goes: every unit is PAYLOAD
+        // bytes, from a blank region.
+        let cursor = k * GENUINE_BYTES as u64;
+        if let Some((at, offset, bytes)) = restore.take_if(|(at, _, _)| Instant::now() >= *at) {
+            let _ = at;
+            file.write_all_at(&bytes, offset).expect("restoring the header");
+            writeln!(out, "attack header restored").unwrap();
+        }
+        if rng.random_bool(0.02) {
+            match rng.random_range(0..3) {
+                0 if restore.is_none() => {
+                    let len = rng.random_range(1..=16u64);
+                    let offset = rng.random_range(0..layout::header::END + 56 - len);
+                    let mut saved = vec![0u8; len as usize];
+                    file.read_exact_at(&mut saved, offset)
+                        .expect("reading the header");
+                    file.write_all_at(&random_bytes(&mut rng, len), offset)
+                        .expect("scribbling");
+                    let later = Duration::from_millis(rng.random_range(1..40));
+                    restore = Some((Instant::now() + later, offset, saved));
+                    writeln!(out, "attack header {offset}+{len}").unwrap();
+                }
+                1 => {
+                    let slots = rng.random_range(1..=4u64);
+                    for _ in 0..slots {
+                        let index = rng.random_range(0..g.slots);
+                        let at = g.table_offset + index * slot::SIZE;
+                        file.write_all_at(&random_bytes(&mut rng, slot::SIZE), at)
+                            .expect("scribbling");
+                    }
+                    writeln!(out, "attack table {slots} slots").unwrap();
+                }
+                _ => {
+                    // The valid units lie in the last `slots` units' bytes
+                    // before the cursor; anything else in the ring is stale
+                    // or not yet written.
+                    let live = g.slots * GENUINE_BYTES as u64;
+                    let len = rng.random_range(1..=256u64);
+                    let free = g.ring_bytes - live - len;
+                    let stream = cursor + rng.random_range(0..free);
+                    let at = g.ring_at(stream);
+                    let room = g.ring_offset + g.ring_bytes - at;
+                    let len = len.min(room);
+                    file.write_all_at(&random_bytes(&mut rng, len), at)
+                        .expect("scribbling");
+                    writeln!(out, "attack ring {len}").unwrap();
+                }
+            }
+            out.flush().unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(rng.random_range(0..2000)));
+    }
+    if let Some((_, offset, bytes)) = restore {
+        file.write_all_at(&bytes, offset).expect("restoring the header");
+    }
+    writeln!(out, "done").unwrap();
+    out.flush().unwrap();
+}
+
+fn random_bytes(rng: &mut StdRng, len: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len as usize];
+    rng.fill(&mut bytes[..]);
+    bytes
+}
