@@ -43,16 +43,26 @@ pub fn clear(store: &Path) {
     let _ = std::fs::remove_file(record_path(store));
 }
 
-/// Kills what is left of a recorded group from a previous supervisor.
-pub fn kill_recorded(store: &Path) {
-    let Some(pgid) = std::fs::read_to_string(record_path(store))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
+/// What [`kill_recorded`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// The recorded process group.
+    pub pgid: i32,
+    /// Its members killed (0 if none was left, or none was ours).
+    pub killed: usize,
+}
+
+/// Kills what is left of a recorded group from a previous supervisor and
+/// removes the record; `None` if there was no record.
+pub fn kill_recorded(store: &Path) -> Option<Leftover> {
+    let text = std::fs::read_to_string(record_path(store)).ok()?;
+    let Ok(pgid) = text.trim().parse::<i32>() else {
+        clear(store);
+        return Some(Leftover { pgid: 0, killed: 0 });
     };
     let members = members_of(pgid);
-    if members.iter().any(|pid| is_ours(*pid)) {
+    let ours = members.iter().any(|pid| is_ours(*pid));
+    if ours {
         warn!(
             pgid,
             processes = members.len(),
@@ -63,6 +73,10 @@ pub fn kill_recorded(store: &Path) {
         }
     }
     clear(store);
+    Some(Leftover {
+        pgid,
+        killed: if ours { members.len() } else { 0 },
+    })
 }
 
 /// The pids whose process group is `pgid`, from /proc.

@@ -17,6 +17,7 @@ mod lock;
 mod names;
 mod open;
 mod prune;
+mod check;
 mod read;
 mod write;
 
@@ -27,4 +28,6 @@ pub use io::{LockAttempt, ReadFile, RealIo, StoreFile, StoreIo};
 pub use load::Loaded;
 pub use lock::LOCK_FILE;
 pub use open::{GenerationInfo, GenerationKind, Store, StoreOptions};
+pub use check::{Checked, Condition};
+pub use prune::{Pruned, Removed};
 pub use write::{GenerationTx, Persisted};
