@@ -142,6 +142,10 @@ mod tests {
         h.record(Duration::from_micros(16), 10);
         let recent = h.since(&earlier);
         assert_eq!(recent.quantile(0.99), Duration::from_micros(16));
-        assert_eq!(h.quantile(0.5), Duration::from_micros(98304), "100 ms, within 1/16 below");
+        assert_eq!(
+            h.quantile(0.5),
+            Duration::from_micros(98304),
+            "100 ms, within 1/16 below"
+        );
     }
 }

@@ -103,7 +103,9 @@ fn ms_since_epoch(t: SystemTime) -> u64 {
 /// Reads the status file in `dir`: `Ok(None)` when there is none.
 pub fn read(dir: &Path) -> std::io::Result<Option<Status>> {
     match std::fs::read(dir.join(STATUS_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(std::io::Error::other),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }

@@ -16,6 +16,7 @@ pub fn run(a: &Cleanup) -> Result<ExitCode> {
     check_is_store(&a.dir)?;
     let lock_path = a.dir.join(LOCK_FILE);
     // The pid the last owner wrote, read before taking the lock rewrites it.
+    let had_lock = lock_path.exists();
     let last_owner = std::fs::read_to_string(&lock_path)
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
@@ -54,7 +55,8 @@ pub fn run(a: &Cleanup) -> Result<ExitCode> {
         removed += 1;
     }
     // Removed while we hold it: a supervisor starting now makes a new one.
-    if std::fs::remove_file(&lock_path).is_ok() {
+    // One that taking the lock created is no leftover.
+    if std::fs::remove_file(&lock_path).is_ok() && had_lock {
         let owner = last_owner.map_or_else(String::new, |pid| format!(" (last held by pid {pid})"));
         println!("removed stale lock {}{owner}", lock_path.display());
         removed += 1;

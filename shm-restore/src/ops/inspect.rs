@@ -151,7 +151,15 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
     print!(
         "{}",
         show::table(
-            &["GENERATION", "CREATED (UTC)", "KIND", "UNITS", "REGION", "ON DISK", "STATUS"],
+            &[
+                "GENERATION",
+                "CREATED (UTC)",
+                "KIND",
+                "UNITS",
+                "REGION",
+                "ON DISK",
+                "STATUS"
+            ],
             &["GENERATION", "UNITS", "REGION", "ON DISK"],
             &table,
         )

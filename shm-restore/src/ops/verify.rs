@@ -46,7 +46,11 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
         0 => String::new(),
         n => format!("; {n} pruned by the running supervisor while being read"),
     };
-    let present = checked.len() - checked.iter().filter(|c| matches!(c.condition, Condition::Vanished)).count();
+    let present = checked.len()
+        - checked
+            .iter()
+            .filter(|c| matches!(c.condition, Condition::Vanished))
+            .count();
     if damaged > 0 {
         eprintln!(
             "shm-restore: {damaged} of {present} generations in {dir} are damaged; newest verified: {newest}{pruned}"

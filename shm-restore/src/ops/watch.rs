@@ -28,7 +28,11 @@ pub fn run(a: &Watch) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         if a.once {
             write!(out, "{view}")?;
-            return Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if running {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
         let written = if tty {
             write!(out, "{CLEAR}{view}")

@@ -153,7 +153,10 @@ impl Store {
     /// Why the header of generation `number` did not verify when scanned,
     /// taken from its entry (the next scan finds it again).
     fn entry_problem(&mut self, number: u64) -> StoreError {
-        let e = self.entries.get_mut(&number).expect("numbers come from the entries");
+        let e = self
+            .entries
+            .get_mut(&number)
+            .expect("numbers come from the entries");
         e.problem.take().unwrap_or_else(|| StoreError::Corrupt {
             path: e.path.clone(),
             what: "header did not verify".to_owned(),

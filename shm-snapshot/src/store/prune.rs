@@ -76,7 +76,9 @@ impl Store {
     /// but none verifies, and on a read-only store.
     pub fn prune_to(&mut self, keep: usize) -> Result<Pruned, StoreError> {
         if self.read_only {
-            return Err(StoreError::ReadOnly { dir: self.dir.clone() });
+            return Err(StoreError::ReadOnly {
+                dir: self.dir.clone(),
+            });
         }
         if keep == 0 {
             return Err(StoreError::InvalidOption {

@@ -99,7 +99,9 @@ impl Store {
     /// against [`Store::newest_verified`].
     pub fn begin(&mut self, region_len: u64) -> Result<GenerationTx<'_>, StoreError> {
         if self.read_only {
-            return Err(StoreError::ReadOnly { dir: self.dir.clone() });
+            return Err(StoreError::ReadOnly {
+                dir: self.dir.clone(),
+            });
         }
         if region_len == 0 || region_len > MAX_REGION_LEN {
             return Err(StoreError::InvalidRegionLen {
