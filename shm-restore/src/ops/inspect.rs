@@ -171,8 +171,8 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
     }
     let total: u64 = rows.iter().map(|r| r.bytes_on_disk).sum();
     println!(
-        "{} generations, {} on disk; newest verified: {}",
-        rows.len(),
+        "{}, {} on disk; newest verified: {}",
+        show::count(rows.len(), "generation"),
         human(total),
         newest_verified.map_or_else(|| "none".to_owned(), |n| n.to_string())
     );

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use shm_snapshot::store::StoreOptions;
 
 use super::args::Prune;
-use super::show::human;
+use super::show::{count, human};
 use super::store::{check_is_store, open_locked};
 
 /// Runs `prune`.
@@ -34,8 +34,8 @@ pub fn run(a: &Prune) -> Result<ExitCode> {
         .newest_verified
         .map_or_else(|| "none".to_owned(), |n| n.to_string());
     println!(
-        "removed {} generations, freed {}; {left} left, newest verified: {newest}",
-        pruned.removed.len(),
+        "removed {}, freed {}; {left} left, newest verified: {newest}",
+        count(pruned.removed.len(), "generation"),
         human(pruned.bytes_freed())
     );
     for e in &pruned.errors {

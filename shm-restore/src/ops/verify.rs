@@ -9,7 +9,7 @@ use shm_snapshot::store::Condition;
 
 use super::args::Verify;
 use super::inspect::newest_intact;
-use super::show::human;
+use super::show::{count, human};
 use super::store::open_read_only;
 
 /// Runs `verify`: exit 0 when every generation verifies, 1 naming each
@@ -62,7 +62,10 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{dir}: all {present} generations verify ({bases} bases, {deltas} deltas, {}); newest verified: {newest}{pruned}",
+        "{dir}: all {} verify ({}, {}, {}); newest verified: {newest}{pruned}",
+        count(present, "generation"),
+        count(bases, "base"),
+        count(deltas, "delta"),
         human(bytes)
     );
     Ok(ExitCode::SUCCESS)
