@@ -357,6 +357,11 @@ fn an_exported_image_imports_into_a_new_store_and_restores() {
 fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     let dir = workdir();
     let d = dir.path();
+    // The supervisor's orphans become this process's children, and stay
+    // zombies until it reaps them: the child's zombie is still in the
+    // program's group when cleanup counts what it kills (no test in this
+    // binary but this one leaves orphans).
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
     let mut sup = Proc::supervise(
         d,
         "state",
@@ -372,6 +377,10 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     sup.signal(libc::SIGKILL);
     sup.wait();
     assert!(wait_gone(child), "the child dies with its supervisor");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok(),
+        "the child stays a zombie until reaped"
+    );
     assert!(
         !is_gone(grandchild),
         "the grandchild outlives a SIGKILLed supervisor"
@@ -393,12 +402,19 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     for text in [
         "removed temporary file state/gen-00000000000000000099.4242.0.tmp",
         "removed stale status file state/status.json",
-        "leftover processes of the program's process group",
+        // The grandchild alone: the child died with the supervisor, and
+        // its zombie, if not reaped yet, is not a process to kill.
+        "killed 1 leftover process of the program's process group",
         "removed stale lock state/lock",
     ] {
         assert!(cleanup.stdout.contains(text), "no {text:?}:\n{}", cleanup.show());
     }
     assert!(wait_gone(grandchild), "cleanup kills what the program left");
+    for pid in [child, grandchild] {
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap();
+    }
+    rustix::process::set_child_subreaper(None).unwrap();
     let left: Vec<String> = std::fs::read_dir(d.join("state"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

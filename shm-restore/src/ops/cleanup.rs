@@ -47,6 +47,10 @@ pub fn run(a: &Cleanup) -> Result<ExitCode> {
                 "removed the record of the program's process group {} (nothing of it left running)",
                 left.pgid
             ),
+            1 => println!(
+                "killed 1 leftover process of the program's process group {} and removed its record",
+                left.pgid
+            ),
             n => println!(
                 "killed {n} leftover processes of the program's process group {} and removed its record",
                 left.pgid
