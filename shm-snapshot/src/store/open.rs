@@ -262,7 +262,13 @@ impl Store {
     /// [`StoreError::Io`] whose source is `NotFound` (see
     /// [`StoreError::is_vanished`]).
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
-        let mut io: Box<dyn StoreIo> = Box::new(RealIo);
+        Store::open_read_only_with_io(dir, Box::new(RealIo))
+    }
+
+    /// [`Store::open_read_only`] through another I/O layer, e.g. one that
+    /// removes files at a chosen moment as an owner pruning concurrently
+    /// would. Only [`StoreIo::list`] and [`StoreIo::open_read`] are used.
+    pub fn open_read_only_with_io(dir: &Path, mut io: Box<dyn StoreIo>) -> Result<Store, StoreError> {
         // Listing first: a missing directory or a file in its place is
         // reported as what it is, before anything else.
         io.list(dir)
