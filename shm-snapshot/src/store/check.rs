@@ -136,11 +136,15 @@ impl Store {
         }
         // A generation found unusable whose file is gone by now was pruned
         // while it was read (an owner removes newest first, so a delta goes
-        // before the generations it needs).
+        // before the generations it needs). Asked of the store's I/O layer,
+        // which is the only file system the store knows.
         for c in checked.values_mut() {
             if !c.condition.is_intact()
                 && let Some(e) = self.entries.get(&c.number)
-                && std::fs::symlink_metadata(&e.path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                && self
+                    .io
+                    .open_read(&e.path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
             {
                 c.condition = Condition::Vanished;
             }
