@@ -392,8 +392,10 @@ impl Store {
                 // Removed since the listing (an owner pruning it): gone.
                 Err(problem) if problem.is_vanished() => continue,
                 Err(problem) => Entry {
+                    // What is on disk, for reports: a header that does not
+                    // verify says nothing of the file's size.
+                    size: self.io.open_read(&path).map_or(0, |f| f.len),
                     path,
-                    size: 0,
                     header: None,
                     problem: Some(problem),
                 },
