@@ -78,6 +78,22 @@ impl LagHistogram {
         self.max
     }
 
+    /// What was recorded since `earlier`, a copy of this histogram taken
+    /// before: quantiles over that interval. Its maximum is the whole
+    /// history's (only an upper bound for the interval's).
+    pub fn since(&self, earlier: &LagHistogram) -> LagHistogram {
+        LagHistogram {
+            buckets: self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+            total: self.total.saturating_sub(earlier.total),
+            max: self.max,
+        }
+    }
+
     /// The largest lag recorded, exactly.
     pub fn max(&self) -> Duration {
         self.max
@@ -115,5 +131,21 @@ mod tests {
         );
         assert_eq!(h.max(), Duration::from_millis(150));
         assert!(LagHistogram::default().is_empty());
+    }
+
+    #[test]
+    fn quantiles_since_an_earlier_copy_cover_only_the_later_lags() {
+        let mut h = LagHistogram::default();
+        h.record(Duration::from_millis(100), 1000);
+        let earlier = h.clone();
+        assert!(h.since(&earlier).is_empty());
+        h.record(Duration::from_micros(16), 10);
+        let recent = h.since(&earlier);
+        assert_eq!(recent.quantile(0.99), Duration::from_micros(16));
+        assert_eq!(
+            h.quantile(0.5),
+            Duration::from_micros(98304),
+            "100 ms, within 1/16 below"
+        );
     }
 }

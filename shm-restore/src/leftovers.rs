@@ -43,16 +43,26 @@ pub fn clear(store: &Path) {
     let _ = std::fs::remove_file(record_path(store));
 }
 
-/// Kills what is left of a recorded group from a previous supervisor.
-pub fn kill_recorded(store: &Path) {
-    let Some(pgid) = std::fs::read_to_string(record_path(store))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    else {
-        return;
+/// What [`kill_recorded`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leftover {
+    /// The recorded process group.
+    pub pgid: i32,
+    /// Its members killed (0 if none was left, or none was ours).
+    pub killed: usize,
+}
+
+/// Kills what is left of a recorded group from a previous supervisor and
+/// removes the record; `None` if there was no record.
+pub fn kill_recorded(store: &Path) -> Option<Leftover> {
+    let text = std::fs::read_to_string(record_path(store)).ok()?;
+    let Ok(pgid) = text.trim().parse::<i32>() else {
+        clear(store);
+        return Some(Leftover { pgid: 0, killed: 0 });
     };
     let members = members_of(pgid);
-    if members.iter().any(|pid| is_ours(*pid)) {
+    let ours = members.iter().any(|pid| is_ours(*pid));
+    if ours {
         warn!(
             pgid,
             processes = members.len(),
@@ -63,24 +73,41 @@ pub fn kill_recorded(store: &Path) {
         }
     }
     clear(store);
+    Some(Leftover {
+        pgid,
+        killed: if ours { members.len() } else { 0 },
+    })
 }
 
-/// The pids whose process group is `pgid`, from /proc.
+/// The live pids whose process group is `pgid`, from /proc. Zombies are
+/// left out: they are dead already (their parent has not reaped them yet),
+/// so counting them would report killing a process that was not running.
 fn members_of(pgid: i32) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| process_group(*pid) == Some(pgid))
+        .filter(|pid| matches!(stat_of(*pid), Some(s) if s.pgid == pgid && s.state != 'Z'))
         .collect()
 }
 
-/// The process group of `pid`: field 5 of /proc/<pid>/stat, counted after
-/// the parenthesised command name (which may itself hold spaces).
-fn process_group(pid: i32) -> Option<i32> {
+/// What /proc/<pid>/stat says of a process.
+struct Stat {
+    /// Field 3: R, S, D, Z (zombie), T, ...
+    state: char,
+    /// Field 5: the process group.
+    pgid: i32,
+}
+
+/// Fields 3 and 5 of /proc/<pid>/stat, counted after the parenthesised
+/// command name (which may itself hold spaces and parentheses).
+fn stat_of(pid: i32) -> Option<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, after_name) = stat.rsplit_once(')')?;
-    after_name.split_whitespace().nth(2)?.parse().ok()
+    let mut fields = after_name.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let pgid = fields.nth(1)?.parse().ok()?;
+    Some(Stat { state, pgid })
 }
 
 /// Whether `pid` holds a shm-snapshot memfd or was handed a region.
@@ -106,7 +133,41 @@ mod tests {
     fn process_group_is_read_past_a_command_name_with_spaces() {
         let me = std::process::id() as i32;
         let expected = rustix::process::getpgid(None).unwrap().as_raw_nonzero().get();
-        assert_eq!(process_group(me), Some(expected));
+        let stat = stat_of(me).unwrap();
+        assert_eq!(stat.pgid, expected);
+        // The main thread's: running the test, or waiting for its thread.
+        assert!(matches!(stat.state, 'R' | 'S'), "state {}", stat.state);
         assert!(members_of(expected).contains(&me));
+    }
+
+    /// Spawns `argv` in a process group of its own.
+    fn in_own_group(argv: &[&str]) -> std::process::Child {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_zombie_is_not_a_member_a_live_process_is() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut live = in_own_group(&["sleep", "30"]);
+        let mut dead = in_own_group(&["true"]);
+        let (live_pid, dead_pid) = (live.id() as i32, dead.id() as i32);
+        // Not reaped yet: `true` stays a zombie in its group until waited for.
+        while stat_of(dead_pid).is_none_or(|s| s.state != 'Z') {
+            assert!(std::time::Instant::now() < deadline, "true never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(stat_of(dead_pid).map(|s| s.pgid), Some(dead_pid));
+        let zombie_members = members_of(dead_pid);
+        let live_members = members_of(live_pid);
+        live.kill().unwrap();
+        live.wait().unwrap();
+        dead.wait().unwrap();
+        assert_eq!(zombie_members, Vec::<i32>::new());
+        assert_eq!(live_members, vec![live_pid]);
     }
 }

@@ -6,8 +6,10 @@ mod child;
 mod cli;
 mod lag;
 mod leftovers;
+mod ops;
 mod region;
 mod snapshotter;
+mod status;
 mod supervise;
 
 use std::process::ExitCode;
@@ -21,19 +23,48 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    let args = match cli::Args::try_parse() {
+    // A subcommand, or the run form exactly as it always parsed.
+    if ops::args::is_subcommand(std::env::args_os().nth(1).as_deref()) {
+        // Subcommands print to stdout like any Unix tool: a closed pipe
+        // (`inspect DIR | head`) ends them quietly instead of a panic.
+        // SAFETY: restores the default disposition before any thread
+        // starts; no handler runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        return match parsed(ops::args::Cli::try_parse()) {
+            Ok(ops::args::Cli { op: Some(op), .. }) => report(ops::run(op)),
+            // Without a subcommand the first argument was help or version,
+            // handled by the parser; a run form cannot get here.
+            Ok(_) => ExitCode::from(EXIT_USAGE),
+            Err(code) => code,
+        };
+    }
+    let args = match parsed(cli::Args::try_parse()) {
         Ok(args) => args,
+        Err(code) => return code,
+    };
+    init_logging(args.verbose, args.quiet);
+    report(supervise::run(args))
+}
+
+/// A parse result, or the exit status after printing help, the version or
+/// a one-line usage error.
+fn parsed<T>(result: Result<T, clap::Error>) -> Result<T, ExitCode> {
+    match result {
+        Ok(value) => Ok(value),
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
-            return ExitCode::SUCCESS;
+            Err(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("shm-restore: {} (see --help)", one_line(&e.to_string()));
-            return ExitCode::from(EXIT_USAGE);
+            Err(ExitCode::from(EXIT_USAGE))
         }
-    };
-    init_logging(args.verbose, args.quiet);
-    match supervise::run(args) {
+    }
+}
+
+/// The exit status of a finished run, printing its error if it failed.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shm-restore: {e:#}");

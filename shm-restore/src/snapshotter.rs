@@ -63,6 +63,11 @@ impl Stats {
         }
     }
 
+    /// Commit-to-durable lags so far.
+    pub fn lags(&self) -> &LagHistogram {
+        &self.lags
+    }
+
     /// Logs the summary line.
     pub fn log_summary(&self) {
         let elapsed = self

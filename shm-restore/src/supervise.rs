@@ -20,6 +20,7 @@ use crate::cli::{Args, Fsync, Restart};
 use crate::leftovers;
 use crate::region::{HostRegion, human};
 use crate::snapshotter::{self, Shared, SnapshotThread};
+use crate::status;
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let store = Store::open(&args.snapshot, options)?;
     // Holding the store's lock, no other supervisor can be using the group.
-    leftovers::kill_recorded(store.dir());
+    let _ = leftovers::kill_recorded(store.dir());
     let region = HostRegion::create(args.size)?;
     let mut launcher = Launcher::new(&args.command)?;
     let mut shared = Shared {
@@ -118,8 +119,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         !args.no_continuous,
     )
     .context("starting the snapshot thread")?;
+    // Dropped at the end of this function, whatever way it ends: removes
+    // the status file.
+    let status = status::Publisher::start(&args.snapshot, snapshots.shared())
+        .context("starting the status publisher")?;
 
     let mut supervisor = Supervisor {
+        status: status.board(),
         args: &args,
         snapshots,
         region,
@@ -186,6 +192,8 @@ impl Supervisor<'_> {
 
 struct Supervisor<'a> {
     args: &'a Args,
+    /// What `shm-restore watch` is told.
+    status: Arc<status::Board>,
     snapshots: SnapshotThread,
     region: HostRegion,
     events: Receiver<i32>,
@@ -201,6 +209,7 @@ impl Supervisor<'_> {
     fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
         let pid = launcher.spawn(self.region.file().as_fd())?;
         leftovers::record(&self.args.snapshot, pid);
+        self.status.child_started(pid);
         info!(pid, program = launcher.display(), "child started");
         self.snapshots.resume();
         let mut kill_at: Option<Instant> = None;
@@ -209,6 +218,7 @@ impl Supervisor<'_> {
                 info!(pid, status = %ended, "child ended");
                 kill_group(pid);
                 leftovers::clear(&self.args.snapshot);
+                self.status.child_ended();
                 return Ok(ended);
             }
             let event = match kill_at {
@@ -222,6 +232,7 @@ impl Supervisor<'_> {
                 Ok(signal) => {
                     if self.stop.is_none() {
                         self.stop = Some(signal);
+                        self.status.stopping();
                         info!(
                             signal = %signal_name(signal),
                             grace = %humantime::format_duration(self.args.grace),
@@ -258,6 +269,7 @@ impl Supervisor<'_> {
                 Ok(signal) => {
                     info!(signal = %signal_name(signal), "stopping during the relaunch delay");
                     self.stop = Some(signal);
+                    self.status.stopping();
                     return false;
                 }
                 Err(_) => return true,

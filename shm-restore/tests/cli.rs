@@ -76,3 +76,54 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn help_lists_every_subcommand_and_the_run_form() {
+    let (code, stdout, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("shm-restore [OPTIONS] --snapshot <DIR> [--] <COMMAND>..."),
+        "{stdout}"
+    );
+    for sub in [
+        "inspect", "verify", "export", "import", "prune", "watch", "cleanup",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "{sub} missing from:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn subcommand_usage_errors_are_one_line_and_status_2() {
+    assert_usage_error(&["inspect"], "<DIR>");
+    assert_usage_error(&["prune", "state"], "--keep");
+    assert_usage_error(&["prune", "state", "--keep=0"], "--keep");
+    assert_usage_error(&["export", "state"], "--output");
+    assert_usage_error(&["import", "image"], "--snapshot");
+    assert_usage_error(&["inspect", "state", "--generation=3"], "--units");
+    assert_usage_error(&["verify", "state", "--bogus"], "--bogus");
+}
+
+#[test]
+fn a_program_named_like_a_subcommand_still_runs_in_the_run_form() {
+    let dir = tempfile_dir();
+    let store = format!("--snapshot={}/named", dir.display());
+    for args in [
+        &[&store, "inspect"][..],
+        &[&store, "--", "verify", "--json", "-v"][..],
+    ] {
+        let (code, _, stderr) = run(args);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.lines().last().is_some_and(|l| {
+                let program = args.iter().rev().find(|a| !a.starts_with('-')).unwrap();
+                l.starts_with(&format!("shm-restore: cannot start {program}: "))
+            }),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -56,10 +56,10 @@ impl Meta {
         words.iter().flat_map(|w| w.to_le_bytes()).collect()
     }
 
-    /// Decodes and checks a meta blob against the geometry it will be
-    /// applied to: every unit must pass [`Geometry::check_unit`] and the
-    /// units must form a coherent chain.
-    pub fn decode(bytes: &[u8], g: &Geometry) -> Result<Meta, RegionError> {
+    /// Decodes a meta blob's shape (magic, version, unit count against its
+    /// length) without a geometry to check the units against: for showing
+    /// what a generation holds. Use [`Meta::decode`] before applying one.
+    pub fn peek(bytes: &[u8]) -> Result<Meta, RegionError> {
         let bad = |why| RegionError::ImpossibleField {
             field: "generation meta",
             value: bytes.len() as u64,
@@ -79,10 +79,12 @@ impl Meta {
             return Err(bad("unknown version"));
         }
         let count = words[5];
-        if count > g.slots || words.len() != META_HEADER_WORDS + count as usize * META_UNIT_WORDS {
+        if count > (words.len() / META_UNIT_WORDS) as u64
+            || words.len() != META_HEADER_WORDS + count as usize * META_UNIT_WORDS
+        {
             return Err(bad("unit count does not match its length or the table"));
         }
-        let mut units: Vec<UnitRef> = words[META_HEADER_WORDS..]
+        let units = words[META_HEADER_WORDS..]
             .chunks_exact(META_UNIT_WORDS)
             .map(|w| UnitRef {
                 slot: w[0],
@@ -91,6 +93,32 @@ impl Meta {
                 len: w[3],
             })
             .collect();
+        Ok(Meta {
+            cursor: words[2],
+            next_seq: words[3],
+            commit_count: words[4],
+            units,
+        })
+    }
+
+    /// Decodes and checks a meta blob against the geometry it will be
+    /// applied to: every unit must pass [`Geometry::check_unit`] and the
+    /// units must form a coherent chain.
+    pub fn decode(bytes: &[u8], g: &Geometry) -> Result<Meta, RegionError> {
+        let bad = |why| RegionError::ImpossibleField {
+            field: "generation meta",
+            value: bytes.len() as u64,
+            why,
+        };
+        let Meta {
+            cursor,
+            next_seq,
+            commit_count,
+            mut units,
+        } = Meta::peek(bytes)?;
+        if units.len() as u64 > g.slots {
+            return Err(bad("unit count does not match its length or the table"));
+        }
         for u in &units {
             if u.slot >= g.slots || u.tag != Tag::valid(u.tag.seq()) {
                 return Err(RegionError::CorruptSlot {
@@ -108,7 +136,6 @@ impl Meta {
             });
         }
         let newest = units.last().map_or(0, |u| u.seq());
-        let (cursor, next_seq) = (words[2], words[3]);
         let oldest = units.first().map_or(0, |u| u.seq());
         let too_far = !units.is_empty() && next_seq.saturating_sub(oldest) > g.slots;
         if cursor > layout::limits::MAX_COUNTER
@@ -121,7 +148,7 @@ impl Meta {
         Ok(Meta {
             cursor,
             next_seq,
-            commit_count: words[4],
+            commit_count,
             units,
         })
     }

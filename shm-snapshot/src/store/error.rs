@@ -110,6 +110,21 @@ pub enum StoreError {
         /// The abandoned generation's number.
         number: u64,
     },
+    /// A store opened with [`super::Store::open_read_only`] was asked to
+    /// write or remove something.
+    #[error("store {} was opened read-only", dir.display())]
+    ReadOnly {
+        /// The store's directory.
+        dir: PathBuf,
+    },
+    /// A generation asked for by number is not in the store.
+    #[error("generation {number} is not in {}", dir.display())]
+    NoSuchGeneration {
+        /// The store's directory.
+        dir: PathBuf,
+        /// The number asked for.
+        number: u64,
+    },
     /// The memory to reassemble a generation, or to hold the hashes of the
     /// region a generation is begun for, could not be allocated.
     #[error("cannot allocate {bytes} bytes for generation file {}", path.display())]
@@ -135,6 +150,13 @@ impl StoreError {
             path: path.into(),
             source,
         }
+    }
+
+    /// Whether this is a file that was there when the directory was listed
+    /// and is gone now: in a store an owner is writing, a generation it
+    /// pruned, not a damaged one.
+    pub fn is_vanished(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, defect: Defect) -> StoreError {

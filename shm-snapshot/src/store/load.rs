@@ -152,6 +152,35 @@ impl Store {
         })
     }
 
+    /// Loads generation `number`, reassembled from its chain, whether or not
+    /// it is the newest. Reads only, and changes nothing the store writes
+    /// next (the parent of the next delta stays what it was), so it also
+    /// works on a store opened with [`Store::open_read_only`].
+    pub fn load_generation(&mut self, number: u64) -> Result<Loaded, StoreError> {
+        self.rescan()?;
+        if !self.entries.contains_key(&number) {
+            return Err(StoreError::NoSuchGeneration {
+                dir: self.dir.clone(),
+                number,
+            });
+        }
+        let chain = self.chain_of(number, &BTreeMap::new(), &mut BTreeMap::new())?;
+        match self.reassemble(&chain) {
+            Ok(image) => Ok(Loaded {
+                number,
+                image: image.image,
+                meta: image.meta,
+                skipped: Vec::new(),
+            }),
+            Err(failure) if failure.member == number => Err(failure.error),
+            Err(failure) => Err(StoreError::BrokenChain {
+                path: self.entries[&number].path.clone(),
+                needs: failure.member,
+                why: format!("does not verify: {}", failure.error),
+            }),
+        }
+    }
+
     /// The chain of generation `number`, base first, from the scanned
     /// headers; an error if it is unusable before any file is read.
     fn chain_of(

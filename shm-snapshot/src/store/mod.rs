@@ -7,6 +7,7 @@
 //! opens to a verified generation; [`format`](mod@format) is the format's only
 //! definition in code.
 
+mod check;
 mod error;
 mod fault;
 pub mod format;
@@ -20,6 +21,7 @@ mod prune;
 mod read;
 mod write;
 
+pub use check::{Checked, Condition};
 pub use error::StoreError;
 pub use fault::{FaultPlan, Faults, FaultyIo, IoOp};
 pub use format::{CHUNK_BYTES, MAX_REGION_LEN, PAGE_BYTES};
@@ -27,4 +29,5 @@ pub use io::{LockAttempt, ReadFile, RealIo, StoreFile, StoreIo};
 pub use load::Loaded;
 pub use lock::LOCK_FILE;
 pub use open::{GenerationInfo, GenerationKind, Store, StoreOptions};
+pub use prune::{Pruned, Removed};
 pub use write::{GenerationTx, Persisted};

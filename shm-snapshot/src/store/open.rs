@@ -120,6 +120,29 @@ pub(crate) struct Entry {
     pub problem: Option<StoreError>,
 }
 
+impl Entry {
+    /// What [`Store::generations`] reports of it; `None` if its header did
+    /// not verify.
+    pub(crate) fn info(&self, number: u64) -> Option<GenerationInfo> {
+        let h = self.header?;
+        Some(GenerationInfo {
+            number,
+            kind: if h.is_base() {
+                GenerationKind::Base
+            } else {
+                GenerationKind::Delta {
+                    base: h.base,
+                    parent: h.parent,
+                }
+            },
+            bytes: self.size,
+            region_len: h.region_len,
+            created_ms: h.created_ms,
+            path: self.path.clone(),
+        })
+    }
+}
+
 /// The newest image the store has verified (loaded or committed): what the
 /// next delta is written against.
 pub(crate) struct Current {
@@ -148,6 +171,10 @@ pub struct Store {
     /// Temporary files made by this store, for unique names.
     pub(crate) temp_seq: u64,
     pub(crate) last_skipped: Vec<(u64, StoreError)>,
+    /// Opened by [`Store::open_read_only`]: no lock, no writes.
+    pub(crate) read_only: bool,
+    /// Temporary files a dead writer left, removed when the store opened.
+    pub(crate) temp_removed: Vec<PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -205,17 +232,72 @@ impl Store {
             next_number: 1,
             temp_seq: 0,
             last_skipped: Vec::new(),
+            read_only: false,
+            temp_removed: Vec::new(),
         };
         // We hold the lock, so no temporary file is being written: each is a
         // dead writer's. One that cannot be removed is harmless (never read)
         // and tried again at the next open.
         for name in store.list()? {
             if names::classify(&name) == Name::Temp {
-                let _ = store.io.remove(&store.dir.join(&name));
+                let path = store.dir.join(&name);
+                if store.io.remove(&path).is_ok() {
+                    store.temp_removed.push(path);
+                }
             }
         }
         store.rescan()?;
         Ok(store)
+    }
+
+    /// Opens the store in `dir` for reading only, without its lock: for
+    /// looking at a store a supervisor may be writing at the same time.
+    /// Nothing is created, changed or removed, now or later: the directory
+    /// must exist, temporary files are left alone, and [`Store::begin`]
+    /// fails with [`StoreError::ReadOnly`].
+    ///
+    /// A generation file may vanish at any moment while an owner prunes:
+    /// one that vanishes between the listing and the reading of its header
+    /// is left out, and reading one that has vanished since fails with
+    /// [`StoreError::Io`] whose source is `NotFound` (see
+    /// [`StoreError::is_vanished`]).
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_read_only_with_io(dir, Box::new(RealIo))
+    }
+
+    /// [`Store::open_read_only`] through another I/O layer, e.g. one that
+    /// removes files at a chosen moment as an owner pruning concurrently
+    /// would. Only [`StoreIo::list`] and [`StoreIo::open_read`] are used.
+    pub fn open_read_only_with_io(dir: &Path, mut io: Box<dyn StoreIo>) -> Result<Store, StoreError> {
+        // Listing first: a missing directory or a file in its place is
+        // reported as what it is, before anything else.
+        io.list(dir)
+            .map_err(|e| StoreError::io("listing the store directory", dir, e))?;
+        let mut store = Store {
+            dir: dir.to_owned(),
+            options: StoreOptions::default(),
+            io,
+            _lock: Box::new(()),
+            entries: BTreeMap::new(),
+            current: None,
+            next_number: 1,
+            temp_seq: 0,
+            last_skipped: Vec::new(),
+            read_only: true,
+            temp_removed: Vec::new(),
+        };
+        store.rescan()?;
+        Ok(store)
+    }
+
+    /// Whether the store was opened with [`Store::open_read_only`].
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The temporary files a dead writer had left, which opening removed.
+    pub fn removed_temp_files(&self) -> &[PathBuf] {
+        &self.temp_removed
     }
 
     /// The store's directory.
@@ -234,24 +316,23 @@ impl Store {
     pub fn generations(&self) -> Vec<GenerationInfo> {
         self.entries
             .iter()
-            .filter_map(|(&number, e)| {
-                let h = e.header?;
-                Some(GenerationInfo {
-                    number,
-                    kind: if h.is_base() {
-                        GenerationKind::Base
-                    } else {
-                        GenerationKind::Delta {
-                            base: h.base,
-                            parent: h.parent,
-                        }
-                    },
-                    bytes: e.size,
-                    region_len: h.region_len,
-                    created_ms: h.created_ms,
-                    path: e.path.clone(),
-                })
-            })
+            .filter_map(|(&number, e)| e.info(number))
+            .collect()
+    }
+
+    /// The newest generation the store has verified, as
+    /// [`Store::generations`] describes it.
+    pub fn newest_verified_info(&self) -> Option<GenerationInfo> {
+        let number = self.newest_verified()?;
+        self.entries.get(&number)?.info(number)
+    }
+
+    /// The generation files present whose header does not verify, oldest
+    /// first, with why, as of the last open, load or commit.
+    pub fn unreadable(&self) -> Vec<(u64, &StoreError)> {
+        self.entries
+            .iter()
+            .filter_map(|(&number, e)| Some((number, e.problem.as_ref()?)))
             .collect()
     }
 
@@ -308,9 +389,13 @@ impl Store {
                         problem: Some(problem),
                     }
                 }
+                // Removed since the listing (an owner pruning it): gone.
+                Err(problem) if problem.is_vanished() => continue,
                 Err(problem) => Entry {
+                    // What is on disk, for reports: a header that does not
+                    // verify says nothing of the file's size.
+                    size: self.io.open_read(&path).map_or(0, |f| f.len),
                     path,
-                    size: 0,
                     header: None,
                     problem: Some(problem),
                 },

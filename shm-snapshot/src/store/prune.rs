@@ -6,6 +6,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::error::StoreError;
 use super::open::Store;
 
+/// A generation file removed by pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// Its number.
+    pub number: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// What [`Store::prune_to`] did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Pruned {
+    /// The newest verified generation, which was kept with its chain.
+    pub newest_verified: Option<u64>,
+    /// The generations removed, newest first.
+    pub removed: Vec<Removed>,
+    /// Files that could not be removed; they stay.
+    pub errors: Vec<StoreError>,
+}
+
+impl Pruned {
+    /// Bytes freed on disk by the removals.
+    pub fn bytes_freed(&self) -> u64 {
+        self.removed.iter().map(|g| g.bytes).sum()
+    }
+}
+
 /// The generations to remove, newest first, given each generation's parent
 /// (`None` for a base or a generation whose header did not verify): all but
 /// the newest `keep`, the generations in `protect`, and every generation
@@ -34,14 +62,52 @@ impl Store {
     /// newest verified generation's chain is always kept. Returns how many
     /// were removed and the removals that failed.
     pub(crate) fn prune(&mut self) -> (usize, Vec<StoreError>) {
+        let keep = self.options.keep;
+        let (removed, errors) = self.prune_keeping(keep);
+        (removed.len(), errors)
+    }
+
+    /// Keeps the newest `keep` generations (at least 1), the newest
+    /// generation that verifies and every generation their chains need;
+    /// removes the rest, newest first (STORE.md, "Retention").
+    ///
+    /// Finding the newest verified generation means loading it (reading its
+    /// whole chain), so this fails, removing nothing, when generations exist
+    /// but none verifies, and on a read-only store.
+    pub fn prune_to(&mut self, keep: usize) -> Result<Pruned, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
+        if keep == 0 {
+            return Err(StoreError::InvalidOption {
+                name: "keep",
+                value: 0,
+                why: "at least one generation must be kept",
+            });
+        }
+        let newest_verified = self.load_newest()?.map(|loaded| loaded.number);
+        let (removed, errors) = self.prune_keeping(keep);
+        Ok(Pruned {
+            newest_verified,
+            removed,
+            errors,
+        })
+    }
+
+    fn prune_keeping(&mut self, keep: usize) -> (Vec<Removed>, Vec<StoreError>) {
+        if self.read_only {
+            return (Vec::new(), Vec::new());
+        }
         let parents: BTreeMap<u64, Option<u64>> = self
             .entries
             .iter()
             .map(|(&n, e)| (n, e.header.filter(|h| !h.is_base()).map(|h| h.parent)))
             .collect();
         let protect = self.current.as_ref().map_or(&[][..], |c| &c.chain[..]);
-        let doomed = doomed(&parents, self.options.keep, protect);
-        let mut removed = 0;
+        let doomed = doomed(&parents, keep, protect);
+        let mut removed = Vec::new();
         let mut errors = Vec::new();
         for n in doomed {
             let Some(entry) = self.entries.get(&n) else {
@@ -49,8 +115,9 @@ impl Store {
             };
             match self.io.remove(&entry.path) {
                 Ok(()) => {
+                    let bytes = entry.size;
                     self.entries.remove(&n);
-                    removed += 1;
+                    removed.push(Removed { number: n, bytes });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.entries.remove(&n);

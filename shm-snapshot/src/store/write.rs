@@ -98,6 +98,11 @@ impl Store {
     /// or when a member of the chain left the directory. Otherwise a delta
     /// against [`Store::newest_verified`].
     pub fn begin(&mut self, region_len: u64) -> Result<GenerationTx<'_>, StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                dir: self.dir.clone(),
+            });
+        }
         if region_len == 0 || region_len > MAX_REGION_LEN {
             return Err(StoreError::InvalidRegionLen {
                 region_len,

@@ -1,0 +1,292 @@
+//! `shm-restore inspect DIR`: the generations of a store, newest first, or
+//! the units of one. Reads only, without the lock.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use shm_snapshot::layout::{Geometry, UnitRef};
+use shm_snapshot::snapshot::{self, Meta};
+use shm_snapshot::store::{Checked, Condition, GenerationKind, Store};
+
+use super::args::Inspect;
+use super::show::{self, human};
+use super::store::open_read_only;
+
+/// Bytes of each unit `--units` shows.
+const HEAD_BYTES: u64 = 16;
+
+/// One generation in `inspect --json` (shape documented in the README).
+#[derive(Debug, Serialize)]
+struct GenerationJson {
+    number: u64,
+    created_ms: Option<u64>,
+    created: Option<String>,
+    kind: Option<&'static str>,
+    base: Option<u64>,
+    parent: Option<u64>,
+    units: Option<usize>,
+    region_bytes: Option<u64>,
+    bytes_on_disk: u64,
+    status: &'static str,
+    problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StoreJson {
+    store: String,
+    newest_verified: Option<u64>,
+    generations: Vec<GenerationJson>,
+}
+
+/// One unit in `inspect --units --json`.
+#[derive(Debug, Serialize)]
+struct UnitJson {
+    seq: u64,
+    len: u64,
+    first_persisted_ms: Option<u64>,
+    first_persisted: Option<String>,
+    first_persisted_generation: Option<u64>,
+    head_hex: String,
+}
+
+#[derive(Debug, Serialize)]
+struct UnitsJson {
+    store: String,
+    generation: u64,
+    created_ms: Option<u64>,
+    units: Vec<UnitJson>,
+}
+
+/// The status word of a generation, and what is wrong with it.
+pub fn status(c: &Checked) -> (&'static str, Option<String>) {
+    match &c.condition {
+        Condition::Intact => ("ok", None),
+        Condition::Damaged(e) => ("damaged", Some(e.to_string())),
+        Condition::BrokenChain(e) => ("broken-chain", Some(e.to_string())),
+        Condition::Vanished => ("pruned", Some("removed while being read (pruned)".to_owned())),
+    }
+}
+
+/// The newest generation that can be restored.
+pub fn newest_intact(checked: &[Checked]) -> Option<u64> {
+    checked
+        .iter()
+        .rev()
+        .find(|c| c.condition.is_intact())
+        .map(|c| c.number)
+}
+
+fn units_of(c: &Checked) -> Option<Meta> {
+    Meta::peek(c.meta.as_deref()?).ok()
+}
+
+/// Runs `inspect`.
+pub fn run(a: &Inspect) -> Result<ExitCode> {
+    let mut store = open_read_only(&a.dir)?;
+    let checked = store.check_all()?;
+    if a.units {
+        return units(a, &mut store, &checked);
+    }
+    let rows: Vec<GenerationJson> = checked
+        .iter()
+        .rev()
+        .map(|c| {
+            let (status, problem) = status(c);
+            let info = c.info.as_ref();
+            let (kind, parent) = match info.map(|i| i.kind) {
+                Some(GenerationKind::Base) => (Some("base"), None),
+                Some(GenerationKind::Delta { parent, .. }) => (Some("delta"), Some(parent)),
+                _ => (None, None),
+            };
+            GenerationJson {
+                number: c.number,
+                created_ms: info.map(|i| i.created_ms),
+                created: info.map(|i| show::time(i.created_ms)),
+                kind,
+                base: info.map(|i| i.base()),
+                parent,
+                units: units_of(c).map(|m| m.units.len()),
+                region_bytes: info.map(|i| i.region_len),
+                bytes_on_disk: c.bytes,
+                status,
+                problem,
+            }
+        })
+        .collect();
+    let newest_verified = newest_intact(&checked);
+    if a.json {
+        let doc = StoreJson {
+            store: a.dir.display().to_string(),
+            newest_verified,
+            generations: rows,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("{}: no generations", a.dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dash = || "-".to_owned();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.number.to_string(),
+                r.created.clone().unwrap_or_else(dash),
+                match (r.kind, r.parent) {
+                    (Some("delta"), Some(p)) => format!("delta on {p}"),
+                    (Some(k), _) => k.to_owned(),
+                    _ => dash(),
+                },
+                r.units.map_or_else(dash, |u| u.to_string()),
+                r.region_bytes.map_or_else(dash, human),
+                human(r.bytes_on_disk),
+                r.status.to_owned(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        show::table(
+            &[
+                "GENERATION",
+                "CREATED (UTC)",
+                "KIND",
+                "UNITS",
+                "REGION",
+                "ON DISK",
+                "STATUS"
+            ],
+            &["GENERATION", "UNITS", "REGION", "ON DISK"],
+            &table,
+        )
+    );
+    for r in &rows {
+        if let Some(problem) = &r.problem {
+            println!("generation {}: {problem}", r.number);
+        }
+    }
+    let total: u64 = rows.iter().map(|r| r.bytes_on_disk).sum();
+    println!(
+        "{}, {} on disk; newest verified: {}",
+        show::count(rows.len(), "generation"),
+        human(total),
+        newest_verified.map_or_else(|| "none".to_owned(), |n| n.to_string())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `inspect --units`: the units of one generation.
+fn units(a: &Inspect, store: &mut Store, checked: &[Checked]) -> Result<ExitCode> {
+    let number = match a.generation {
+        Some(n) => n,
+        None => match newest_intact(checked) {
+            Some(n) => n,
+            None if checked.is_empty() => bail!("{} holds no generations", a.dir.display()),
+            None => bail!("no generation in {} verifies", a.dir.display()),
+        },
+    };
+    let loaded = store
+        .load_generation(number)
+        .with_context(|| format!("generation {number} cannot be read"))?;
+    let g = snapshot::image_geometry(&loaded.image)
+        .with_context(|| format!("generation {number} does not hold a region"))?;
+    let meta = Meta::decode(&loaded.meta, &g)
+        .with_context(|| format!("generation {number} does not hold a usable unit table"))?;
+    // The oldest generation on disk, up to this one, that holds each unit.
+    let mut first: BTreeMap<(u64, u64, u64), (u64, u64)> = BTreeMap::new();
+    for c in checked.iter().filter(|c| c.number <= number) {
+        let (Some(m), Some(info)) = (units_of(c), c.info.as_ref()) else {
+            continue;
+        };
+        for u in &m.units {
+            first
+                .entry((u.seq(), u.offset, u.len))
+                .or_insert((c.number, info.created_ms));
+        }
+    }
+    let created_ms = checked
+        .iter()
+        .find(|c| c.number == number)
+        .and_then(|c| c.info.as_ref())
+        .map(|i| i.created_ms);
+    let units: Vec<UnitJson> = meta
+        .units
+        .iter()
+        .map(|u| {
+            let seen = first.get(&(u.seq(), u.offset, u.len));
+            UnitJson {
+                seq: u.seq(),
+                len: u.len,
+                first_persisted_ms: seen.map(|s| s.1),
+                first_persisted: seen.map(|s| show::time(s.1)),
+                first_persisted_generation: seen.map(|s| s.0),
+                head_hex: show::hex(&head(&loaded.image, &g, u)),
+            }
+        })
+        .collect();
+    if a.json {
+        let doc = UnitsJson {
+            store: a.dir.display().to_string(),
+            generation: number,
+            created_ms,
+            units,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "generation {number}{}: {} units",
+        created_ms.map_or_else(String::new, |ms| format!(", created {}", show::time(ms))),
+        units.len()
+    );
+    if units.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dash = || "-".to_owned();
+    let rows: Vec<Vec<String>> = units
+        .iter()
+        .map(|u| {
+            vec![
+                u.seq.to_string(),
+                u.len.to_string(),
+                u.first_persisted.clone().unwrap_or_else(dash),
+                u.first_persisted_generation.map_or_else(dash, |n| n.to_string()),
+                u.head_hex.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        show::table(
+            &[
+                "SEQ",
+                "LENGTH",
+                "FIRST PERSISTED (UTC)",
+                "IN GENERATION",
+                "FIRST BYTES"
+            ],
+            &["SEQ", "LENGTH", "IN GENERATION"],
+            &rows,
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first [`HEAD_BYTES`] of a unit's bytes in a region image. The unit
+/// passed [`Meta::decode`] against the image's geometry, so its bytes lie
+/// in the ring (wrapping at its end).
+fn head(image: &[u8], g: &Geometry, u: &UnitRef) -> Vec<u8> {
+    let n = u.len.min(HEAD_BYTES);
+    let start = u.offset & (g.ring_bytes - 1);
+    let first = n.min(g.ring_bytes - start);
+    let at = (g.ring_offset + start) as usize;
+    let mut out = image[at..at + first as usize].to_vec();
+    let rest = (n - first) as usize;
+    let ring = g.ring_offset as usize;
+    out.extend_from_slice(&image[ring..ring + rest]);
+    out
+}

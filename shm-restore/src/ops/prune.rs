@@ -1,0 +1,49 @@
+//! `shm-restore prune DIR --keep N`: old generations go, and what only
+//! they need; the newest verified generation and its chain stay whatever N
+//! says. Takes the store's lock.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use shm_snapshot::store::StoreOptions;
+
+use super::args::Prune;
+use super::show::{count, human};
+use super::store::{check_is_store, open_locked};
+
+/// Runs `prune`.
+pub fn run(a: &Prune) -> Result<ExitCode> {
+    check_is_store(&a.dir)?;
+    let keep = usize::try_from(a.keep).unwrap_or(usize::MAX);
+    let options = StoreOptions {
+        keep,
+        ..StoreOptions::default()
+    };
+    let mut store = open_locked(&a.dir, options)?;
+    for temp in store.removed_temp_files() {
+        println!("removed stale temporary file {}", temp.display());
+    }
+    let pruned = store
+        .prune_to(keep)
+        .with_context(|| format!("cannot prune {} (nothing was removed)", a.dir.display()))?;
+    for r in &pruned.removed {
+        println!("removed generation {} ({})", r.number, human(r.bytes));
+    }
+    let left = store.generations().len();
+    let newest = pruned
+        .newest_verified
+        .map_or_else(|| "none".to_owned(), |n| n.to_string());
+    println!(
+        "removed {}, freed {}; {left} left, newest verified: {newest}",
+        count(pruned.removed.len(), "generation"),
+        human(pruned.bytes_freed())
+    );
+    for e in &pruned.errors {
+        eprintln!("shm-restore: {e}");
+    }
+    Ok(if pruned.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,72 @@
+//! `shm-restore verify DIR`: every generation and every piece of it
+//! checked against its BLAKE3 hashes, each chain against its members.
+//! Reads only, without the lock.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use shm_snapshot::store::Condition;
+
+use super::args::Verify;
+use super::inspect::newest_intact;
+use super::show::{count, human};
+use super::store::open_read_only;
+
+/// Runs `verify`: exit 0 when every generation verifies, 1 naming each
+/// damaged one (one line each on stderr) with the summary last.
+pub fn run(a: &Verify) -> Result<ExitCode> {
+    let mut store = open_read_only(&a.dir)?;
+    let checked = store.check_all()?;
+    let dir = a.dir.display();
+    let mut damaged = 0;
+    let mut pruned = 0;
+    let (mut bases, mut deltas, mut bytes) = (0, 0, 0);
+    for c in &checked {
+        match &c.condition {
+            Condition::Intact => {
+                bytes += c.bytes;
+                match c.info.as_ref().is_some_and(|i| i.is_base()) {
+                    true => bases += 1,
+                    false => deltas += 1,
+                }
+            }
+            Condition::Damaged(e) => {
+                damaged += 1;
+                eprintln!("shm-restore: generation {} is damaged: {e}", c.number);
+            }
+            Condition::BrokenChain(e) => {
+                damaged += 1;
+                eprintln!("shm-restore: generation {} cannot be restored: {e}", c.number);
+            }
+            Condition::Vanished => pruned += 1,
+        }
+    }
+    let newest = newest_intact(&checked).map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let pruned = match pruned {
+        0 => String::new(),
+        n => format!("; {n} pruned by the running supervisor while being read"),
+    };
+    let present = checked.len()
+        - checked
+            .iter()
+            .filter(|c| matches!(c.condition, Condition::Vanished))
+            .count();
+    if damaged > 0 {
+        eprintln!(
+            "shm-restore: {damaged} of {present} generations in {dir} are damaged; newest verified: {newest}{pruned}"
+        );
+        return Ok(ExitCode::from(1));
+    }
+    if present == 0 {
+        println!("{dir}: no generations to verify{pruned}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{dir}: all {} verify ({}, {}, {}); newest verified: {newest}{pruned}",
+        count(present, "generation"),
+        count(bases, "base"),
+        count(deltas, "delta"),
+        human(bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}

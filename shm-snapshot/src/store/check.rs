@@ -1,0 +1,169 @@
+//! Checking every generation of a store: each file read whole and verified
+//! against its hashes, then each chain checked from those results. Only
+//! reads, so it works on a store another process owns and writes.
+
+use std::collections::BTreeMap;
+
+use super::error::StoreError;
+use super::format::PAGE_BYTES;
+use super::open::{GenerationInfo, Store};
+use super::read::{ChunkSink, read_generation, read_header};
+
+/// What [`Store::check_all`] found of one generation.
+#[derive(Debug)]
+pub enum Condition {
+    /// The file verifies, and so does every generation its chain needs: it
+    /// can be restored.
+    Intact,
+    /// The file itself does not verify (or cannot be read).
+    Damaged(StoreError),
+    /// The file verifies, but a generation its chain needs is missing or
+    /// does not verify.
+    BrokenChain(StoreError),
+    /// The file was removed while the store was being checked: in a store
+    /// an owner is writing, a generation it pruned.
+    Vanished,
+}
+
+impl Condition {
+    /// Whether the generation can be restored.
+    pub fn is_intact(&self) -> bool {
+        matches!(self, Condition::Intact)
+    }
+}
+
+/// One generation as [`Store::check_all`] found it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Checked {
+    /// Its number.
+    pub number: u64,
+    /// What its header says; `None` when the header does not verify.
+    pub info: Option<GenerationInfo>,
+    /// The file's size in bytes (0 if it could not be opened).
+    pub bytes: u64,
+    /// The meta blob, when the file itself verified.
+    pub meta: Option<Vec<u8>>,
+    /// Whether it can be restored, and if not why.
+    pub condition: Condition,
+}
+
+/// Pages read while checking go nowhere once hashed.
+struct Discard {
+    page: Vec<u8>,
+}
+
+impl ChunkSink for Discard {
+    fn page(&mut self, _index: u64, _page: u64, len: usize) -> &mut [u8] {
+        // The reader never asks for more than a page.
+        &mut self.page[..len]
+    }
+
+    fn verified(&mut self, _index: u64, _pages: u64, _hashes: &[blake3::Hash]) {}
+}
+
+impl Store {
+    /// Reads every generation file present, whole, checking every field and
+    /// hash (STORE.md, "Reading a generation"), then checks each delta's
+    /// chain against those results: oldest first, one entry per generation
+    /// file. Reads each file once, whatever the chains' lengths.
+    ///
+    /// Reads only: on a store another process owns, a generation removed
+    /// while it is checked is reported [`Condition::Vanished`], not damaged.
+    pub fn check_all(&mut self) -> Result<Vec<Checked>, StoreError> {
+        self.rescan()?;
+        let mut discard = Discard {
+            page: vec![0; PAGE_BYTES as usize],
+        };
+        let mut checked: BTreeMap<u64, Checked> = BTreeMap::new();
+        let numbers: Vec<u64> = self.entries.keys().copied().collect();
+        for number in numbers {
+            let entry = &self.entries[&number];
+            let info = entry.info(number);
+            let path = entry.path.clone();
+            let (bytes, header) = (entry.size, entry.header);
+            let read = match header {
+                Some(h) => read_generation(self.io.as_mut(), &path, &h, &mut discard),
+                // Read it again: it may have vanished since the scan.
+                None => match read_header(self.io.as_mut(), &path) {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(self.entry_problem(number)),
+                },
+            };
+            let (meta, condition) = match read {
+                Ok(meta) => (Some(meta), Condition::Intact),
+                Err(e) if e.is_vanished() => (None, Condition::Vanished),
+                Err(e) => (None, Condition::Damaged(e)),
+            };
+            let mut c = Checked {
+                number,
+                info,
+                bytes,
+                meta,
+                condition,
+            };
+            if let (Condition::Intact, Some(h)) = (&c.condition, header)
+                && !h.is_base()
+            {
+                let broken = |why: String| {
+                    Condition::BrokenChain(StoreError::BrokenChain {
+                        path: path.clone(),
+                        needs: h.parent,
+                        why,
+                    })
+                };
+                c.condition = match checked.get(&h.parent) {
+                    None => broken("is missing".to_owned()),
+                    Some(p) => match (&p.condition, &p.info) {
+                        (Condition::Intact, Some(pi)) if pi.base() != h.base => broken(format!(
+                            "belongs to the chain of base {}, not of base {}",
+                            pi.base(),
+                            h.base
+                        )),
+                        (Condition::Intact, Some(pi)) if pi.region_len != h.region_len => broken(format!(
+                            "holds a region of {} bytes, not {}",
+                            pi.region_len, h.region_len
+                        )),
+                        (Condition::Intact, _) => Condition::Intact,
+                        (Condition::Vanished, _) => broken("was removed while the store was read".to_owned()),
+                        (Condition::Damaged(e) | Condition::BrokenChain(e), _) => {
+                            broken(format!("does not verify: {e}"))
+                        }
+                    },
+                };
+            }
+            checked.insert(number, c);
+        }
+        // A generation found unusable whose file is gone by now was pruned
+        // while it was read (an owner removes newest first, so a delta goes
+        // before the generations it needs). Asked of the store's I/O layer,
+        // which is the only file system the store knows.
+        for c in checked.values_mut() {
+            if !c.condition.is_intact()
+                && let Some(e) = self.entries.get(&c.number)
+                && self
+                    .io
+                    .open_read(&e.path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                c.condition = Condition::Vanished;
+            }
+        }
+        Ok(checked.into_values().collect())
+    }
+}
+
+impl Store {
+    /// Why the header of generation `number` did not verify when scanned,
+    /// taken from its entry (the next scan finds it again).
+    fn entry_problem(&mut self, number: u64) -> StoreError {
+        let e = self
+            .entries
+            .get_mut(&number)
+            .expect("numbers come from the entries");
+        e.problem.take().unwrap_or_else(|| StoreError::Corrupt {
+            path: e.path.clone(),
+            what: "header did not verify".to_owned(),
+        })
+    }
+}

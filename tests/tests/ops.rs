@@ -1,0 +1,464 @@
+//! The operator subcommands against stores made by real supervisor runs:
+//! inspect, verify, export, import, prune, watch and cleanup, their
+//! failure messages, and what they do while a supervisor runs.
+
+use std::path::Path;
+
+use shm_snapshot::{Client, Config, Region};
+use shm_snapshot_tests::ops::{Ran, eventually, shm_restore};
+use shm_snapshot_tests::{Proc, generation_files, is_gone, wait_gone, workdir};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
+
+/// Fast relaunches, no syncing (tests), a small region.
+const FAST: &[&str] = &[
+    "--backoff=10ms",
+    "--backoff-max=50ms",
+    "--fsync=never",
+    "--size=4MiB",
+];
+
+fn at_exit_only() -> Vec<&'static str> {
+    FAST.iter().copied().chain(["--no-continuous"]).collect()
+}
+
+/// Runs the supervisor on `store` until its program, committing `commits`
+/// units, exits 0: one more generation (at exit only).
+fn run_once(dir: &Path, store: &str, commits: &str) {
+    let mut run = Proc::supervise(dir, store, &at_exit_only(), &[CHILD, "--commit", commits]);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
+}
+
+/// `s` as hex, as `inspect --units` shows a unit's first bytes.
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn assert_ok(ran: &Ran) {
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+}
+
+/// Exit status 1 and a last stderr line `shm-restore: …` containing `text`.
+fn assert_fails_with(ran: &Ran, text: &str) {
+    assert_eq!(ran.code, Some(1), "{}", ran.show());
+    let last = ran.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("shm-restore: ") && last.contains(text),
+        "expected a last line mentioning {text:?}:\n{}",
+        ran.show()
+    );
+}
+
+/// The units a program opening the region image at `path` recovers.
+fn recovered_from_image(path: &Path) -> Vec<String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: the file is this test's own and nothing else changes its size.
+    let region = unsafe { Region::from_file(file) }.unwrap();
+    let client = Client::open(region, &Config::default()).unwrap();
+    client
+        .recover()
+        .unwrap()
+        .into_iter()
+        .map(|u| String::from_utf8(u.bytes).unwrap())
+        .collect()
+}
+
+fn json(ran: &Ran) -> serde_json::Value {
+    assert_ok(ran);
+    serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {}", ran.show()))
+}
+
+#[test]
+fn read_only_commands_work_while_a_supervisor_runs_and_changing_ones_refuse() {
+    let dir = workdir();
+    let d = dir.path();
+    let mut sup = Proc::supervise(d, "state", FAST, &[CHILD, "--commit", "5", "--then", "sleep"]);
+    let child: i32 = sup.expect_out("pid ")[4..].parse().unwrap();
+    sup.expect_out("done");
+    let sup_pid = sup.pid().to_string();
+    // Continuous snapshots: a generation holding all five units soon.
+    let newest = eventually("a generation with 5 units", || {
+        let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+        let newest = doc["newest_verified"].as_u64()?;
+        let gens = doc["generations"].as_array()?;
+        let g = gens.iter().find(|g| g["number"] == newest)?;
+        (g["units"] == 5 && g["status"] == "ok").then_some(newest)
+    });
+
+    let table = shm_restore(d, &["inspect", "state"]);
+    assert_ok(&table);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("GENERATION  CREATED (UTC)"),
+        "{}",
+        table.show()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some(&newest.to_string())
+                && l.ends_with("ok")
+                && l.contains(" 5 ")),
+        "{}",
+        table.show()
+    );
+    assert!(
+        lines.last().unwrap().contains("newest verified: "),
+        "{}",
+        table.show()
+    );
+
+    let units = shm_restore(d, &["inspect", "state", "--units"]);
+    assert_ok(&units);
+    for k in 0..5 {
+        let payload = hex(&format!("unit-{k}"));
+        assert!(
+            units.stdout.lines().any(|l| l.ends_with(&payload)),
+            "unit-{k} ({payload}) missing:\n{}",
+            units.show()
+        );
+    }
+
+    assert_ok(&shm_restore(d, &["verify", "state"]));
+
+    let watch = shm_restore(d, &["watch", "state", "--once"]);
+    assert_ok(&watch);
+    assert!(
+        watch.stdout.contains(&format!("child       pid {child},")),
+        "{}",
+        watch.show()
+    );
+    assert!(
+        watch.stdout.contains(&format!("supervisor  pid {sup_pid},")),
+        "{}",
+        watch.show()
+    );
+    assert!(watch.stdout.contains("running"), "{}", watch.show());
+
+    assert_ok(&shm_restore(d, &["export", "state", "-o", "image"]));
+    assert_eq!(
+        recovered_from_image(&d.join("image")),
+        ["unit-0", "unit-1", "unit-2", "unit-3", "unit-4"]
+    );
+    assert_fails_with(
+        &shm_restore(d, &["export", "state", "-o", "image"]),
+        "image exists; use --force",
+    );
+    assert_ok(&shm_restore(d, &["export", "state", "-o", "image", "--force"]));
+
+    let in_use = format!("state is in use by a running supervisor (pid {sup_pid})");
+    assert_fails_with(&shm_restore(d, &["prune", "state", "--keep", "1"]), &in_use);
+    assert_fails_with(&shm_restore(d, &["cleanup", "state"]), &in_use);
+    assert_fails_with(
+        &shm_restore(d, &["import", "image", "--snapshot", "state"]),
+        &in_use,
+    );
+
+    sup.signal(libc::SIGTERM);
+    assert_eq!(
+        sup.wait().code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        sup.transcript()
+    );
+    assert!(is_gone(child));
+    // A clean exit leaves the store and its lock, nothing else.
+    let mut left: Vec<String> = std::fs::read_dir(d.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".snap"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["lock"]);
+    let watch = shm_restore(d, &["watch", "state", "--once"]);
+    assert_eq!(watch.code, Some(1), "{}", watch.show());
+    assert!(
+        watch.stdout.contains("no supervisor running on state"),
+        "{}",
+        watch.show()
+    );
+    assert!(
+        watch.stdout.contains("newest generation on disk: "),
+        "{}",
+        watch.show()
+    );
+}
+
+#[test]
+fn verify_export_and_inspect_name_a_damaged_generation() {
+    let dir = workdir();
+    let d = dir.path();
+    run_once(d, "state", "2");
+    run_once(d, "state", "3");
+    let files = generation_files(&d.join("state"));
+    assert_eq!(files.len(), 2);
+    assert_ok(&shm_restore(d, &["verify", "state"]));
+
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&files[1], bytes).unwrap();
+
+    let verify = shm_restore(d, &["verify", "state"]);
+    assert_fails_with(
+        &verify,
+        "1 of 2 generations in state are damaged; newest verified: 1",
+    );
+    let lines: Vec<&str> = verify.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", verify.show());
+    assert!(
+        lines[0].starts_with("shm-restore: generation 2 is damaged: generation file ")
+            && lines[0].contains("is corrupt"),
+        "{}",
+        verify.show()
+    );
+
+    let inspect = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(inspect["newest_verified"], 1);
+    assert_eq!(inspect["generations"][0]["number"], 2);
+    assert_eq!(inspect["generations"][0]["status"], "damaged");
+    assert_eq!(inspect["generations"][1]["status"], "ok");
+    assert_eq!(inspect["generations"][1]["units"], 2);
+
+    assert_fails_with(
+        &shm_restore(d, &["export", "state", "--generation", "2", "-o", "two"]),
+        "cannot export generation 2: generation file",
+    );
+    assert!(!d.join("two").exists());
+    assert_fails_with(
+        &shm_restore(d, &["export", "state", "--generation", "7", "-o", "seven"]),
+        "generation 7 is not in state",
+    );
+    // Without a number: the newest that verifies.
+    let export = shm_restore(d, &["export", "state", "-o", "one"]);
+    assert_ok(&export);
+    assert!(
+        export.stdout.contains("exported generation 1 "),
+        "{}",
+        export.show()
+    );
+    assert_eq!(recovered_from_image(&d.join("one")), ["unit-0", "unit-1"]);
+}
+
+#[test]
+fn prune_keeps_the_newest_verified_generation_and_reports_what_it_freed() {
+    let dir = workdir();
+    let d = dir.path();
+    for commits in ["1", "1", "1", "1"] {
+        run_once(d, "state", commits);
+    }
+    let files = generation_files(&d.join("state"));
+    assert_eq!(files.len(), 4);
+    // The newest is damaged: keeping 1 keeps it, and the newest verified (3)
+    // with whatever its chain needs.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[3])
+        .unwrap()
+        .set_len(200)
+        .unwrap();
+    let chain: Vec<u64> = {
+        let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+        let mut chain = vec![3];
+        let gens = doc["generations"].as_array().unwrap();
+        while let Some(p) = gens
+            .iter()
+            .find(|g| g["number"] == *chain.last().unwrap())
+            .and_then(|g| g["parent"].as_u64())
+        {
+            chain.push(p);
+        }
+        chain
+    };
+    let prune = shm_restore(d, &["prune", "state", "--keep", "1"]);
+    assert_ok(&prune);
+    let removed = 4 - 1 - chain.len();
+    assert!(
+        prune
+            .stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with(&format!("removed {removed} generations, freed "))
+            && prune.stdout.contains("newest verified: 3"),
+        "{}",
+        prune.show()
+    );
+    let left = generation_files(&d.join("state"));
+    assert_eq!(left.len(), 1 + chain.len(), "{}", prune.show());
+    assert!(left.contains(&files[2]) && left.contains(&files[3]));
+    // What is left still restores generation 3 (units 0..=2).
+    let units = shm_restore(d, &["inspect", "state", "--units"]);
+    assert_ok(&units);
+    assert!(units.stdout.starts_with("generation 3, "), "{}", units.show());
+    assert!(units.stdout.contains(&hex("unit-2")), "{}", units.show());
+}
+
+#[test]
+fn an_exported_image_imports_into_a_new_store_and_restores() {
+    let dir = workdir();
+    let d = dir.path();
+    run_once(d, "a", "3");
+    assert_ok(&shm_restore(d, &["export", "a", "-o", "image"]));
+    let import = shm_restore(d, &["import", "image", "--snapshot", "b"]);
+    assert_ok(&import);
+    assert!(
+        import.stdout.contains("as generation 1 (base, 3 units"),
+        "{}",
+        import.show()
+    );
+    let mut run = Proc::supervise(d, "b", &at_exit_only(), &[CHILD]);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
+    let recovered: Vec<String> = run
+        .lines(shm_snapshot_tests::Stream::Out)
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("recovered ")
+                .map(|r| r.split_once(' ').unwrap().1.to_owned())
+        })
+        .collect();
+    assert_eq!(recovered, ["unit-0", "unit-1", "unit-2"]);
+
+    // A store holds one region size.
+    let mut big = Proc::supervise(
+        d,
+        "c",
+        &["--size=8MiB", "--no-continuous", "--fsync=never"],
+        &[CHILD, "--commit", "1"],
+    );
+    assert_eq!(big.wait().code(), Some(0), "{}", big.transcript());
+    assert_fails_with(
+        &shm_restore(d, &["import", "image", "--snapshot", "c"]),
+        "c holds a region of 8388608 bytes (generation 1), image is 4194304 bytes",
+    );
+    // Not region images.
+    std::fs::write(d.join("zeros"), vec![0u8; 1 << 20]).unwrap();
+    assert_fails_with(
+        &shm_restore(d, &["import", "zeros", "--snapshot", "d"]),
+        "zeros is not a region image: its header is blank",
+    );
+    std::fs::write(d.join("text"), b"hello, world\n".repeat(1000)).unwrap();
+    assert_fails_with(
+        &shm_restore(d, &["import", "text", "--snapshot", "d"]),
+        "text is not a usable region image: ",
+    );
+    assert!(generation_files(&d.join("d")).is_empty());
+    assert_fails_with(
+        &shm_restore(d, &["import", "missing", "--snapshot", "d"]),
+        "cannot read missing",
+    );
+}
+
+#[test]
+fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
+    let dir = workdir();
+    let d = dir.path();
+    // The supervisor's orphans become this process's children, and stay
+    // zombies until it reaps them: the child's zombie is still in the
+    // program's group when cleanup counts what it kills (no test in this
+    // binary but this one leaves orphans).
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).unwrap();
+    let mut sup = Proc::supervise(
+        d,
+        "state",
+        FAST,
+        &[CHILD, "--grandchild", "--commit", "3", "--then", "sleep"],
+    );
+    let child: i32 = sup.expect_out("pid ")[4..].parse().unwrap();
+    let grandchild: i32 = sup.expect_out("grandchild ")[11..].parse().unwrap();
+    sup.expect_out("done");
+    eventually("a generation and the status file", || {
+        (d.join("state/status.json").exists() && !generation_files(&d.join("state")).is_empty()).then_some(())
+    });
+    sup.signal(libc::SIGKILL);
+    sup.wait();
+    assert!(wait_gone(child), "the child dies with its supervisor");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok(),
+        "the child stays a zombie until reaped"
+    );
+    assert!(
+        !is_gone(grandchild),
+        "the grandchild outlives a SIGKILLed supervisor"
+    );
+    // A generation being written when the supervisor died.
+    let temp = d.join("state/gen-00000000000000000099.4242.0.tmp");
+    std::fs::write(&temp, b"partial").unwrap();
+
+    let watch = shm_restore(d, &["watch", "state", "--once"]);
+    assert_eq!(watch.code, Some(1), "{}", watch.show());
+    assert!(
+        watch.stdout.contains("no supervisor running on state"),
+        "{}",
+        watch.show()
+    );
+
+    let cleanup = shm_restore(d, &["cleanup", "state"]);
+    assert_ok(&cleanup);
+    for text in [
+        "removed temporary file state/gen-00000000000000000099.4242.0.tmp",
+        "removed stale status file state/status.json",
+        // The grandchild alone: the child died with the supervisor, and
+        // its zombie, if not reaped yet, is not a process to kill.
+        "killed 1 leftover process of the program's process group",
+        "removed stale lock state/lock",
+    ] {
+        assert!(cleanup.stdout.contains(text), "no {text:?}:\n{}", cleanup.show());
+    }
+    assert!(wait_gone(grandchild), "cleanup kills what the program left");
+    for pid in [child, grandchild] {
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap();
+    }
+    rustix::process::set_child_subreaper(None).unwrap();
+    let left: Vec<String> = std::fs::read_dir(d.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !left.is_empty() && left.iter().all(|n| n.ends_with(".snap")),
+        "{left:?}"
+    );
+    assert_ok(&shm_restore(d, &["verify", "state"]));
+    let again = shm_restore(d, &["cleanup", "state"]);
+    assert_ok(&again);
+    assert_eq!(again.stdout, "state: nothing to clean up\n");
+}
+
+#[test]
+fn subcommands_on_a_missing_directory_or_a_non_store_fail_in_one_line() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir(d.join("empty")).unwrap();
+    std::fs::write(d.join("file"), b"x").unwrap();
+    let commands: [&[&str]; 6] = [
+        &["inspect"],
+        &["verify"],
+        &["export", "-o", "out"],
+        &["prune", "--keep", "1"],
+        &["watch", "--once"],
+        &["cleanup"],
+    ];
+    for (target, message) in [
+        ("missing", "no store at missing: no such directory"),
+        (
+            "empty",
+            "empty is not a shm-snapshot store (no lock file, no generation files)",
+        ),
+        ("file", "file is not a store: not a directory"),
+    ] {
+        for command in commands {
+            let mut args = vec![command[0], target];
+            args.extend(&command[1..]);
+            let ran = shm_restore(d, &args);
+            assert_fails_with(&ran, message);
+            assert_eq!(ran.stderr.lines().count(), 1, "{args:?}: {}", ran.show());
+        }
+    }
+    assert!(!d.join("missing").exists(), "nothing creates a missing store");
+    assert!(!d.join("out").exists());
+}
