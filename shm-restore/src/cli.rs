@@ -124,6 +124,9 @@ pub struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub quiet: u8,
 
+    #[command(flatten)]
+    pub chaos: crate::chaos::ChaosFlags,
+
     /// The program to run and its arguments (a `--` before it is optional).
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
