@@ -221,8 +221,8 @@ impl Schedule {
 
 /// What became of a worst-moment kill's wait.
 enum Moment {
-    /// Found: the commit count when it was.
-    Caught(Option<u64>),
+    /// Found: what the region showed before the moment.
+    Caught(Option<Sighting>),
     /// Not found within the bound: kill anyway.
     FellBack,
     /// The program ended by itself first: no kill.
@@ -247,8 +247,8 @@ struct Run {
 struct Strike {
     kind: KillKind,
     caught: bool,
-    /// For a caught mid-write kill: the commit count when it was sent.
-    count: Option<u64>,
+    /// For a caught mid-write kill: the region before the write was seen.
+    sighting: Option<Sighting>,
     at: Instant,
 }
 
@@ -496,8 +496,10 @@ impl Chaos {
                 (KillKind::AfterCommit, false) => self.kinds.after_commit.fell_back += 1,
                 (KillKind::MidWrite, true) => {
                     self.kinds.mid_write.caught += 1;
-                    let now = observe_file(region).ok().flatten().map(|o| o.commit_count());
-                    if strike.count.is_some() && now == strike.count {
+                    let dead = observe_file(region).ok().flatten();
+                    if let (Some(o), Some(before)) = (dead, &strike.sighting)
+                        && before.landed_in(&o)
+                    {
                         self.kinds.mid_write.landed_mid_commit += 1;
                     }
                 }
@@ -624,9 +626,9 @@ fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant) {
         KillKind::Timer => Moment::FellBack,
         KillKind::AfterCommit | KillKind::MidWrite => watch(run, kind, region, until),
     };
-    let (caught, count) = match moment {
+    let (caught, sighting) = match moment {
         Moment::Gone => return,
-        Moment::Caught(count) => (true, count),
+        Moment::Caught(sighting) => (true, sighting),
         Moment::FellBack => (false, None),
     };
     if kind != KillKind::Timer && !caught {
@@ -638,7 +640,7 @@ fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant) {
     run.struck = Some(Strike {
         kind,
         caught,
-        count,
+        sighting,
         at: Instant::now(),
     });
 }
@@ -654,6 +656,23 @@ struct Marks {
     next_seq: u64,
     ring_word: u64,
     tag: u64,
+}
+
+/// The region as a mid-write kill saw it before the write it aimed at.
+struct Sighting {
+    count: u64,
+    marks: Marks,
+    counters: Vec<u64>,
+}
+
+impl Sighting {
+    /// Whether the dead program's region still shows the write begun and
+    /// not counted: the kill landed inside the commit.
+    fn landed_in(&self, o: &Observer) -> bool {
+        let mut counters = Vec::new();
+        o.chunk_counters(&mut counters);
+        o.commit_count() == self.count && (marks(o) != self.marks || counters != self.counters)
+    }
 }
 
 fn marks(o: &Observer) -> Marks {
@@ -704,7 +723,7 @@ fn watch(run: &mut Run, kind: KillKind, region: &File, until: Instant) -> Moment
         };
         if count != *base_count {
             if kind == KillKind::AfterCommit {
-                return Moment::Caught(Some(count));
+                return Moment::Caught(None);
             }
             // A commit completed: watch for the next one to start.
             *base_count = count;
@@ -724,7 +743,11 @@ fn watch(run: &mut Run, kind: KillKind, region: &File, until: Instant) -> Moment
         }
         // Only a write the count has not caught up with is mid-commit.
         if moved && o.commit_count() == count {
-            return Moment::Caught(Some(count));
+            return Moment::Caught(Some(Sighting {
+                count,
+                marks: std::mem::replace(base_marks, now),
+                counters: std::mem::take(base_counters),
+            }));
         }
         std::hint::spin_loop();
     }
