@@ -372,7 +372,7 @@ impl Chaos {
             seed,
             kill = %format_args!("{}..{}", humantime::format_duration(range.min), humantime::format_duration(range.max)),
             runs = flags.chaos_runs,
-            restore = ?flags.chaos_restore,
+            restore = format!("{:?}", flags.chaos_restore).to_lowercase(),
             "chaos mode (repeat with --seed {seed})"
         );
         Some(Chaos {

@@ -78,13 +78,16 @@ fn random_kills_never_lose_a_committed_unit_nor_restore_an_inconsistent_one() {
 
     let r = report(dir.path());
     assert_eq!(u(&r, "/kills"), kills, "{r:#}");
-    assert_eq!(
-        u(&r, "/relaunches"),
-        starts as u64 - 1,
-        "one relaunch per `restored` line after the first:\n{r:#}"
-    );
     let child_starts = finished.err.matches("child started").count() as u64;
     assert_eq!(u(&r, "/relaunches"), child_starts - 1, "{r:#}");
+    // One relaunch per `restored` line after the first, but for a run
+    // killed before it printed one: on a loaded machine a start can take
+    // longer than the shortest interval (20 ms). Such runs stay rare.
+    let silent = child_starts.saturating_sub(starts as u64);
+    assert!(
+        starts as u64 <= child_starts && silent <= kills / 100 + 1,
+        "{starts} `restored` lines for {child_starts} starts:\n{r:#}"
+    );
     assert_eq!(u(&r, "/failures/total"), 0, "{r:#}");
     assert_eq!(r["completed"], Value::Bool(true), "{r:#}");
     assert_eq!(r["last_run"]["committed"], Value::Bool(true), "{r:#}");
@@ -119,8 +122,8 @@ fn random_kills_never_lose_a_committed_unit_nor_restore_an_inconsistent_one() {
     println!(
         "chaos: {kills} kills, {} failures, restore p50 {} ms, p99 {} ms, max {} ms; \
          kinds timer {}, after-commit {}+{} fell back, mid-write {}+{} fell back ({} before the count moved); \
-         {disk} from disk, {memory} from memory; {generations} generations; {restored} starts; \
-         primes {last:?}; {} s",
+         {disk} from disk, {memory} from memory; {generations} generations; {restored} starts \
+         ({silent} killed before printing); primes {last:?}; {} s",
         u(&r, "/failures/total"),
         r["restore_ms"]["p50"],
         r["restore_ms"]["p99"],
