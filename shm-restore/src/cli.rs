@@ -14,7 +14,7 @@ Examples:
 The program finds its region at fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES=SHM_SHARED_FD,
 LISTEN_PID=<its pid>). Exit status: the program's own; 128+N if signal N killed
 it; 1 if the supervisor failed or the restart limit was reached; 2 for bad
-arguments.";
+arguments. In chaos mode: 0 if no run failed by itself, 4 if any did.";
 
 /// When a program that ended is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,6 +127,9 @@ pub struct Args {
     /// Fewer log lines (-q warnings and errors only, -qq errors only).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub quiet: u8,
+
+    #[command(flatten)]
+    pub chaos: crate::chaos::ChaosFlags,
 
     /// The program to run and its arguments (a `--` before it is optional).
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]

@@ -2,6 +2,7 @@
 //! persist consistent snapshots of it, and restore the newest one before
 //! every relaunch.
 
+mod chaos;
 mod child;
 mod cli;
 mod lag;

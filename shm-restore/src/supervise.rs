@@ -15,6 +15,7 @@ use shm_snapshot::snapshot::{self, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreError, StoreOptions};
 use tracing::{error, info, warn};
 
+use crate::chaos::{Chaos, Tick};
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
 use crate::leftovers;
@@ -132,13 +133,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         events,
         stop: None,
         launches: Vec::new(),
+        chaos: Chaos::new(&args.chaos),
+        region_ahead: false,
     };
     let code = supervisor.lifecycle(&mut launcher);
     supervisor.snapshots.shutdown();
-    snapshotter::lock(&supervisor.snapshots.shared())
-        .stats
-        .log_summary();
-    code
+    let generations = {
+        let shared = supervisor.snapshots.shared();
+        let shared = snapshotter::lock(&shared);
+        shared.stats.log_summary();
+        shared.stats.generations
+    };
+    match supervisor.chaos.take() {
+        Some(chaos) => chaos.finish(code, generations),
+        None => code,
+    }
 }
 
 impl Supervisor<'_> {
@@ -150,7 +159,22 @@ impl Supervisor<'_> {
             let started = Instant::now();
             self.launches.push(started);
             let ended = self.run_child(launcher)?;
+            let stopping = self.stop.is_some();
+            let chaos_kill =
+                (self.chaos.as_mut()).is_some_and(|c| c.ended(ended, stopping, self.region.file()));
             self.post_mortem()?;
+            if chaos_kill && !stopping {
+                // Intentional: no restart limit, no backoff.
+                self.launches.pop();
+                if self
+                    .chaos
+                    .as_mut()
+                    .is_some_and(|c| c.relaunch_from_disk(self.region_ahead))
+                {
+                    restore_newest(&mut self.snapshots.pause(), &self.region, false)?;
+                }
+                continue;
+            }
             if self.stop.is_some() {
                 return Ok(ExitCode::from(ended.code()));
             }
@@ -201,13 +225,24 @@ struct Supervisor<'a> {
     stop: Option<i32>,
     /// When each recent launch happened, for the restart limit.
     launches: Vec<Instant>,
+    /// Chaos mode, with `--chaos-kill`.
+    chaos: Option<Chaos>,
+    /// The last post-mortem could not persist: the region holds units the
+    /// store lacks.
+    region_ahead: bool,
 }
 
 impl Supervisor<'_> {
     /// Starts the program and waits for it to end, forwarding stop signals
     /// to its group and killing it after the grace period.
     fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
+        if let Some(chaos) = &mut self.chaos {
+            chaos.launching(self.region.file());
+        }
         let pid = launcher.spawn(self.region.file().as_fd())?;
+        if let Some(chaos) = &mut self.chaos {
+            chaos.started(pid);
+        }
         leftovers::record(&self.args.snapshot, pid);
         self.status.child_started(pid);
         info!(pid, program = launcher.display(), "child started");
@@ -221,7 +256,12 @@ impl Supervisor<'_> {
                 self.status.child_ended();
                 return Ok(ended);
             }
-            let event = match kill_at {
+            let chaos_at = self
+                .chaos
+                .as_ref()
+                .filter(|_| self.stop.is_none())
+                .and_then(Chaos::next_wake);
+            let event = match kill_at.into_iter().chain(chaos_at).min() {
                 Some(at) => self
                     .events
                     .recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -243,6 +283,15 @@ impl Supervisor<'_> {
                     } else {
                         warn!(signal = %signal_name(signal), "second stop signal: killing the child's group now");
                         signal_group(pid, libc::SIGKILL);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) if kill_at.is_none_or(|at| Instant::now() < at) => {
+                    if let Some(chaos) = &mut self.chaos
+                        && chaos.tick(self.region.file()) == Tick::Stop
+                    {
+                        self.stop = Some(libc::SIGTERM);
+                        signal_group(pid, libc::SIGTERM);
+                        kill_at = Some(Instant::now() + self.args.grace);
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -282,6 +331,7 @@ impl Supervisor<'_> {
     /// holding exactly the newest generation (or blank if there is none).
     fn post_mortem(&mut self) -> Result<()> {
         let started = Instant::now();
+        self.region_ahead = false;
         let mut shared = self.snapshots.pause();
         let shared = &mut *shared;
         let taken = match snapshot::observe_file(self.region.file()) {
@@ -339,6 +389,7 @@ impl Supervisor<'_> {
                 // recovers them from memory, and the store keeps its last
                 // good generation.
                 error!("could not persist a generation: {e}; the region is kept as it is");
+                self.region_ahead = true;
                 Ok(())
             }
             Err(e) => Err(e.into()),

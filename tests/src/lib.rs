@@ -2,6 +2,7 @@
 //! them in a temporary directory, and read their output line by line with
 //! time limits, so a hung process fails a test instead of hanging it.
 
+pub mod chaos;
 pub mod ops;
 
 use std::io::{BufRead, BufReader, Read};

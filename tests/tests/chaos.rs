@@ -1,0 +1,316 @@
+//! Chaos mode across real processes: hundreds of real SIGKILLs of
+//! primes-snapshot under shm-restore, each restart checked against what was
+//! committed before it, and the report checked against what was observed.
+//!
+//! `SHM_SOAK_KILLS=N` sets the kill count of the first test (300 by
+//! default); the README gives the 10,000-kill soak command.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use shm_snapshot_tests::chaos::{Progress, check_nothing_lost, progress, run_supervisor};
+use shm_snapshot_tests::{bin, workdir};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
+
+/// Kills in the default suite: enough that every kill kind and both restore
+/// sources come up many times, in about half a minute.
+const DEFAULT_KILLS: u64 = 300;
+
+/// A small region keeps each post-mortem generation and disk restore cheap;
+/// no fsync, as on tmpfs: the disk path is exercised, the disk's speed is not.
+const STORE: &[&str] = &["--size=8MiB", "--fsync=never", "--backoff=10ms"];
+
+fn report(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("report.json")).expect("the report was written");
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    v.pointer(path)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no number at {path} in the report:\n{v:#}"))
+}
+
+fn args<'a>(extra: &[&'a str], command: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--snapshot=state", "--report=report.json"];
+    all.extend(STORE);
+    all.extend(extra);
+    all.push("--");
+    all.extend(command);
+    all
+}
+
+#[test]
+fn random_kills_never_lose_a_committed_unit_nor_restore_an_inconsistent_one() {
+    let kills: u64 = std::env::var("SHM_SOAK_KILLS")
+        .ok()
+        .map(|v| v.parse().expect("SHM_SOAK_KILLS is a number"))
+        .unwrap_or(DEFAULT_KILLS);
+    let dir = workdir();
+    let runs = format!("--chaos-runs={kills}");
+    let primes = bin("primes-snapshot");
+    // A commit every 2 ms or so, small batches: a run of 20..60 ms commits
+    // a dozen or two times, and the table grows slowly enough that a
+    // 10,000-kill soak stays well within the region (about 300,000 primes
+    // of the 8 MiB region's 900,000).
+    let finished = run_supervisor(
+        dir.path(),
+        &args(
+            &["--chaos-kill=20ms..60ms", &runs],
+            &[primes.to_str().unwrap(), "--interval=2ms", "--batch=20"],
+        ),
+        Duration::from_secs(60) + Duration::from_millis(500) * kills as u32,
+    );
+    let log = finished.transcript();
+    assert!(
+        !finished.err.lines().any(|l| l.starts_with("inconsistent")),
+        "a start found its restored state inconsistent:\n{log}"
+    );
+    let lines = progress(&finished.out);
+    let starts = check_nothing_lost(&lines).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(
+        matches!(lines.first(), Some(Progress::Restored { primes: 0, last: 0 })),
+        "the first start begins on an empty store:\n{log}"
+    );
+    assert_eq!(finished.status.code(), Some(0), "{log}");
+
+    let r = report(dir.path());
+    assert_eq!(u(&r, "/kills"), kills, "{r:#}");
+    let child_starts = finished.err.matches("child started").count() as u64;
+    assert_eq!(u(&r, "/relaunches"), child_starts - 1, "{r:#}");
+    // One relaunch per `restored` line after the first, but for a run
+    // killed before it printed one: on a loaded machine a start can take
+    // longer than the shortest interval (20 ms). Such runs stay rare.
+    let silent = child_starts.saturating_sub(starts as u64);
+    assert!(
+        starts as u64 <= child_starts && silent <= kills / 100 + 1,
+        "{starts} `restored` lines for {child_starts} starts:\n{r:#}"
+    );
+    assert_eq!(u(&r, "/failures/total"), 0, "{r:#}");
+    assert_eq!(r["completed"], Value::Bool(true), "{r:#}");
+    assert_eq!(r["last_run"]["committed"], Value::Bool(true), "{r:#}");
+    let (disk, memory) = (u(&r, "/restore_from/disk"), u(&r, "/restore_from/memory"));
+    assert!(disk > 0 && memory > 0, "both restore sources are used:\n{r:#}");
+    assert_eq!(disk + memory, kills, "one restore source per kill:\n{r:#}");
+    let by_kind = u(&r, "/kinds/timer")
+        + u(&r, "/kinds/after_commit/caught")
+        + u(&r, "/kinds/after_commit/fell_back")
+        + u(&r, "/kinds/mid_write/caught")
+        + u(&r, "/kinds/mid_write/fell_back");
+    assert_eq!(by_kind, kills, "every kill has a kind:\n{r:#}");
+    assert!(
+        u(&r, "/kinds/after_commit/caught") > 0,
+        "some kills land right after a commit:\n{r:#}"
+    );
+    assert_eq!(r["schedule"].as_array().map(Vec::len), Some(kills as usize));
+    let generations = u(&r, "/generations_persisted");
+    assert!(
+        generations >= kills,
+        "a post-mortem generation per kill at least:\n{r:#}"
+    );
+
+    let restored = lines
+        .iter()
+        .filter(|l| matches!(l, Progress::Restored { .. }))
+        .count();
+    let last = lines.iter().rev().find_map(|l| match l {
+        Progress::Committed { primes, .. } => Some(*primes),
+        _ => None,
+    });
+    println!(
+        "chaos: {kills} kills, {} failures, restore p50 {} ms, p99 {} ms, max {} ms; \
+         kinds timer {}, after-commit {}+{} fell back, mid-write {}+{} fell back ({} before the count moved); \
+         {disk} from disk, {memory} from memory; {generations} generations; {restored} starts \
+         ({silent} killed before printing); primes {last:?}; {} s",
+        u(&r, "/failures/total"),
+        r["restore_ms"]["p50"],
+        r["restore_ms"]["p99"],
+        r["restore_ms"]["max"],
+        u(&r, "/kinds/timer"),
+        u(&r, "/kinds/after_commit/caught"),
+        u(&r, "/kinds/after_commit/fell_back"),
+        u(&r, "/kinds/mid_write/caught"),
+        u(&r, "/kinds/mid_write/fell_back"),
+        u(&r, "/kinds/mid_write/landed_mid_commit"),
+        u(&r, "/duration_ms") as f64 / 1000.0,
+    );
+}
+
+#[test]
+fn mid_write_kills_land_inside_a_slow_commit() {
+    // Batches of 100,000 candidates: each commit writes some 60 KiB of new
+    // primes into the arena, tens of microseconds between the first byte
+    // and the publish, so a kill sent on sight of the write lands before
+    // the commit count moves. Seed 5 plans 11 mid-write kills of 30.
+    let dir = workdir();
+    let primes = bin("primes-snapshot");
+    let finished = run_supervisor(
+        dir.path(),
+        &args(
+            &["--chaos-kill=20ms..60ms", "--chaos-runs=30", "--seed=5"],
+            &[primes.to_str().unwrap(), "--interval=0", "--batch=100000"],
+        ),
+        Duration::from_secs(120),
+    );
+    let log = finished.transcript();
+    assert_eq!(finished.status.code(), Some(0), "{log}");
+    assert!(
+        !finished.err.lines().any(|l| l.starts_with("inconsistent")),
+        "{log}"
+    );
+    check_nothing_lost(&progress(&finished.out)).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let r = report(dir.path());
+    let planned = r["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["kind"] == "mid-write")
+        .count();
+    assert_eq!(planned, 11, "{r:#}");
+    assert_eq!(
+        u(&r, "/kinds/mid_write/caught") + u(&r, "/kinds/mid_write/fell_back"),
+        11,
+        "{r:#}"
+    );
+    let landed = u(&r, "/kinds/mid_write/landed_mid_commit");
+    assert!(
+        landed > 0 && landed <= u(&r, "/kinds/mid_write/caught"),
+        "mid-write kills caught commits in progress:\n{r:#}"
+    );
+}
+
+/// A program that fails by itself on some starts: status 3 on its second
+/// start, 7 on its fourth; otherwise it commits and sleeps until killed.
+fn flaky_program(dir: &Path) -> String {
+    let script = dir.join("flaky.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(cat starts 2>/dev/null || echo 0); n=$((n + 1)); echo $n > starts\n\
+             [ $n -eq 2 ] && exit 3\n\
+             [ $n -eq 4 ] && exit 7\n\
+             exec {CHILD} --commit 1 --then sleep\n"
+        ),
+    )
+    .expect("writing the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    script.to_str().expect("utf-8 path").to_owned()
+}
+
+#[test]
+fn a_program_that_fails_by_itself_is_counted_and_fails_the_run() {
+    let dir = workdir();
+    let program = flaky_program(dir.path());
+    let finished = run_supervisor(
+        dir.path(),
+        &args(
+            &["--chaos-kill=30ms..60ms", "--chaos-runs=3", "--seed=1"],
+            &[&program],
+        ),
+        Duration::from_secs(60),
+    );
+    let log = finished.transcript();
+    assert_eq!(
+        finished.status.code(),
+        Some(4),
+        "a failed run makes chaos mode fail:\n{log}"
+    );
+    let r = report(dir.path());
+    assert_eq!(u(&r, "/kills"), 3, "{r:#}");
+    assert_eq!(u(&r, "/failures/total"), 2, "{r:#}");
+    assert_eq!(u(&r, "/failures/inconsistent"), 1, "{r:#}");
+    assert_eq!(u(&r, "/failures/other"), 1, "{r:#}");
+    assert_eq!(r["failures"]["runs"][0]["run"], 2, "{r:#}");
+    assert_eq!(
+        r["failures"]["runs"][0]["status"], "exited with status 3",
+        "{r:#}"
+    );
+    assert_eq!(r["failures"]["runs"][1]["run"], 4, "{r:#}");
+    assert_eq!(
+        r["failures"]["runs"][1]["status"], "exited with status 7",
+        "{r:#}"
+    );
+    // Starts: killed, failed, killed, failed, killed, the last one stopped.
+    assert_eq!(u(&r, "/relaunches"), 5, "{r:#}");
+    assert_eq!(r["exit_status"], 4, "{r:#}");
+    assert!(
+        finished.err.contains("2 failed runs (1 inconsistent, 1 other)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_seed_repeats_the_schedule_and_a_random_one_is_logged() {
+    let dir = workdir();
+    let primes = bin("primes-snapshot");
+    let primes = primes.to_str().unwrap();
+    let run = |flags: &[&str]| {
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        let mut all = vec!["--chaos-kill=10ms..30ms", "--chaos-runs=12"];
+        all.extend(flags);
+        let finished = run_supervisor(
+            dir.path(),
+            &args(&all, &[primes, "--interval=1ms", "--batch=50"]),
+            Duration::from_secs(60),
+        );
+        assert_eq!(finished.status.code(), Some(0), "{}", finished.transcript());
+        (report(dir.path()), finished.err)
+    };
+    let (a, _) = run(&["--seed=42"]);
+    let (b, _) = run(&["--seed=42"]);
+    let (c, log) = run(&["--chaos-restore=disk"]);
+    assert_eq!(a["seed"], 42);
+    assert_eq!(a["schedule"], b["schedule"], "same seed, same schedule");
+    assert_eq!(a["schedule"].as_array().map(Vec::len), Some(12));
+    assert_ne!(a["schedule"], c["schedule"], "another seed, another schedule");
+    let seed = u(&c, "/seed");
+    assert!(
+        log.contains(&format!("repeat with --seed {seed}")),
+        "the random seed is logged:\n{log}"
+    );
+    assert_eq!(u(&c, "/restore_from/disk"), 12, "{c:#}");
+    let all_disk = c["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["restore"] == "disk");
+    assert!(all_disk, "{c:#}");
+}
+
+#[test]
+fn bad_chaos_flags_are_usage_errors() {
+    let dir = workdir();
+    for (flags, says) in [
+        (
+            &["--chaos-kill=500ms..20ms"][..],
+            "MIN 500ms is longer than MAX 20ms",
+        ),
+        (&["--chaos-kill=20ms"][..], "is not MIN..MAX"),
+        (&["--chaos-kill=20ms..soon"][..], "MAX `soon`"),
+        (&["--chaos-runs=3"][..], "--chaos-kill"),
+        (&["--seed=3"][..], "--chaos-kill"),
+        (&["--report=r.json"][..], "--chaos-kill"),
+        (&["--chaos-restore=disk"][..], "--chaos-kill"),
+        (&["--chaos-kill=1s..2s", "--chaos-restore=tape"][..], "tape"),
+    ] {
+        let mut all = vec!["--snapshot=state"];
+        all.extend(flags);
+        all.extend(["--", "true"]);
+        let finished = run_supervisor(dir.path(), &all, Duration::from_secs(30));
+        assert_eq!(finished.status.code(), Some(2), "{flags:?}: {}", finished.err);
+        let lines: Vec<&str> = finished.err.lines().collect();
+        assert_eq!(lines.len(), 1, "{flags:?}: one line: {}", finished.err);
+        assert!(
+            lines[0].starts_with("shm-restore: ") && lines[0].contains(says),
+            "{flags:?}: {}",
+            lines[0]
+        );
+        assert!(
+            !dir.path().join("state").exists(),
+            "{flags:?}: nothing is created"
+        );
+    }
+}
