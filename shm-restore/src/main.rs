@@ -4,11 +4,13 @@
 
 mod child;
 mod cli;
+mod hang;
 mod lag;
 mod leftovers;
 mod region;
 mod snapshotter;
 mod supervise;
+mod systemd;
 
 use std::process::ExitCode;
 

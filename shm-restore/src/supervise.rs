@@ -17,9 +17,11 @@ use tracing::{error, info, warn};
 
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
+use crate::hang::HangWatch;
 use crate::leftovers;
 use crate::region::{HostRegion, human};
 use crate::snapshotter::{self, Shared, SnapshotThread};
+use crate::systemd::{self, Systemd};
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +86,8 @@ fn signal_events() -> Result<Receiver<i32>> {
 /// Runs the supervisor until the program is done, the restart limit is
 /// reached, or a signal stops it. Returns the exit status to end with.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // SAFETY: the supervisor's first step: no thread has been started yet.
+    let mut systemd = unsafe { Systemd::from_env() };
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("becoming the reaper of the program's orphans")?;
     let options = StoreOptions {
@@ -98,14 +102,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = Store::open(&args.snapshot, options)?;
     // Holding the store's lock, no other supervisor can be using the group.
     leftovers::kill_recorded(store.dir());
-    let region = HostRegion::create(args.size)?;
     let mut launcher = Launcher::new(&args.command)?;
     let mut shared = Shared {
         store,
         snapshotter: Snapshotter::new(args.arena_scan.into()),
         stats: Default::default(),
     };
-    restore_newest(&mut shared, &region, true)?;
+    let (region, replacing) = match systemd.take_inherited() {
+        Some(file) => {
+            let (region, taken) = systemd::take_back(&mut shared, file, args.size)?;
+            (region, !taken)
+        }
+        None => {
+            let region = HostRegion::create(args.size)?;
+            restore_newest(&mut shared, &region, true)?;
+            (region, false)
+        }
+    };
+    systemd.store_region(region.file(), replacing);
     let events = signal_events()?;
     let file = region
         .file()
@@ -118,6 +132,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         !args.no_continuous,
     )
     .context("starting the snapshot thread")?;
+    systemd.start(snapshots.shared())?;
 
     let mut supervisor = Supervisor {
         args: &args,
@@ -126,8 +141,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         events,
         stop: None,
         launches: Vec::new(),
+        systemd,
     };
     let code = supervisor.lifecycle(&mut launcher);
+    supervisor.systemd.stopping();
     supervisor.snapshots.shutdown();
     snapshotter::lock(&supervisor.snapshots.shared())
         .stats
@@ -193,6 +210,8 @@ struct Supervisor<'a> {
     stop: Option<i32>,
     /// When each recent launch happened, for the restart limit.
     launches: Vec<Instant>,
+    /// Notifications to systemd, if it runs the supervisor.
+    systemd: Systemd,
 }
 
 impl Supervisor<'_> {
@@ -203,15 +222,41 @@ impl Supervisor<'_> {
         leftovers::record(&self.args.snapshot, pid);
         info!(pid, program = launcher.display(), "child started");
         self.snapshots.resume();
+        self.systemd.child_started(pid);
+        let mut hang = match self.args.hang_timeout {
+            Some(timeout) => {
+                Some(HangWatch::start(self.region.file(), timeout).context("watching for hangs")?)
+            }
+            None => None,
+        };
         let mut kill_at: Option<Instant> = None;
         loop {
+            self.systemd.round();
             if let Some(ended) = reap(pid)? {
                 info!(pid, status = %ended, "child ended");
+                self.systemd.child_ended();
                 kill_group(pid);
                 leftovers::clear(&self.args.snapshot);
                 return Ok(ended);
             }
-            let event = match kill_at {
+            if let Some(stalled) = hang.as_mut().and_then(HangWatch::check) {
+                warn!(
+                    pid,
+                    "child hung: heartbeat unchanged for {}; killing it",
+                    humantime::format_duration(round_ms(stalled))
+                );
+                signal_group(pid, libc::SIGKILL);
+                hang = None;
+            }
+            let wake = [
+                kill_at,
+                hang.as_ref().map(HangWatch::next_check),
+                self.systemd.round_interval().map(|d| Instant::now() + d),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let event = match wake {
                 Some(at) => self
                     .events
                     .recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -222,6 +267,8 @@ impl Supervisor<'_> {
                 Ok(signal) => {
                     if self.stop.is_none() {
                         self.stop = Some(signal);
+                        self.systemd.stopping();
+                        hang = None;
                         info!(
                             signal = %signal_name(signal),
                             grace = %humantime::format_duration(self.args.grace),
@@ -234,6 +281,7 @@ impl Supervisor<'_> {
                         signal_group(pid, libc::SIGKILL);
                     }
                 }
+                Err(RecvTimeoutError::Timeout) if kill_at.is_none_or(|at| Instant::now() < at) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     warn!(grace = %humantime::format_duration(self.args.grace), "child did not exit within the grace period: SIGKILL");
                     signal_group(pid, libc::SIGKILL);
@@ -248,10 +296,10 @@ impl Supervisor<'_> {
     fn sleep(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
         loop {
-            match self
-                .events
-                .recv_timeout(until.saturating_duration_since(Instant::now()))
-            {
+            self.systemd.round();
+            let left = until.saturating_duration_since(Instant::now());
+            let wait = self.systemd.round_interval().map_or(left, |r| r.min(left));
+            match self.events.recv_timeout(wait) {
                 Ok(libc::SIGCHLD) => {
                     let _ = reap(0);
                 }
@@ -260,6 +308,7 @@ impl Supervisor<'_> {
                     self.stop = Some(signal);
                     return false;
                 }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < until => {}
                 Err(_) => return true,
             }
         }
@@ -336,7 +385,7 @@ impl Supervisor<'_> {
 
 /// Puts the newest verified generation into the region, or makes it blank
 /// when the store is empty.
-fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
+pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
     let started = Instant::now();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
@@ -369,6 +418,11 @@ fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> R
         "generation restored"
     );
     Ok(())
+}
+
+/// `d` to whole milliseconds, for messages.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// Reaps every child that has ended (orphans included: the supervisor is
