@@ -71,6 +71,8 @@ pub struct Systemd {
     /// The region descriptor handed back by the service manager.
     inherited: Option<File>,
     state: Arc<State>,
+    /// The store's owner, for the newest generation's number.
+    shared: Option<Arc<Mutex<Shared>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -141,6 +143,7 @@ impl Systemd {
             notifier,
             inherited,
             state: Arc::default(),
+            shared: None,
             thread: None,
         }
     }
@@ -178,6 +181,7 @@ impl Systemd {
         let Some(notifier) = self.notifier.clone() else {
             return Ok(());
         };
+        self.shared = Some(shared.clone());
         let state = self.state.clone();
         let ping_every = self.ping_every;
         let thread = std::thread::Builder::new()
@@ -195,8 +199,12 @@ impl Systemd {
         if let Some(notifier) = &self.notifier
             && !self.state.ready_sent.swap(true, Relaxed)
         {
+            let generation = self
+                .shared
+                .as_ref()
+                .and_then(|s| s.try_lock().ok()?.store.newest_verified());
             notifier.send(
-                &format!("READY=1\nSTATUS={}\n", status_line(&self.state, None)),
+                &format!("READY=1\nSTATUS={}\n", status_line(&self.state, generation)),
                 &[],
             );
         }

@@ -2,6 +2,8 @@
 //! them in a temporary directory, and read their output line by line with
 //! time limits, so a hung process fails a test instead of hanging it.
 
+pub mod systemd;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
