@@ -221,13 +221,19 @@ fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
     sup.wait();
 }
 
-#[test]
-fn scribbled_region_from_the_fd_store_is_not_trusted_and_the_disk_is_restored() {
+/// Prepares a region as `memory_ahead_of_disk` leaves it with `spoil`,
+/// hands it back to a second supervisor, and checks that it refuses it
+/// for a reason containing `why`, puts a fresh memfd into the store in its
+/// place, and starts the program on the newest generation on disk, whose
+/// units are `expected`.
+fn refused_region_falls_back_to_disk(
+    spoil: impl FnOnce(&std::path::Path, &File),
+    why: &str,
+    expected: Vec<String>,
+) {
     let dir = workdir();
     let region = memory_ahead_of_disk(dir.path());
-    region
-        .write_all_at(b"scribble", 0)
-        .expect("scribbling over the magic");
+    spoil(dir.path(), &region);
     std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region(
@@ -245,9 +251,9 @@ fn scribbled_region_from_the_fd_store_is_not_trusted_and_the_disk_is_restored() 
         ],
     );
     let refused = sup.expect_err("is not taken back");
-    assert!(refused.contains("header does not verify"), "{refused}");
+    assert!(refused.contains(why), "{refused}");
     sup.expect_out("ready");
-    assert_eq!(recovered(&sup), units(0..3), "the newest generation on disk");
+    assert_eq!(recovered(&sup), expected, "the newest generation on disk");
     assert!(
         !sup.lines(Stream::Err)
             .iter()
@@ -263,4 +269,53 @@ fn scribbled_region_from_the_fd_store_is_not_trusted_and_the_disk_is_restored() 
     assert_ne!(inode(&stored), inode(&region));
     sup.signal(libc::SIGTERM);
     sup.wait();
+}
+
+#[test]
+fn region_with_a_scribbled_header_is_not_taken_back() {
+    refused_region_falls_back_to_disk(
+        |_, region| {
+            region
+                .write_all_at(b"scribble", 0)
+                .expect("scribbling over the magic")
+        },
+        "header does not verify",
+        units(0..3),
+    );
+}
+
+#[test]
+fn region_with_a_corrupt_slot_is_not_taken_back() {
+    // Slot 7 is empty (units 1..=6 live in slots 1..=6); tag 3 has
+    // undefined state bits.
+    let slot_7 = shm_snapshot::layout::HEADER_BYTES + 7 * shm_snapshot::layout::slot::SIZE;
+    refused_region_falls_back_to_disk(
+        |_, region| {
+            region
+                .write_all_at(&3u64.to_le_bytes(), slot_7)
+                .expect("scribbling a tag")
+        },
+        "1 corrupt slots",
+        units(0..3),
+    );
+}
+
+#[test]
+fn region_older_than_the_store_is_not_taken_back() {
+    refused_region_falls_back_to_disk(
+        |dir, _| {
+            // Another supervisor on the store moves it past the region.
+            let mut sup = Proc::supervise(
+                dir,
+                "state",
+                &[SIZE, "--fsync=never"],
+                &[CHILD, "--commit", "4", "--then", "sleep"],
+            );
+            sup.expect_out("done");
+            sup.signal(libc::SIGTERM);
+            sup.wait();
+        },
+        "older than the store",
+        units(0..7),
+    );
 }
