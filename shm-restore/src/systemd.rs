@@ -161,6 +161,8 @@ impl Systemd {
 
     /// The lifecycle loop went round.
     pub fn round(&self) {
+        // ORDERING: relaxed; the watchdog thread only compares counts and
+        // reads nothing else on the strength of one.
         self.state.rounds.fetch_add(1, Relaxed);
     }
 
