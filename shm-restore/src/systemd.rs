@@ -418,7 +418,6 @@ fn status_line(state: &State, generation: Option<u64>) -> String {
 /// Sends `STATUS=` when it changes and `WATCHDOG=1` while the lifecycle
 /// loop goes round, until shutdown.
 fn status_loop(notifier: &Notifier, state: &State, shared: &Mutex<Shared>, ping_every: Option<Duration>) {
-    let tick = ping_every.map_or(STATUS_SPACING, |p| p.min(STATUS_SPACING));
     let mut next_ping = ping_every.map(|p| Instant::now() + p);
     let mut rounds_at_ping = state.rounds.load(Relaxed);
     let mut withheld = false;
@@ -426,9 +425,12 @@ fn status_loop(notifier: &Notifier, state: &State, shared: &Mutex<Shared>, ping_
     let mut last_status = String::new();
     let mut guard = state.shutdown.lock().unwrap_or_else(|e| e.into_inner());
     loop {
+        let wait = next_ping.map_or(STATUS_SPACING, |at| {
+            at.saturating_duration_since(Instant::now()).min(STATUS_SPACING)
+        });
         guard = state
             .wake
-            .wait_timeout_while(guard, tick, |stop| !*stop)
+            .wait_timeout_while(guard, wait, |stop| !*stop)
             .unwrap_or_else(|e| e.into_inner())
             .0;
         if *guard {
@@ -449,7 +451,9 @@ fn status_loop(notifier: &Notifier, state: &State, shared: &Mutex<Shared>, ping_
                 );
                 withheld = true;
             }
-            next_ping = Some(Instant::now() + every);
+            // A steady cadence; after a stall (a slow send), from now.
+            let now = Instant::now();
+            next_ping = Some(if at + every > now { at + every } else { now + every });
         }
         // Never waits for the store: while a snapshot holds it, the last
         // generation known stands.
