@@ -99,6 +99,10 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
     pub interval: Duration,
 
+    /// SIGKILL and relaunch the program when its heartbeat (moved by every commit and by Client::heartbeat) has not moved for this long (e.g. 30s). [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub hang_timeout: Option<Duration>,
+
     /// Persist generations only when the program ends, not while it runs.
     #[arg(long)]
     pub no_continuous: bool,
@@ -154,6 +158,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 10s, 5m)"))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(s)?;
+    if timeout.is_zero() {
+        return Err("a timeout must be longer than zero".into());
+    }
+    Ok(timeout)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod chaos;
 mod child;
 mod cli;
+mod hang;
 mod lag;
 mod leftovers;
 mod ops;
@@ -12,6 +13,7 @@ mod region;
 mod snapshotter;
 mod status;
 mod supervise;
+mod systemd;
 
 use std::process::ExitCode;
 

@@ -41,6 +41,30 @@ impl HostRegion {
         Ok(region)
     }
 
+    /// Takes over a memfd made by an earlier supervisor and handed back by
+    /// the service manager. Only a memfd sealed against growing and
+    /// shrinking, of exactly `len` bytes, is accepted: anything else could
+    /// change size under the read-only mapping or hold another region.
+    /// Returns why it was refused otherwise. Its content is not checked here.
+    pub fn adopt(file: File, len: u64) -> std::result::Result<HostRegion, String> {
+        let memfd = memfd::Memfd::try_from_file(file).map_err(|_| "it is not a memfd".to_owned())?;
+        let seals = memfd
+            .seals()
+            .map_err(|e| format!("its seals cannot be read ({e})"))?;
+        if !seals.contains(&memfd::FileSeal::SealShrink) || !seals.contains(&memfd::FileSeal::SealGrow) {
+            return Err("it is not sealed against growing and shrinking".into());
+        }
+        let actual = memfd
+            .as_file()
+            .metadata()
+            .map_err(|e| format!("its size cannot be read ({e})"))?
+            .len();
+        if actual != len {
+            return Err(format!("it holds {} but --size is {}", human(actual), human(len)));
+        }
+        Ok(HostRegion { memfd, len })
+    }
+
     fn reserve(&self) -> Result<()> {
         fallocate(self.file(), FallocateFlags::empty(), 0, self.len)
             .map_err(std::io::Error::from)

@@ -18,10 +18,12 @@ use tracing::{error, info, warn};
 use crate::chaos::{Chaos, Tick};
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
+use crate::hang::HangWatch;
 use crate::leftovers;
 use crate::region::{HostRegion, human};
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status;
+use crate::systemd::{self, Systemd};
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,8 @@ fn signal_events() -> Result<Receiver<i32>> {
 /// Runs the supervisor until the program is done, the restart limit is
 /// reached, or a signal stops it. Returns the exit status to end with.
 pub fn run(args: Args) -> Result<ExitCode> {
+    // SAFETY: the supervisor's first step: no thread has been started yet.
+    let mut systemd = unsafe { Systemd::from_env() };
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("becoming the reaper of the program's orphans")?;
     let options = StoreOptions {
@@ -100,14 +104,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let store = Store::open(&args.snapshot, options)?;
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
-    let region = HostRegion::create(args.size)?;
     let mut launcher = Launcher::new(&args.command)?;
     let mut shared = Shared {
         store,
         snapshotter: Snapshotter::new(args.arena_scan.into()),
         stats: Default::default(),
     };
-    restore_at_start(&mut shared, &region, args.start_empty_if_damaged)?;
+    let (region, replacing) = match systemd.take_inherited() {
+        Some(file) => {
+            let (region, taken) =
+                systemd::take_back(&mut shared, file, args.size, args.start_empty_if_damaged)?;
+            (region, !taken)
+        }
+        None => {
+            let region = HostRegion::create(args.size)?;
+            restore_at_start(&mut shared, &region, args.start_empty_if_damaged)?;
+            (region, false)
+        }
+    };
+    systemd.store_region(region.file(), replacing);
     let events = signal_events()?;
     let file = region
         .file()
@@ -124,6 +139,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // the status file.
     let status = status::Publisher::start(&args.snapshot, snapshots.shared())
         .context("starting the status publisher")?;
+    systemd.start(snapshots.shared())?;
 
     let mut supervisor = Supervisor {
         status: status.board(),
@@ -135,8 +151,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         launches: Vec::new(),
         chaos: Chaos::new(&args.chaos),
         region_ahead: false,
+        systemd,
     };
     let code = supervisor.lifecycle(&mut launcher);
+    supervisor.systemd.stopping();
     supervisor.snapshots.shutdown();
     let generations = {
         let shared = supervisor.snapshots.shared();
@@ -230,6 +248,8 @@ struct Supervisor<'a> {
     /// The last post-mortem could not persist: the region holds units the
     /// store lacks.
     region_ahead: bool,
+    /// Notifications to systemd, if it runs the supervisor.
+    systemd: Systemd,
 }
 
 impl Supervisor<'_> {
@@ -247,21 +267,48 @@ impl Supervisor<'_> {
         self.status.child_started(pid);
         info!(pid, program = launcher.display(), "child started");
         self.snapshots.resume();
+        self.systemd.child_started(pid);
+        let mut hang = match self.args.hang_timeout {
+            Some(timeout) => {
+                Some(HangWatch::start(self.region.file(), timeout).context("watching for hangs")?)
+            }
+            None => None,
+        };
         let mut kill_at: Option<Instant> = None;
         loop {
+            self.systemd.round();
             if let Some(ended) = reap(pid)? {
                 info!(pid, status = %ended, "child ended");
+                self.systemd.child_ended();
                 kill_group(pid);
                 leftovers::clear(&self.args.snapshot);
                 self.status.child_ended();
                 return Ok(ended);
+            }
+            if let Some(stalled) = hang.as_mut().and_then(HangWatch::check) {
+                warn!(
+                    pid,
+                    "child hung: heartbeat unchanged for {}; killing it",
+                    humantime::format_duration(round_ms(stalled))
+                );
+                signal_group(pid, libc::SIGKILL);
+                hang = None;
             }
             let chaos_at = self
                 .chaos
                 .as_ref()
                 .filter(|_| self.stop.is_none())
                 .and_then(Chaos::next_wake);
-            let event = match kill_at.into_iter().chain(chaos_at).min() {
+            let wake = [
+                kill_at,
+                chaos_at,
+                hang.as_ref().map(HangWatch::next_check),
+                self.systemd.round_interval().map(|d| Instant::now() + d),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let event = match wake {
                 Some(at) => self
                     .events
                     .recv_timeout(at.saturating_duration_since(Instant::now())),
@@ -273,6 +320,8 @@ impl Supervisor<'_> {
                     if self.stop.is_none() {
                         self.stop = Some(signal);
                         self.status.stopping();
+                        self.systemd.stopping();
+                        hang = None;
                         info!(
                             signal = %signal_name(signal),
                             grace = %humantime::format_duration(self.args.grace),
@@ -308,10 +357,10 @@ impl Supervisor<'_> {
     fn sleep(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
         loop {
-            match self
-                .events
-                .recv_timeout(until.saturating_duration_since(Instant::now()))
-            {
+            self.systemd.round();
+            let left = until.saturating_duration_since(Instant::now());
+            let wait = self.systemd.round_interval().map_or(left, |r| r.min(left));
+            match self.events.recv_timeout(wait) {
                 Ok(libc::SIGCHLD) => {
                     let _ = reap(0);
                 }
@@ -321,6 +370,7 @@ impl Supervisor<'_> {
                     self.status.stopping();
                     return false;
                 }
+                Err(RecvTimeoutError::Timeout) if Instant::now() < until => {}
                 Err(_) => return true,
             }
         }
@@ -401,7 +451,11 @@ impl Supervisor<'_> {
 /// and restores, stops with an error having changed nothing, or, with
 /// `--start-empty-if-damaged`, leaves the damaged files in place and starts
 /// on a blank region (the next generation is a base numbered after them).
-fn restore_at_start(shared: &mut Shared, region: &HostRegion, start_empty_if_damaged: bool) -> Result<()> {
+pub(crate) fn restore_at_start(
+    shared: &mut Shared,
+    region: &HostRegion,
+    start_empty_if_damaged: bool,
+) -> Result<()> {
     let err = match restore_newest(shared, region, true) {
         Ok(()) => return Ok(()),
         Err(err) => err,
@@ -437,7 +491,7 @@ fn restore_at_start(shared: &mut Shared, region: &HostRegion, start_empty_if_dam
 /// or makes it blank when the store is empty. A generation that verifies
 /// but whose unit table or header cannot be restored is skipped like a
 /// damaged one.
-fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
+pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
     let started = Instant::now();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
@@ -480,6 +534,11 @@ fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> R
         "generation restored"
     );
     Ok(())
+}
+
+/// `d` to whole milliseconds, for messages.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// Reaps every child that has ended (orphans included: the supervisor is

@@ -68,6 +68,9 @@ pub struct Client {
     tail: u64,
     /// Units published since layout, mirrored in the header.
     commits: u64,
+    /// The heartbeat counter, mirrored in the header: the client is its only
+    /// writer, so moving it is one store, with no load and no read-modify-write.
+    heartbeat: u64,
 }
 
 impl Client {
@@ -94,6 +97,7 @@ impl Client {
             next_seq: 1,
             tail: 1,
             commits: 0,
+            heartbeat: 0,
         };
         client.attach()?;
         Ok(client)
@@ -150,6 +154,9 @@ impl Client {
         }
         self.tail = units.first().map_or(self.next_seq, UnitRef::seq);
         self.commits = commits;
+        // Any value will do (the host only compares); carrying on from the
+        // region's keeps it moving forward across restarts.
+        self.heartbeat = words::load(words, header::HEARTBEAT, Relaxed);
         Ok(())
     }
 
@@ -270,8 +277,12 @@ impl Client {
         self.cursor = end;
         self.next_seq = seq + 1;
         self.commits += 1;
+        self.heartbeat = self.heartbeat.wrapping_add(1);
         words::store(words, header::CURSOR, end, Relaxed);
         words::store(words, header::NEXT_SEQ, seq + 1, Relaxed);
+        // ORDERING: relaxed; a liveness hint the host only compares with the
+        // value it read before, ordered with nothing.
+        words::store(words, header::HEARTBEAT, self.heartbeat, Relaxed);
         // ORDERING: release; pairs with the host's acquire load of the
         // commit count (`Observer::commit_count`): a host that sees the count
         // move sees the header fields and the tag stored before it.
@@ -280,6 +291,17 @@ impl Client {
             wake_host(words);
         }
         Ok((UnitId(seq), output))
+    }
+
+    /// Tells the host the program is alive without committing: moves the
+    /// header's heartbeat counter, which every commit also moves. A program
+    /// that works for long stretches between commits calls it now and then
+    /// so a supervisor run with `--hang-timeout` does not take it for hung.
+    /// One store into the region: no clock, no system call, no wait.
+    pub fn heartbeat(&mut self) {
+        self.heartbeat = self.heartbeat.wrapping_add(1);
+        // ORDERING: relaxed; as in `commit_with`, a hint compared by value.
+        words::store(self.region.words(), header::HEARTBEAT, self.heartbeat, Relaxed);
     }
 }
 

@@ -65,6 +65,12 @@ pub mod header {
     pub const NEXT_SEQ: u64 = CURSOR + 8;
     /// Number of units published since layout; the host waits on it.
     pub const COMMIT_COUNT: u64 = NEXT_SEQ + 8;
+    /// The client's heartbeat: a counter the client moves on every commit
+    /// and whenever it calls `Client::heartbeat`, wrapping at 2^64. On the
+    /// commit fields' cache line, which a commit dirties anyway. Zero means
+    /// "not provided" (a client that never moves it); a host only compares
+    /// successive values, never trusts or interprets one.
+    pub const HEARTBEAT: u64 = COMMIT_COUNT + 8;
     /// Written by the host only (with a plain file write, never through a
     /// mapping), on its own cache line: bit 0, [`super::HOST_SLEEPING`], says
     /// the host sleeps on a futex on the low 32 bits of `COMMIT_COUNT` and
@@ -75,7 +81,11 @@ pub mod header {
     /// zero at layout.
     pub const END: u64 = HOST_FLAGS + 8;
 
-    const _: () = assert!(HOST_FLAGS.is_multiple_of(64) && HOST_FLAGS >= COMMIT_COUNT + 8);
+    const _: () = assert!(HOST_FLAGS.is_multiple_of(64) && HOST_FLAGS >= HEARTBEAT + 8);
+    const _: () = assert!(
+        HEARTBEAT + 8 <= CURSOR + 64,
+        "heartbeat shares the commit fields' cache line"
+    );
 
     const _: () = assert!(FIXED_END <= CURSOR);
     const _: () = assert!(CURSOR.is_multiple_of(64));

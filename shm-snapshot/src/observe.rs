@@ -140,6 +140,13 @@ impl Observer {
             .map_err(|e| RegionError::io("setting the host's flags in the region", e))
     }
 
+    /// The client's heartbeat counter (untrusted: a host only compares it
+    /// with a value it read earlier; a change means the client ran).
+    pub fn heartbeat(&self) -> u64 {
+        // ORDERING: relaxed; nothing is read on the strength of this value.
+        words::load(self.region.words(), header::HEARTBEAT, Relaxed)
+    }
+
     /// The client's write cursor (untrusted: a hint, never an index).
     pub fn cursor(&self) -> u64 {
         words::load(self.region.words(), header::CURSOR, Relaxed)

@@ -767,6 +767,52 @@ fn arena_write_inside_commit_with_is_visible_after_a_restart() {
     assert_eq!(client.arena().chunk_counter(0), Some(1));
 }
 
+#[test]
+fn heartbeat_moves_on_every_commit_and_every_explicit_call() {
+    let mut client = small_client();
+    let beat = |c: &Client| read_u64(c.region(), header::HEARTBEAT);
+    assert_eq!(beat(&client), 0, "a freshly laid-out region has not beaten");
+    client.commit(b"one").expect("committing");
+    assert_eq!(beat(&client), 1);
+    client.heartbeat();
+    client.heartbeat();
+    assert_eq!(beat(&client), 3, "explicit beats move it without a commit");
+    assert_eq!(client.recover().expect("recovering").len(), 1);
+    let aborted = client.commit_with(b"two", |_| Err::<(), _>("no"));
+    assert!(matches!(aborted, Err(CommitWithError::Aborted("no"))));
+    assert_eq!(
+        beat(&client),
+        3,
+        "an aborted commit publishes nothing, not even a beat"
+    );
+    // A restarted program carries on from the region's value, so the host
+    // sees it move on the next beat rather than fall back to an old value.
+    let mut client = restart(client);
+    client.commit(b"three").expect("committing");
+    assert_eq!(beat(&client), 4);
+}
+
+#[test]
+fn heartbeat_wraps_instead_of_overflowing() {
+    let client = small_client();
+    write_u64(client.region(), header::HEARTBEAT, u64::MAX);
+    let mut client = restart(client);
+    client.heartbeat();
+    assert_eq!(read_u64(client.region(), header::HEARTBEAT), 0);
+}
+
+#[cfg(feature = "host")]
+#[test]
+fn observer_sees_the_heartbeat_the_client_moves() {
+    let mut client = small_client();
+    let observer = shm_snapshot::snapshot::observe_file(client.region().file())
+        .expect("observing")
+        .expect("laid out");
+    let before = observer.heartbeat();
+    client.heartbeat();
+    assert_ne!(observer.heartbeat(), before);
+}
+
 // ---------------------------------------------------------------------------
 // Refusals when opening a region
 // ---------------------------------------------------------------------------

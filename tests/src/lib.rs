@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod ops;
+pub mod systemd;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

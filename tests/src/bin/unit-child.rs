@@ -1,7 +1,10 @@
 //! A test program for the supervisor: prints what it recovered, commits
 //! numbered units, then does what it is told.
 //!
-//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term] [--grandchild] [--list-fds]`
+//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term|heartbeat] [--grandchild] [--list-fds]`
+//!
+//! `--then heartbeat` stays busy without committing, calling
+//! `Client::heartbeat` every 20 ms.
 //!
 //! Output, one line each, flushed: `pid <pid>`, `recovered <id> <payload>`
 //! per unit, `ready`, `committed <id> <payload>` per commit, `done`.
@@ -90,6 +93,10 @@ fn main() {
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
     match then.as_str() {
+        "heartbeat" => loop {
+            client.heartbeat();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        },
         "sleep" => loop {
             std::thread::sleep(std::time::Duration::from_secs(1000));
         },

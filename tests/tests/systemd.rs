@@ -1,0 +1,321 @@
+//! The supervisor under a stand-in for systemd: a real notify socket made by
+//! the test (no systemd needed), the region passed through the file
+//! descriptor store and handed back to a second supervisor.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::process::Command;
+use std::time::Duration;
+
+use shm_snapshot_tests::systemd::{NotifySocket, is_memfd, supervise_with_stored_region};
+use shm_snapshot_tests::{Proc, Stream, bin, send, wait_gone, workdir};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
+
+/// A region small enough to copy in no time, large enough for the default
+/// 1 MiB ring.
+const SIZE: &str = "--size=4MiB";
+const SIZE_BYTES: u64 = 4 << 20;
+
+fn child_pid(line: &str) -> i32 {
+    line.strip_prefix("pid ")
+        .and_then(|p| p.parse().ok())
+        .expect("pid line")
+}
+
+/// The payloads of the `recovered` lines of the last start.
+fn recovered(proc: &Proc) -> Vec<String> {
+    let mut current = Vec::new();
+    for line in proc.lines(Stream::Out) {
+        if line.starts_with("pid ") {
+            current.clear();
+        } else if let Some(rest) = line.strip_prefix("recovered ") {
+            current.push(rest.split_once(' ').expect("id payload").1.to_owned());
+        }
+    }
+    current
+}
+
+fn units(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|k| format!("unit-{k}")).collect()
+}
+
+/// The supervisor on store `state` in `dir`, notifying `notify`.
+fn supervise(dir: &std::path::Path, notify: &NotifySocket, env: &[(&str, &str)], args: &[&str]) -> Proc {
+    let mut command = Command::new(bin("shm-restore"));
+    command
+        .arg("--snapshot=state")
+        .args([SIZE, "--fsync=never", "--backoff=10ms"])
+        .args(args)
+        .current_dir(dir)
+        .env("NOTIFY_SOCKET", notify.path());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Proc::spawn(command)
+}
+
+/// The one descriptor `FDSTORE=1` carried, after checking the message.
+fn stored_region(notify: &mut NotifySocket) -> OwnedFd {
+    let at = notify.expect(|n| n.has("FDSTORE=1"), "FDSTORE=1");
+    let stored = &mut notify.seen[at];
+    assert_eq!(stored.value("FDNAME"), Some("SHM_SHARED_FD"), "{:?}", stored.text);
+    assert_eq!(stored.fds.len(), 1, "FDSTORE=1 carries the region");
+    let fd = stored.fds.pop().expect("one descriptor");
+    assert!(is_memfd(&fd), "the stored descriptor is a memfd");
+    fd
+}
+
+#[test]
+fn supervisor_notifies_ready_status_watchdog_fdstore_and_stopping() {
+    let dir = workdir();
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut sup = supervise(
+        dir.path(),
+        &notify,
+        &[("WATCHDOG_USEC", "200000")],
+        &["--", CHILD, "--commit", "3", "--then", "sleep"],
+    );
+    let pid = child_pid(&sup.expect_out("pid "));
+
+    let region = File::from(stored_region(&mut notify));
+    assert_eq!(region.metadata().expect("fstat").len(), SIZE_BYTES);
+
+    // READY=1 comes once the program runs: its status names the pid the
+    // program printed, which exists only after the start.
+    let ready = notify.expect(|n| n.has("READY=1"), "READY=1");
+    let fdstore = notify.expect(|n| n.has("FDSTORE=1"), "FDSTORE=1");
+    assert!(
+        fdstore < ready,
+        "the region is stored before the service is ready"
+    );
+    let status = notify.seen[ready].value("STATUS").expect("READY=1 with a status");
+    assert!(
+        status.starts_with(&format!("running pid {pid}, generation ")) && status.ends_with(", restarts 0"),
+        "{status}"
+    );
+
+    // Once the commits are persisted, the status names a generation.
+    sup.expect_out("done");
+    notify.expect(
+        |n| {
+            n.value("STATUS").is_some_and(|s| {
+                s.starts_with(&format!("running pid {pid}, generation ")) && !s.contains("generation none")
+            })
+        },
+        "STATUS with a generation",
+    );
+
+    // WATCHDOG=1 every half WATCHDOG_USEC: about 15 in 1.5 s.
+    let before = notify.seen.len();
+    notify.collect_for(Duration::from_millis(1500));
+    let pings = notify.seen[before..]
+        .iter()
+        .filter(|n| n.has("WATCHDOG=1"))
+        .count();
+    assert!(
+        (10..=20).contains(&pings),
+        "{pings} pings in 1.5 s at WATCHDOG_USEC=200000:\n{}",
+        notify.transcript()
+    );
+
+    // A relaunch shows in the status.
+    send(pid, libc::SIGKILL);
+    let second = child_pid(&sup.expect_out("pid "));
+    notify.expect(
+        |n| {
+            n.value("STATUS").is_some_and(|s| {
+                s.starts_with(&format!("running pid {second}, ")) && s.ends_with(", restarts 1")
+            })
+        },
+        "STATUS after the relaunch",
+    );
+
+    sup.signal(libc::SIGTERM);
+    notify.expect(|n| n.has("STOPPING=1"), "STOPPING=1");
+    let status = sup.wait();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", sup.transcript());
+    notify.collect_for(Duration::from_millis(50));
+    let readies = notify.seen.iter().filter(|n| n.has("READY=1")).count();
+    assert_eq!(
+        readies,
+        1,
+        "READY=1 once, not at every relaunch:\n{}",
+        notify.transcript()
+    );
+}
+
+#[test]
+fn notifications_reach_an_abstract_socket() {
+    let dir = workdir();
+    let mut notify = NotifySocket::bind_abstract(&format!("shm-restore-test-{}", std::process::id()));
+    let mut sup = supervise(dir.path(), &notify, &[], &["--", CHILD, "--then", "sleep"]);
+    notify.expect(|n| n.has("READY=1"), "READY=1");
+    sup.signal(libc::SIGTERM);
+    notify.expect(|n| n.has("STOPPING=1"), "STOPPING=1");
+    sup.wait();
+}
+
+/// Runs a supervisor with `--no-continuous` until the store holds units
+/// 0..3 (a post-mortem generation) while the region holds units 0..6, then
+/// kills the supervisor with SIGKILL. Returns the region as systemd's
+/// file descriptor store would have kept it.
+fn memory_ahead_of_disk(dir: &std::path::Path) -> File {
+    let mut notify = NotifySocket::bind(dir);
+    let mut sup = supervise(
+        dir,
+        &notify,
+        &[],
+        &["--no-continuous", "--", CHILD, "--commit", "3", "--then", "sleep"],
+    );
+    let first = child_pid(&sup.expect_out("pid "));
+    let region = File::from(stored_region(&mut notify));
+    sup.expect_out("done");
+    send(first, libc::SIGKILL);
+    sup.expect_err("generation persisted");
+    let second = child_pid(&sup.expect_out("pid "));
+    sup.expect_out("done");
+    assert_eq!(recovered(&sup), units(0..3));
+    sup.signal(libc::SIGKILL);
+    sup.wait();
+    assert!(wait_gone(second), "the program dies with its supervisor");
+    region
+}
+
+#[test]
+fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut sup = supervise_with_stored_region(
+        dir.path(),
+        &region,
+        Some(notify.path()),
+        &[
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--no-continuous",
+            "--",
+            CHILD,
+            "--then",
+            "sleep",
+        ],
+    );
+    let taken = sup.expect_err("region taken back from the fd store");
+    assert!(
+        taken.contains("units=6"),
+        "the newer units are persisted: {taken}"
+    );
+    sup.expect_out("ready");
+    assert_eq!(recovered(&sup), units(0..6), "{}", sup.transcript());
+    // The same memfd goes back into the store.
+    let stored = File::from(stored_region(&mut notify));
+    let inode = |f: &File| f.metadata().expect("fstat").ino();
+    assert_eq!(inode(&stored), inode(&region));
+    let removals = notify.seen.iter().filter(|n| n.has("FDSTOREREMOVE=1")).count();
+    assert_eq!(removals, 0, "a region taken back is not removed from the store");
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+}
+
+/// Prepares a region as `memory_ahead_of_disk` leaves it with `spoil`,
+/// hands it back to a second supervisor, and checks that it refuses it
+/// for a reason containing `why`, puts a fresh memfd into the store in its
+/// place, and starts the program on the newest generation on disk, whose
+/// units are `expected`.
+fn refused_region_falls_back_to_disk(
+    spoil: impl FnOnce(&std::path::Path, &File),
+    why: &str,
+    expected: Vec<String>,
+) {
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    spoil(dir.path(), &region);
+    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut sup = supervise_with_stored_region(
+        dir.path(),
+        &region,
+        Some(notify.path()),
+        &[
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--",
+            CHILD,
+            "--then",
+            "sleep",
+        ],
+    );
+    let refused = sup.expect_err("is not taken back");
+    assert!(refused.contains(why), "{refused}");
+    sup.expect_out("ready");
+    assert_eq!(recovered(&sup), expected, "the newest generation on disk");
+    assert!(
+        !sup.lines(Stream::Err)
+            .iter()
+            .any(|l| l.contains("region taken back")),
+        "{}",
+        sup.transcript()
+    );
+    // The untrusted memfd leaves the store; a fresh one takes its place.
+    let removal = notify.expect(|n| n.has("FDSTOREREMOVE=1"), "FDSTOREREMOVE=1");
+    assert_eq!(notify.seen[removal].value("FDNAME"), Some("SHM_SHARED_FD"));
+    let stored = File::from(stored_region(&mut notify));
+    let inode = |f: &File| f.metadata().expect("fstat").ino();
+    assert_ne!(inode(&stored), inode(&region));
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+}
+
+#[test]
+fn region_with_a_scribbled_header_is_not_taken_back() {
+    refused_region_falls_back_to_disk(
+        |_, region| {
+            region
+                .write_all_at(b"scribble", 0)
+                .expect("scribbling over the magic")
+        },
+        "header does not verify",
+        units(0..3),
+    );
+}
+
+#[test]
+fn region_with_a_corrupt_slot_is_not_taken_back() {
+    // Slot 7 is empty (units 1..=6 live in slots 1..=6); tag 3 has
+    // undefined state bits.
+    let slot_7 = shm_snapshot::layout::HEADER_BYTES + 7 * shm_snapshot::layout::slot::SIZE;
+    refused_region_falls_back_to_disk(
+        |_, region| {
+            region
+                .write_all_at(&3u64.to_le_bytes(), slot_7)
+                .expect("scribbling a tag")
+        },
+        "1 corrupt slots",
+        units(0..3),
+    );
+}
+
+#[test]
+fn region_older_than_the_store_is_not_taken_back() {
+    refused_region_falls_back_to_disk(
+        |dir, _| {
+            // Another supervisor on the store moves it past the region.
+            let mut sup = Proc::supervise(
+                dir,
+                "state",
+                &[SIZE, "--fsync=never"],
+                &[CHILD, "--commit", "4", "--then", "sleep"],
+            );
+            sup.expect_out("done");
+            sup.signal(libc::SIGTERM);
+            sup.wait();
+        },
+        "older than the store",
+        units(0..7),
+    );
+}
