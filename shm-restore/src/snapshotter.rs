@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -115,12 +116,35 @@ enum Phase {
 pub struct Control {
     phase: Mutex<Phase>,
     changed: Condvar,
+    /// Set while `set` waits for the phase lock: the thread does not start
+    /// another sleep under it, so a pause waits for one sleep at most
+    /// instead of losing the lock to the thread again and again.
+    leaving: AtomicBool,
+    /// The observer the thread sleeps on while it follows a run, so `set`
+    /// can end that sleep at once.
+    sleeper: Mutex<Option<Arc<Observer>>>,
 }
 
 impl Control {
     fn set(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        // ORDERING: SeqCst store, read under the phase lock by
+        // `while_running`; the lock itself orders the rest.
+        self.leaving.store(true, Ordering::SeqCst);
+        if let Some(observer) = &*self.sleeper.lock().unwrap_or_else(|e| e.into_inner()) {
+            // A wake that comes just before the thread's futex wait is lost;
+            // that sleep then ends by its own timeout (IDLE_WAIT).
+            observer.interrupt_wait();
+        }
+        let mut guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = phase;
+        self.leaving.store(false, Ordering::SeqCst);
+        drop(guard);
         self.changed.notify_all();
+    }
+
+    /// Makes `observer` the one `set` wakes (`None` when the run ends).
+    fn sleeping_on(&self, observer: Option<Arc<Observer>>) {
+        *self.sleeper.lock().unwrap_or_else(|e| e.into_inner()) = observer;
     }
 
     fn get(&self) -> Phase {
@@ -132,7 +156,7 @@ impl Control {
     /// still touch the region. `None` if the run has ended.
     fn while_running<T>(&self, run: u64, f: impl FnOnce() -> T) -> Option<T> {
         let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        (*guard == Phase::Running(run)).then(f)
+        (*guard == Phase::Running(run) && !self.leaving.load(Ordering::SeqCst)).then(f)
     }
 
     /// Sleeps `duration` unless the phase leaves `Running(run)` first.
@@ -181,6 +205,8 @@ impl SnapshotThread {
         let control = Arc::new(Control {
             phase: Mutex::new(Phase::Paused),
             changed: Condvar::new(),
+            leaving: AtomicBool::new(false),
+            sleeper: Mutex::new(None),
         });
         let thread = if enabled {
             let (control, shared) = (control.clone(), shared.clone());
@@ -311,10 +337,12 @@ impl Worker {
                 Ok(None) => std::thread::sleep(POLL_MAX),
                 Err(e) => {
                     self.region_problem(&e.to_string());
-                    std::thread::sleep(REGION_RETRY);
+                    self.control.sleep_while_running(run, REGION_RETRY);
                 }
             }
         };
+        let observer = Arc::new(observer);
+        self.control.sleeping_on(Some(observer.clone()));
         let mut seen = observer.commit_count();
         let mut last_generation: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
@@ -384,6 +412,7 @@ impl Worker {
         if sleeping {
             let _ = observer.stop_waiting();
         }
+        self.control.sleeping_on(None);
     }
 
     fn snapshot(&mut self, observer: &Observer, run: u64) -> Attempt {

@@ -122,6 +122,20 @@ impl Observer {
         Ok(())
     }
 
+    /// Wakes every thread sleeping in [`Observer::wait_for_commit`] on this
+    /// region, through any observer of it: the futex is keyed by the
+    /// region's memory, not by the mapping. A host uses it to end a sleep
+    /// early when it has other work (pausing its snapshot thread).
+    #[cfg(not(loom))]
+    pub fn interrupt_wait(&self) {
+        let count = &self.region.words()[(header::COMMIT_COUNT / 8) as usize];
+        let _ = rustix::thread::futex::wake(
+            crate::words::futex_word(count),
+            rustix::thread::futex::Flags::empty(),
+            u32::MAX,
+        );
+    }
+
     /// Clears the header's sleeping flag, so commits stop waking the host.
     #[cfg(not(loom))]
     pub fn stop_waiting(&self) -> Result<(), RegionError> {
