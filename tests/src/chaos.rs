@@ -93,10 +93,45 @@ pub enum Progress {
     },
 }
 
+/// Whether `fragment` is the start of a progress line cut short: a run
+/// SIGKILLed inside its `write` to a file stops at a page boundary of the
+/// file, and the next run's first line follows on the same line.
+fn is_torn_progress_line(fragment: &str) -> bool {
+    ["committed primes=# last=#", "restored primes=# last=#"]
+        .iter()
+        .any(|template| {
+            let mut rest = fragment;
+            for t in template.chars() {
+                if rest.is_empty() {
+                    return true;
+                }
+                if t == '#' {
+                    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+                    if digits == 0 {
+                        return false;
+                    }
+                    rest = &rest[digits..];
+                } else if let Some(r) = rest.strip_prefix(t) {
+                    rest = r;
+                } else {
+                    return false;
+                }
+            }
+            rest.is_empty()
+        })
+}
+
 /// primes-snapshot's progress lines in `out`, in order; panics on any
-/// other line (a torn or foreign line is a finding, not noise).
+/// other line (a foreign line is a finding, not noise). A line cut short
+/// by a kill (see [`is_torn_progress_line`]) is dropped, the start of the
+/// next run that follows it kept; the commit whose line was cut is then
+/// not checked (its successor in the file usually is).
 pub fn progress(out: &str) -> Vec<Progress> {
     out.lines()
+        .map(|line| match line.rfind("restored primes=") {
+            Some(at) if at > 0 && is_torn_progress_line(&line[..at]) => &line[at..],
+            _ => line,
+        })
         .map(|line| {
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             let field = |name: &str| -> u64 {
@@ -153,5 +188,40 @@ mod tests {
         assert!(err.starts_with("start 3 (stdout line 5)"), "{err}");
         let ahead = "restored primes=0 last=0\ncommitted primes=25 last=100\nrestored primes=46 last=200\n";
         assert_eq!(check_nothing_lost(&progress(ahead)), Ok(2));
+    }
+
+    #[test]
+    fn a_line_cut_by_a_kill_is_dropped_and_the_next_start_kept() {
+        for torn in [
+            "commit",
+            "committed primes=4",
+            "committed primes=46 last=",
+            "restored primes=1",
+        ] {
+            let out = format!(
+                "restored primes=0 last=0\ncommitted primes=25 last=100\n{torn}restored primes=25 last=100\n"
+            );
+            assert_eq!(
+                progress(&out),
+                [
+                    Progress::Restored { primes: 0, last: 0 },
+                    Progress::Committed {
+                        primes: 25,
+                        last: 100
+                    },
+                    Progress::Restored {
+                        primes: 25,
+                        last: 100
+                    },
+                ],
+                "{torn:?}"
+            );
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "stdout line")]
+    fn a_foreign_prefix_before_a_start_is_still_a_finding() {
+        progress("restored primes=0 last=0\ncommitted primes=x restored primes=0 last=0\n");
     }
 }
