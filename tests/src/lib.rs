@@ -243,26 +243,16 @@ pub fn workdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temporary directory")
 }
 
-/// Runs `program` with `region` handed over at fd 3 by the supervisor's
-/// convention (no `LISTEN_PID`, which the convention allows), and returns
-/// its exit code and output.
-pub fn run_with_region(
-    program: &Path,
-    region: &std::fs::File,
-    args: &[&str],
-) -> (Option<i32>, String, String) {
+/// Makes `command`'s process get `region` at fd 3, inheritable, as the
+/// `LISTEN_FDS` convention hands a descriptor over (the caller sets the
+/// environment).
+pub fn region_at_fd_3(command: &mut Command, region: &std::fs::File) {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let fd = region.as_raw_fd();
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", shm_snapshot::FD_NAME)
-        .env_remove("LISTEN_PID")
-        .stdin(Stdio::null());
     // SAFETY: dup2 and fcntl are async-signal-safe and touch only the
-    // child's descriptor table.
+    // child's descriptor table; `fd` stays open in this process until the
+    // command is spawned, as the caller holds `region`.
     unsafe {
         command.pre_exec(move || {
             if fd == 3 {
@@ -275,6 +265,24 @@ pub fn run_with_region(
             Ok(())
         });
     }
+}
+
+/// Runs `program` with `region` handed over at fd 3 by the supervisor's
+/// convention (no `LISTEN_PID`, which the convention allows), and returns
+/// its exit code and output.
+pub fn run_with_region(
+    program: &Path,
+    region: &std::fs::File,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", shm_snapshot::FD_NAME)
+        .env_remove("LISTEN_PID")
+        .stdin(Stdio::null());
+    region_at_fd_3(&mut command, region);
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", program.display()));

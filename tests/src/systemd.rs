@@ -167,8 +167,6 @@ pub fn is_memfd(fd: &OwnedFd) -> bool {
 /// own pid (by a shell that then execs it); `NOTIFY_SOCKET` when `notify`
 /// is given.
 pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&Path>, args: &[&str]) -> Proc {
-    use std::os::unix::process::CommandExt;
-    let fd = region.as_raw_fd();
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -182,19 +180,6 @@ pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&P
     if let Some(notify) = notify {
         command.env("NOTIFY_SOCKET", notify);
     }
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the
-    // child's descriptor table.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) != 3 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::region_at_fd_3(&mut command, region);
     Proc::spawn(command)
 }

@@ -6,36 +6,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use shm_snapshot::snapshot;
-use shm_snapshot::store::{Store, StoreOptions};
+use shm_snapshot_tests::torture::open_store;
 use shm_snapshot_tests::{
     PATIENCE, Proc, Stream, bin, generation_files, run_with_region, wait_gone, workdir,
 };
 
 /// A small region keeps restoring each generation cheap.
 const SIZE: &str = "--size=8MiB";
-
-/// Opens the copied store. A test running beside this one may fork while
-/// the previous `Store` of this loop still held its lock file open; the
-/// forked child keeps a duplicate of that descriptor, and with it the
-/// flock, until its exec closes it. So a locked copy is retried briefly.
-fn open_copy(dir: &Path) -> Store {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match Store::open(
-            dir,
-            StoreOptions {
-                fsync: false,
-                ..StoreOptions::default()
-            },
-        ) {
-            Ok(store) => return store,
-            Err(shm_snapshot::store::StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => panic!("opening the copied store: {e}"),
-        }
-    }
-}
 
 /// Restores every generation of the store at `dir` into a fresh region, one
 /// by one from the newest, and has primes-snapshot validate each. Returns
@@ -47,7 +24,7 @@ fn validate_every_generation(dir: &Path) -> Vec<u64> {
     }
     let mut progress = Vec::new();
     loop {
-        let mut store = open_copy(copy.path());
+        let mut store = open_store(copy.path());
         let Some(loaded) = store.load_newest().unwrap() else {
             break;
         };
