@@ -181,6 +181,12 @@ pub struct Publisher {
     board: Arc<Board>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+    /// Held so the store, and with it the store's lock, outlives the
+    /// removal of the status file: the writer thread's may be the last
+    /// other reference, and a supervisor that takes the lock in between
+    /// would see the status it just wrote removed. Dropped after `Drop`
+    /// removed the file.
+    _shared: Arc<Mutex<Shared>>,
 }
 
 impl Publisher {
@@ -203,7 +209,7 @@ impl Publisher {
         });
         let mut writer = Writer {
             dir: dir.to_owned(),
-            shared,
+            shared: shared.clone(),
             started_ms: now_ms(),
             last: None,
             figures: Figures::default(),
@@ -218,6 +224,7 @@ impl Publisher {
             board,
             thread: Some(thread),
             path: dir.join(STATUS_FILE),
+            _shared: shared,
         })
     }
 
@@ -233,6 +240,8 @@ impl Drop for Publisher {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        // Still holding the store (self._shared): no other supervisor can
+        // have written a status of its own yet.
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -372,5 +381,73 @@ impl Writer {
             let _ = std::fs::remove_file(&temp);
         }
         written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+    use std::time::Instant;
+
+    use rustix::fs::{FlockOperation, flock};
+    use shm_snapshot::snapshot::{ArenaScan, Snapshotter};
+    use shm_snapshot::store::{LOCK_FILE, Store, StoreOptions};
+
+    use super::*;
+    use crate::snapshotter::Stats;
+
+    /// A fresh directory under the system's temporary directory, removed
+    /// when dropped.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_status_file_is_gone_before_the_store_lock_is_free() {
+        let dir = Scratch(std::env::temp_dir().join(format!("shm-restore-status-{}", std::process::id())));
+        std::fs::create_dir(&dir.0).unwrap();
+        let status = dir.0.join(STATUS_FILE);
+        // The window is short (a thread's exit and a join): several rounds
+        // catch it on a busy machine too.
+        for round in 0..20 {
+            let options = StoreOptions {
+                fsync: false,
+                ..StoreOptions::default()
+            };
+            let shared = Arc::new(Mutex::new(Shared {
+                store: Store::open(&dir.0, options).unwrap(),
+                snapshotter: Snapshotter::new(ArenaScan::Hash),
+                stats: Stats::default(),
+            }));
+            // The publisher gets the only reference, as in the supervisor
+            // once the snapshot thread has ended.
+            let publisher = Publisher::start(&dir.0, shared).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !status.exists() {
+                assert!(Instant::now() < deadline, "no status file written");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // A second owner trying to take the lock as fast as it can, and
+            // looking for a status file the moment it has it.
+            let lock = File::open(dir.0.join(LOCK_FILE)).unwrap();
+            let left = status.clone();
+            let contender = std::thread::spawn(move || {
+                loop {
+                    if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                        return left.exists();
+                    }
+                    assert!(Instant::now() < deadline, "the lock was never released");
+                }
+            });
+            drop(publisher);
+            assert!(
+                !contender.join().unwrap(),
+                "round {round}: the store's lock was free while the status file was still there"
+            );
+        }
     }
 }
