@@ -4,9 +4,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub use crate::region::human;
 
-/// Milliseconds since the Unix epoch as UTC, to the millisecond.
+/// The first millisecond of the year 10000, which RFC 3339 cannot write
+/// (humantime panics on it).
+const YEAR_10000_MS: u64 = 253_402_300_800_000;
+
+/// Milliseconds since the Unix epoch as UTC, to the millisecond. A time
+/// RFC 3339 cannot write (a damaged header can still carry a consistent
+/// hash) is shown as the raw milliseconds.
 pub fn time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    match UNIX_EPOCH.checked_add(Duration::from_millis(ms)) {
+        Some(t) if ms < YEAR_10000_MS => humantime::format_rfc3339_millis(t).to_string(),
+        _ => format!("{ms} ms after the epoch"),
+    }
 }
 
 /// A duration for people: `3m 12s`, `850ms`.
@@ -88,5 +97,12 @@ mod tests {
     fn times_are_utc_with_milliseconds() {
         assert_eq!(time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(hex(&[0, 0xab, 7]), "00ab07");
+    }
+
+    #[test]
+    fn times_past_year_9999_show_as_raw_milliseconds() {
+        assert_eq!(time(YEAR_10000_MS - 1), "9999-12-31T23:59:59.999Z");
+        assert_eq!(time(YEAR_10000_MS), "253402300800000 ms after the epoch");
+        assert_eq!(time(u64::MAX), format!("{} ms after the epoch", u64::MAX));
     }
 }
