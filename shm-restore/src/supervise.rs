@@ -502,10 +502,7 @@ pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start:
             // Not the generation's fault: --size is refused below.
             return Ok(());
         }
-        let g = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
-        snapshot::Meta::decode(meta, &g)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        snapshot::restorable(image, meta)
     })?;
     let Some(loaded) = loaded else {
         if at_start {

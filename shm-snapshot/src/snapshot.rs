@@ -541,6 +541,36 @@ pub fn restore(file: &File, loaded: &Loaded) -> Result<Restored, RegionError> {
     })
 }
 
+/// Whether a supervisor can restore a generation whose region image is
+/// `image` and whose meta blob is `meta`: the image's header must describe
+/// a region of the image's length and the meta must pass [`Meta::decode`]
+/// against it. `Err` says why not. This is the acceptance the supervisor
+/// loads with ([`Store::load_newest_with`]); whatever judges generations
+/// for it (prune, verify, export) uses it too, so a generation they call
+/// restorable is one a supervisor restores.
+pub fn restorable(image: &[u8], meta: &[u8]) -> Result<(), String> {
+    restorable_head(image.len() as u64, image, meta)
+}
+
+/// [`restorable`] from the image's length and its first bytes, which is all
+/// it reads: `head` must hold at least the region header
+/// ([`layout::HEADER_BYTES`], or the whole image if shorter).
+pub fn restorable_head(region_len: u64, head: &[u8], meta: &[u8]) -> Result<(), String> {
+    let needed = region_len.min(layout::HEADER_BYTES);
+    if (head.len() as u64) < needed {
+        return Err(format!(
+            "only {} bytes of the region's {needed}-byte header were given",
+            head.len()
+        ));
+    }
+    let g = Geometry::from_header(region_len, |at| {
+        let at = at as usize;
+        u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes"))
+    })
+    .map_err(|e| e.to_string())?;
+    Meta::decode(meta, &g).map(drop).map_err(|e| e.to_string())
+}
+
 /// The geometry of a region image, checked like a live header.
 pub fn image_geometry(image: &[u8]) -> Result<Geometry, RegionError> {
     Geometry::from_header(image.len() as u64, |at| {

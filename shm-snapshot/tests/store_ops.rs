@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use shm_snapshot::store::format::{chunk, header, meta, trailer};
 use shm_snapshot::store::{
-    CHUNK_BYTES, Checked, Condition, FaultyIo, GenerationKind, IoOp, LockAttempt, ReadFile, RealIo, Store,
-    StoreError, StoreFile, StoreIo, StoreOptions,
+    CHUNK_BYTES, Checked, Condition, FaultyIo, GenerationKind, IoOp, LockAttempt, PAGE_BYTES, ReadFile,
+    RealIo, Store, StoreError, StoreFile, StoreIo, StoreOptions,
 };
 
 const CHUNK: u64 = CHUNK_BYTES;
@@ -290,6 +290,13 @@ fn check_all_of_an_intact_store_reads_every_generation_with_its_header_size_and_
         assert_eq!(c.bytes, size(&gen_path(tmp.path(), c.number)));
         assert_eq!(c.meta.as_deref(), Some(&written[&c.number].1[..]));
         assert_eq!(info.is_base(), c.number % 3 == 1, "generation {}", c.number);
+        // Deltas 3 and 6 change the first page, 2 and 5 inherit it.
+        assert_eq!(
+            c.first_page.as_deref(),
+            Some(&written[&c.number].0[..PAGE_BYTES as usize]),
+            "generation {}",
+            c.number
+        );
     }
 }
 
@@ -510,6 +517,31 @@ fn prune_to_keeps_the_newest_and_their_chains_and_frees_exactly_what_it_removed(
     let pruned = store.prune_to(1).unwrap();
     assert_eq!(pruned.bytes_freed(), sizes[&4] + sizes[&5] + sizes[&6]);
     assert_eq!(gen_numbers(dir), BTreeSet::from([7]));
+}
+
+#[test]
+fn prune_to_with_keeps_the_newest_generation_that_passes_the_acceptance_and_its_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (mut store, written) = chains(dir, 7);
+    // 7 and 6 verify, but the caller would not restore them.
+    let refused = [meta_of(6), meta_of(7)];
+    let pruned = store
+        .prune_to_with(1, |_, meta| match refused.iter().any(|r| r == meta) {
+            true => Err("refused".to_owned()),
+            false => Ok(()),
+        })
+        .unwrap();
+    assert_eq!(pruned.newest_verified, Some(5));
+    // 7 is the newest; 5 needs 4.
+    assert_eq!(gen_numbers(dir), BTreeSet::from([4, 5, 7]));
+    assert_eq!(store.load_generation(5).unwrap().image, written[&5].0);
+    // Refusing everything removes nothing.
+    assert!(matches!(
+        store.prune_to_with(1, |_, _| Err("refused".to_owned())),
+        Err(StoreError::NoVerifiedGeneration { .. })
+    ));
+    assert_eq!(gen_numbers(dir), BTreeSet::from([4, 5, 7]));
 }
 
 #[test]

@@ -44,22 +44,40 @@ pub struct Checked {
     pub bytes: u64,
     /// The meta blob, when the file itself verified.
     pub meta: Option<Vec<u8>>,
+    /// The first page of the generation's image (its chain applied), at most
+    /// [`PAGE_BYTES`] long, when it is [`Condition::Intact`]: what a caller
+    /// that judges a generation by its region's header (and its meta) needs,
+    /// without loading the whole image.
+    pub first_page: Option<Vec<u8>>,
     /// Whether it can be restored, and if not why.
     pub condition: Condition,
 }
 
-/// Pages read while checking go nowhere once hashed.
+/// Pages read while checking go nowhere once hashed, but the image's first
+/// page, which is kept once its record verified.
 struct Discard {
     page: Vec<u8>,
+    /// The first page as read, not verified yet.
+    first_read: Vec<u8>,
+    /// The first page of the last record holding it that verified.
+    first: Option<Vec<u8>>,
 }
 
 impl ChunkSink for Discard {
-    fn page(&mut self, _index: u64, _page: u64, len: usize) -> &mut [u8] {
+    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
         // The reader never asks for more than a page.
+        if (index, page) == (0, 0) {
+            self.first_read.resize(len, 0);
+            return &mut self.first_read[..];
+        }
         &mut self.page[..len]
     }
 
-    fn verified(&mut self, _index: u64, _pages: u64, _hashes: &[blake3::Hash]) {}
+    fn verified(&mut self, index: u64, pages: u64, _hashes: &[blake3::Hash]) {
+        if index == 0 && pages & 1 == 1 {
+            self.first = Some(self.first_read.clone());
+        }
+    }
 }
 
 impl Store {
@@ -74,6 +92,8 @@ impl Store {
         self.rescan()?;
         let mut discard = Discard {
             page: vec![0; PAGE_BYTES as usize],
+            first_read: Vec::new(),
+            first: None,
         };
         let mut checked: BTreeMap<u64, Checked> = BTreeMap::new();
         let numbers: Vec<u64> = self.entries.keys().copied().collect();
@@ -82,6 +102,7 @@ impl Store {
             let info = entry.info(number);
             let path = entry.path.clone();
             let (bytes, header) = (entry.size, entry.header);
+            discard.first = None;
             let read = match header {
                 Some(h) => read_generation(self.io.as_mut(), &path, &h, &mut discard),
                 // Read it again: it may have vanished since the scan.
@@ -95,11 +116,13 @@ impl Store {
                 Err(e) if e.is_vanished() => (None, Condition::Vanished),
                 Err(e) => (None, Condition::Damaged(e)),
             };
+            let first_page = discard.first.take();
             let mut c = Checked {
                 number,
                 info,
                 bytes,
                 meta,
+                first_page,
                 condition,
             };
             if let (Condition::Intact, Some(h)) = (&c.condition, header)
@@ -132,6 +155,19 @@ impl Store {
                     },
                 };
             }
+            c.first_page = match (&c.condition, header) {
+                (Condition::Intact, Some(h)) => {
+                    // A page a file does not hold is the parent's (a delta)
+                    // or zeros (a base, which leaves out zero pages).
+                    let inherited = match h.is_base() {
+                        true => None,
+                        false => checked.get(&h.parent).and_then(|p| p.first_page.clone()),
+                    };
+                    let len = h.region_len.min(PAGE_BYTES) as usize;
+                    Some(c.first_page.take().or(inherited).unwrap_or_else(|| vec![0; len]))
+                }
+                _ => None,
+            };
             checked.insert(number, c);
         }
         // A generation found unusable whose file is gone by now was pruned

@@ -181,6 +181,26 @@ impl Store {
         }
     }
 
+    /// The generations the last scan (by a load or a check) listed whose
+    /// files are gone now, oldest first. On a store an owner is writing,
+    /// these are generations it pruned meanwhile: a load that failed while
+    /// some vanished may succeed when repeated, and a generation asked for
+    /// by number that is among them was pruned, not damaged. Asked of the
+    /// store's I/O layer, like every read.
+    pub fn vanished_since_scan(&mut self) -> Vec<u64> {
+        let mut gone = Vec::new();
+        for (&number, entry) in &self.entries {
+            if self
+                .io
+                .open_read(&entry.path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                gone.push(number);
+            }
+        }
+        gone
+    }
+
     /// The chain of generation `number`, base first, from the scanned
     /// headers; an error if it is unusable before any file is read.
     fn chain_of(

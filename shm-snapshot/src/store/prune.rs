@@ -15,11 +15,12 @@ pub struct Removed {
     pub bytes: u64,
 }
 
-/// What [`Store::prune_to`] did.
+/// What [`Store::prune_to`] and [`Store::prune_to_with`] did.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Pruned {
-    /// The newest verified generation, which was kept with its chain.
+    /// The newest verified generation (that passed the acceptance, with
+    /// [`Store::prune_to_with`]), which was kept with its chain.
     pub newest_verified: Option<u64>,
     /// The generations removed, newest first.
     pub removed: Vec<Removed>,
@@ -75,6 +76,21 @@ impl Store {
     /// whole chain), so this fails, removing nothing, when generations exist
     /// but none verifies, and on a read-only store.
     pub fn prune_to(&mut self, keep: usize) -> Result<Pruned, StoreError> {
+        self.prune_to_with(keep, |_, _| Ok(()))
+    }
+
+    /// [`Store::prune_to`], where the generation kept whatever `keep` says
+    /// is the newest that verifies and passes `accept` (given its image and
+    /// meta blob), found like [`Store::load_newest_with`] finds it. A caller
+    /// that restores with an acceptance prunes with the same one: otherwise
+    /// a newer generation that verifies but that it would refuse could be
+    /// all that is left. Fails, removing nothing, when generations exist but
+    /// none verifies and passes `accept`.
+    pub fn prune_to_with(
+        &mut self,
+        keep: usize,
+        accept: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<Pruned, StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly {
                 dir: self.dir.clone(),
@@ -87,7 +103,9 @@ impl Store {
                 why: "at least one generation must be kept",
             });
         }
-        let newest_verified = self.load_newest()?.map(|loaded| loaded.number);
+        // Loading makes the generation found the current one, whose chain
+        // prune_keeping protects.
+        let newest_verified = self.load_newest_with(accept)?.map(|loaded| loaded.number);
         let (removed, errors) = self.prune_keeping(keep);
         Ok(Pruned {
             newest_verified,
