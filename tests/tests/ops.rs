@@ -4,9 +4,14 @@
 
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
+use shm_snapshot::snapshot;
+use shm_snapshot::store::format::{Header, header};
+use shm_snapshot::store::{Store, StoreOptions};
 use shm_snapshot::{Client, Config, Region};
 use shm_snapshot_tests::ops::{Ran, eventually, shm_restore};
-use shm_snapshot_tests::{Proc, generation_files, is_gone, wait_gone, workdir};
+use shm_snapshot_tests::{Proc, Stream, bin, generation_files, is_gone, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -189,6 +194,85 @@ fn read_only_commands_work_while_a_supervisor_runs_and_changing_ones_refuse() {
 }
 
 #[test]
+fn read_only_commands_never_fail_on_a_store_a_supervisor_commits_and_prunes_flat_out() {
+    let dir = workdir();
+    let d = dir.path();
+    // Hundreds of generations a second, each pruned a few commits later.
+    // The program commits every 100 µs, a few candidates at a time, so its
+    // table does not fill (and end it) within the test.
+    let mut sup = Proc::supervise(
+        d,
+        "state",
+        &["--size=16MiB", "--interval=0", "--fsync=never", "--keep=2"],
+        &[
+            bin("primes-snapshot").to_str().unwrap(),
+            "--interval=100us",
+            "--batch=10",
+        ],
+    );
+    sup.expect_out("restored primes=0");
+    eventually("a few generations", || {
+        (generation_files(&d.join("state")).len() >= 2).then_some(())
+    });
+    let started = Instant::now();
+    let (mut rounds, mut pruned) = (0, 0);
+    let mut newest = String::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        for args in [
+            &["export", "state", "-o", "image", "--force"][..],
+            &["inspect", "state", "--units"],
+            &["verify", "state"],
+        ] {
+            assert_ok(&shm_restore(d, args));
+        }
+        // A generation asked for by number (the newest the last round
+        // exported, likely pruned by now) is read, or said to be pruned.
+        if !newest.is_empty() {
+            let one = shm_restore(d, &["inspect", "state", "--units", "--generation", &newest]);
+            if one.code != Some(0) {
+                let pruned_now = format!("generation {newest} was pruned by the running supervisor");
+                let gone = format!("generation {newest} is not in state");
+                assert!(
+                    one.stderr.contains(&pruned_now) || one.stderr.contains(&gone),
+                    "{}",
+                    one.show()
+                );
+                pruned += 1;
+            }
+        }
+        let export = shm_restore(d, &["export", "state", "-o", "image", "--force"]);
+        assert_ok(&export);
+        newest = export.stdout["exported generation ".len()..]
+            .split_once(' ')
+            .unwrap()
+            .0
+            .to_owned();
+        rounds += 1;
+    }
+    // The last export is a region primes-snapshot's units recover from.
+    let image = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.join("image"))
+        .unwrap();
+    // SAFETY: the file is this test's own and nothing else changes its size.
+    let region = unsafe { Region::from_file(image) }.unwrap();
+    let client = Client::open(region, &Config::default()).unwrap();
+    assert!(
+        !client.recover().unwrap().is_empty(),
+        "the exported image holds no unit"
+    );
+    sup.signal(libc::SIGTERM);
+    assert_eq!(
+        sup.wait().code(),
+        Some(128 + libc::SIGTERM),
+        "{}",
+        sup.transcript()
+    );
+    eprintln!("{rounds} rounds, {pruned} generations asked for by number were pruned");
+}
+
+#[test]
 fn verify_export_and_inspect_name_a_damaged_generation() {
     let dir = workdir();
     let d = dir.path();
@@ -244,58 +328,218 @@ fn verify_export_and_inspect_name_a_damaged_generation() {
     assert_eq!(recovered_from_image(&d.join("one")), ["unit-0", "unit-1"]);
 }
 
+/// Whether `shown` (a size as the subcommands print it: `812 B`,
+/// `5.1 KiB`) is `bytes`, to the one decimal shown.
+fn shows_size(shown: &str, bytes: u64) -> bool {
+    let Some((value, unit)) = shown.split_once(' ') else {
+        return false;
+    };
+    let scale = match unit {
+        "B" => return value.parse() == Ok(bytes),
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        _ => return false,
+    };
+    let Ok(value) = value.parse::<f64>() else {
+        return false;
+    };
+    (value * scale - bytes as f64).abs() <= 0.05 * scale && bytes as f64 >= scale
+}
+
 #[test]
 fn prune_keeps_the_newest_verified_generation_and_reports_what_it_freed() {
     let dir = workdir();
     let d = dir.path();
-    for commits in ["1", "1", "1", "1"] {
-        run_once(d, "state", commits);
-    }
+    // 1 (base) and 2 (delta on 1); an import makes 3 a base, the next run
+    // 4 a delta on 3: 1 and 2 are needed by nothing newer.
+    run_once(d, "state", "1");
+    run_once(d, "state", "1");
+    assert_ok(&shm_restore(d, &["export", "state", "-o", "image"]));
+    let import = shm_restore(d, &["import", "image", "--snapshot", "state"]);
+    assert_ok(&import);
+    assert!(
+        import.stdout.contains("as generation 3 (base, "),
+        "{}",
+        import.show()
+    );
+    run_once(d, "state", "1");
     let files = generation_files(&d.join("state"));
     assert_eq!(files.len(), 4);
+    let sizes: Vec<u64> = files.iter().map(|f| f.metadata().unwrap().len()).collect();
     // The newest is damaged: keeping 1 keeps it, and the newest verified (3)
-    // with whatever its chain needs.
+    // with its chain (itself).
     std::fs::OpenOptions::new()
         .write(true)
         .open(&files[3])
         .unwrap()
         .set_len(200)
         .unwrap();
-    let chain: Vec<u64> = {
-        let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
-        let mut chain = vec![3];
-        let gens = doc["generations"].as_array().unwrap();
-        while let Some(p) = gens
-            .iter()
-            .find(|g| g["number"] == *chain.last().unwrap())
-            .and_then(|g| g["parent"].as_u64())
-        {
-            chain.push(p);
-        }
-        chain
-    };
     let prune = shm_restore(d, &["prune", "state", "--keep", "1"]);
     assert_ok(&prune);
-    let removed = 4 - 1 - chain.len();
+    let lines: Vec<&str> = prune.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", prune.show());
+    for (line, n) in lines.iter().zip([2, 1]) {
+        let shown = line
+            .strip_prefix(&format!("removed generation {n} ("))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("not the removal of {n}: {line:?}\n{}", prune.show()));
+        assert!(
+            shows_size(shown, sizes[n - 1]),
+            "generation {n} is {} bytes, not {shown}",
+            sizes[n - 1]
+        );
+    }
+    let freed = lines[2]
+        .strip_prefix("removed 2 generations, freed ")
+        .and_then(|rest| rest.strip_suffix("; 2 left, newest verified: 3"))
+        .unwrap_or_else(|| panic!("{}", prune.show()));
     assert!(
-        prune
-            .stdout
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with(&format!("removed {removed} generations, freed "))
-            && prune.stdout.contains("newest verified: 3"),
-        "{}",
-        prune.show()
+        shows_size(freed, sizes[0] + sizes[1]),
+        "{} bytes removed, {freed} freed",
+        sizes[0] + sizes[1]
     );
-    let left = generation_files(&d.join("state"));
-    assert_eq!(left.len(), 1 + chain.len(), "{}", prune.show());
-    assert!(left.contains(&files[2]) && left.contains(&files[3]));
-    // What is left still restores generation 3 (units 0..=2).
+    assert_eq!(generation_files(&d.join("state")), files[2..]);
+    // What is left still restores generation 3.
     let units = shm_restore(d, &["inspect", "state", "--units"]);
     assert_ok(&units);
     assert!(units.stdout.starts_with("generation 3, "), "{}", units.show());
-    assert!(units.stdout.contains(&hex("unit-2")), "{}", units.show());
+    assert!(units.stdout.contains(&hex("unit-0")), "{}", units.show());
+}
+
+/// Adds to the store in `dir` a base holding generation `from`'s image and
+/// a meta blob of 64 zero bytes: it verifies, but no supervisor restores it.
+/// Returns its number.
+fn add_unrestorable_base(dir: &Path, from: u64) -> u64 {
+    let options = StoreOptions {
+        keep: usize::MAX,
+        fsync: false,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open(dir, options).unwrap();
+    let image = store.load_generation(from).unwrap().image;
+    let meta = [0u8; 64];
+    assert!(snapshot::restorable(&image, &meta).is_err());
+    let mut tx = store.begin(image.len() as u64).unwrap();
+    assert!(tx.is_base());
+    tx.put_chunks(0, &image).unwrap();
+    tx.commit(&meta).unwrap().number
+}
+
+/// Gens 1 (base) and 2 (delta) from real runs, and 3, a base that verifies
+/// but that no supervisor restores.
+fn store_with_an_unrestorable_newest(d: &Path) {
+    run_once(d, "state", "2");
+    run_once(d, "state", "1");
+    assert_eq!(add_unrestorable_base(&d.join("state"), 2), 3);
+}
+
+#[test]
+fn prune_keeps_the_newest_generation_a_supervisor_restores_not_one_it_refuses() {
+    let dir = workdir();
+    let d = dir.path();
+    store_with_an_unrestorable_newest(d);
+    let prune = shm_restore(d, &["prune", "state", "--keep", "1"]);
+    assert_ok(&prune);
+    assert!(
+        prune
+            .stdout
+            .starts_with("removed 0 generations, freed 0 B; 3 left, newest verified: 2"),
+        "{}",
+        prune.show()
+    );
+    assert_eq!(generation_files(&d.join("state")).len(), 3);
+    // The next supervisor skips 3 and restores 2.
+    let mut run = Proc::supervise(d, "state", &at_exit_only(), &[CHILD]);
+    assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
+    let recovered: Vec<String> = run
+        .lines(Stream::Out)
+        .iter()
+        .filter_map(|l| {
+            l.strip_prefix("recovered ")
+                .map(|r| r.split_once(' ').unwrap().1.to_owned())
+        })
+        .collect();
+    assert_eq!(recovered, ["unit-0", "unit-1", "unit-2"], "{}", run.transcript());
+}
+
+#[test]
+fn verify_inspect_and_export_judge_generations_as_the_supervisor_does() {
+    let dir = workdir();
+    let d = dir.path();
+    store_with_an_unrestorable_newest(d);
+
+    let verify = shm_restore(d, &["verify", "state"]);
+    assert_fails_with(
+        &verify,
+        "1 of 3 generations in state cannot be restored; newest verified: 2",
+    );
+    let lines: Vec<&str> = verify.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", verify.show());
+    assert!(
+        lines[0].starts_with("shm-restore: generation 3 verifies but cannot be restored: "),
+        "{}",
+        verify.show()
+    );
+
+    let inspect = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(inspect["newest_verified"], 2);
+    let newest = &inspect["generations"][0];
+    assert_eq!(newest["number"], 3);
+    assert_eq!(newest["status"], "unrestorable");
+    assert!(
+        newest["problem"]
+            .as_str()
+            .unwrap()
+            .starts_with("verifies but cannot be restored: "),
+        "{inspect}"
+    );
+    assert_eq!(inspect["generations"][1]["status"], "ok");
+    let table = shm_restore(d, &["inspect", "state"]);
+    assert_ok(&table);
+    assert!(
+        table.stdout.lines().nth(1).unwrap().ends_with("unrestorable"),
+        "{}",
+        table.show()
+    );
+
+    let units = shm_restore(d, &["inspect", "state", "--units"]);
+    assert_ok(&units);
+    assert!(units.stdout.starts_with("generation 2, "), "{}", units.show());
+    let export = shm_restore(d, &["export", "state", "-o", "image"]);
+    assert_ok(&export);
+    assert!(
+        export.stdout.starts_with("exported generation 2 "),
+        "{}",
+        export.show()
+    );
+    assert_eq!(
+        recovered_from_image(&d.join("image")),
+        ["unit-0", "unit-1", "unit-2"]
+    );
+}
+
+#[test]
+fn inspect_shows_a_creation_time_past_year_9999_as_milliseconds() {
+    let dir = workdir();
+    let d = dir.path();
+    run_once(d, "state", "1");
+    let file = &generation_files(&d.join("state"))[0];
+    // A header whose hash agrees with a creation time RFC 3339 cannot
+    // write.
+    let mut bytes = std::fs::read(file).unwrap();
+    let mut h = Header::decode(bytes[..header::LEN].try_into().unwrap()).unwrap();
+    h.created_ms = u64::MAX;
+    bytes[..header::LEN].copy_from_slice(&h.encode());
+    std::fs::write(file, bytes).unwrap();
+    let shown = format!("{} ms after the epoch", u64::MAX);
+    let table = shm_restore(d, &["inspect", "state"]);
+    assert_ok(&table);
+    assert!(table.stdout.contains(&shown), "{}", table.show());
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(doc["generations"][0]["created"], shown.as_str());
+    let units = shm_restore(d, &["inspect", "state", "--units", "--generation", "1"]);
+    assert!(units.code == Some(0) || units.code == Some(1), "{}", units.show());
+    assert!(!units.stderr.contains("panicked"), "{}", units.show());
 }
 
 #[test]

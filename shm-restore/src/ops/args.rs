@@ -41,13 +41,13 @@ pub struct Cli {
 pub enum Op {
     /// List a store's generations, newest first (read-only; safe while a supervisor runs).
     Inspect(Inspect),
-    /// Check every generation against its BLAKE3 hashes; exit 1 naming each damaged one.
+    /// Check every generation against its BLAKE3 hashes and that it restores; exit 1 naming each that fails.
     Verify(Verify),
     /// Write a generation as a raw region image (the bytes a restore puts in the region).
     Export(Export),
     /// Add a raw region image to a store as a new generation (a base).
     Import(Import),
-    /// Remove old generations and what only they need; never the newest verified one.
+    /// Remove old generations and what only they need; never the newest one a supervisor restores.
     Prune(Prune),
     /// Live view of the supervisor running on a store, refreshed every second.
     Watch(Watch),
@@ -72,7 +72,7 @@ pub struct Inspect {
     /// List a generation's units: sequence number, length, first persisted, first bytes in hex.
     #[arg(long)]
     pub units: bool,
-    /// The generation --units lists. [default: the newest that verifies]
+    /// The generation --units lists. [default: the newest a supervisor would restore]
     #[arg(long, value_name = "N", requires = "units")]
     pub generation: Option<u64>,
     /// Same as `shm-restore watch DIR`.
@@ -94,7 +94,7 @@ pub struct Export {
     /// The store directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// The generation to export. [default: the newest that verifies]
+    /// The generation to export. [default: the newest a supervisor would restore]
     #[arg(long, value_name = "N")]
     pub generation: Option<u64>,
     /// The image file to write (region-sized; refused if it exists unless --force).
@@ -122,7 +122,7 @@ pub struct Prune {
     /// The store directory.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// Generations to keep (the newest N, plus the newest verified one and what their chains need).
+    /// Generations to keep (the newest N, plus the newest one a supervisor restores and what their chains need).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 }

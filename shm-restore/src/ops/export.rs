@@ -12,6 +12,7 @@ use rustix::fs::{CWD, RenameFlags, renameat_with};
 use shm_snapshot::snapshot;
 
 use super::args::Export;
+use super::load;
 use super::show::human;
 use super::store::open_read_only;
 
@@ -22,10 +23,10 @@ pub fn run(a: &Export) -> Result<ExitCode> {
     }
     let mut store = open_read_only(&a.dir)?;
     let loaded = match a.generation {
-        Some(n) => store
-            .load_generation(n)
-            .with_context(|| format!("cannot export generation {n}"))?,
-        None => match store.load_newest() {
+        Some(n) => {
+            load::generation(&mut store, n).with_context(|| format!("cannot export generation {n}"))?
+        }
+        None => match load::newest(&mut store) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => bail!("{} holds no generation to export", a.dir.display()),
             Err(e) => return Err(e).context("cannot export"),

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use shm_snapshot::layout::{Geometry, UnitRef};
 use shm_snapshot::snapshot::{self, Meta};
-use shm_snapshot::store::{Checked, Condition, GenerationKind, Store};
+use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store};
 
 use super::args::Inspect;
+use super::load::{self, TRIES, newest_restorable};
 use super::show::{self, human};
 use super::store::open_read_only;
 
@@ -62,20 +63,17 @@ struct UnitsJson {
 /// The status word of a generation, and what is wrong with it.
 pub fn status(c: &Checked) -> (&'static str, Option<String>) {
     match &c.condition {
-        Condition::Intact => ("ok", None),
+        Condition::Intact => match load::restorable(c) {
+            Ok(()) => ("ok", None),
+            Err(why) => (
+                "unrestorable",
+                Some(format!("verifies but cannot be restored: {why}")),
+            ),
+        },
         Condition::Damaged(e) => ("damaged", Some(e.to_string())),
         Condition::BrokenChain(e) => ("broken-chain", Some(e.to_string())),
         Condition::Vanished => ("pruned", Some("removed while being read (pruned)".to_owned())),
     }
-}
-
-/// The newest generation that can be restored.
-pub fn newest_intact(checked: &[Checked]) -> Option<u64> {
-    checked
-        .iter()
-        .rev()
-        .find(|c| c.condition.is_intact())
-        .map(|c| c.number)
 }
 
 fn units_of(c: &Checked) -> Option<Meta> {
@@ -87,7 +85,7 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
     let checked = store.check_all()?;
     if a.units {
-        return units(a, &mut store, &checked);
+        return units(a, &mut store, checked);
     }
     let rows: Vec<GenerationJson> = checked
         .iter()
@@ -115,7 +113,7 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
             }
         })
         .collect();
-    let newest_verified = newest_intact(&checked);
+    let newest_verified = newest_restorable(&checked);
     if a.json {
         let doc = StoreJson {
             store: a.dir.display().to_string(),
@@ -180,18 +178,15 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
 }
 
 /// `inspect --units`: the units of one generation.
-fn units(a: &Inspect, store: &mut Store, checked: &[Checked]) -> Result<ExitCode> {
-    let number = match a.generation {
-        Some(n) => n,
-        None => match newest_intact(checked) {
-            Some(n) => n,
-            None if checked.is_empty() => bail!("{} holds no generations", a.dir.display()),
-            None => bail!("no generation in {} verifies", a.dir.display()),
-        },
+fn units(a: &Inspect, store: &mut Store, checked: Vec<Checked>) -> Result<ExitCode> {
+    let (number, loaded, checked) = match a.generation {
+        Some(n) => {
+            let loaded =
+                load::generation(store, n).with_context(|| format!("generation {n} cannot be read"))?;
+            (n, loaded, checked)
+        }
+        None => newest_with_units(a, store, checked)?,
     };
-    let loaded = store
-        .load_generation(number)
-        .with_context(|| format!("generation {number} cannot be read"))?;
     let g = snapshot::image_geometry(&loaded.image)
         .with_context(|| format!("generation {number} does not hold a region"))?;
     let meta = Meta::decode(&loaded.meta, &g)
@@ -274,6 +269,38 @@ fn units(a: &Inspect, store: &mut Store, checked: &[Checked]) -> Result<ExitCode
         )
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The newest generation a supervisor would restore, loaded, with the check
+/// it was picked from. On a store a running supervisor prunes, the pick can
+/// be gone before it is read: then the store is checked again and the
+/// newest picked again, [`load::TRIES`] times at most.
+fn newest_with_units(
+    a: &Inspect,
+    store: &mut Store,
+    mut checked: Vec<Checked>,
+) -> Result<(u64, Loaded, Vec<Checked>)> {
+    let mut attempt = 1;
+    loop {
+        let number = match newest_restorable(&checked) {
+            Some(n) => n,
+            None if checked.is_empty() => bail!("{} holds no generations", a.dir.display()),
+            None => bail!(
+                "no generation in {} verifies and can be restored",
+                a.dir.display()
+            ),
+        };
+        match store.load_generation(number) {
+            Ok(loaded) => return Ok((number, loaded, checked)),
+            Err(e) if attempt == TRIES || store.vanished_since_scan().is_empty() => {
+                return Err(e).with_context(|| format!("generation {number} cannot be read"));
+            }
+            Err(_) => {
+                attempt += 1;
+                checked = store.check_all()?;
+            }
+        }
+    }
 }
 
 /// The first [`HEAD_BYTES`] of a unit's bytes in a region image. The unit

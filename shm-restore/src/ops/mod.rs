@@ -8,6 +8,7 @@ mod cleanup;
 mod export;
 mod import;
 mod inspect;
+mod load;
 mod prune;
 mod show;
 mod store;

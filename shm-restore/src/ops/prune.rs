@@ -1,10 +1,11 @@
 //! `shm-restore prune DIR --keep N`: old generations go, and what only
-//! they need; the newest verified generation and its chain stay whatever N
-//! says. Takes the store's lock.
+//! they need; the newest generation a supervisor would restore (it
+//! verifies and holds a usable region) and its chain stay whatever N says. Takes the store's lock.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use shm_snapshot::snapshot;
 use shm_snapshot::store::StoreOptions;
 
 use super::args::Prune;
@@ -23,8 +24,10 @@ pub fn run(a: &Prune) -> Result<ExitCode> {
     for temp in store.removed_temp_files() {
         println!("removed stale temporary file {}", temp.display());
     }
+    // Kept whatever --keep says: the generation a supervisor would restore,
+    // judged as it judges.
     let pruned = store
-        .prune_to(keep)
+        .prune_to_with(keep, snapshot::restorable)
         .with_context(|| format!("cannot prune {} (nothing was removed)", a.dir.display()))?;
     for r in &pruned.removed {
         println!("removed generation {} ({})", r.number, human(r.bytes));

@@ -8,21 +8,31 @@ use anyhow::Result;
 use shm_snapshot::store::Condition;
 
 use super::args::Verify;
-use super::inspect::newest_intact;
+use super::load::{self, newest_restorable};
 use super::show::{count, human};
 use super::store::open_read_only;
 
-/// Runs `verify`: exit 0 when every generation verifies, 1 naming each
-/// damaged one (one line each on stderr) with the summary last.
+/// Runs `verify`: exit 0 when every generation verifies and can be
+/// restored, 1 naming each damaged one and each that verifies but a
+/// supervisor would not restore (one line each on stderr) with the summary
+/// last.
 pub fn run(a: &Verify) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
     let checked = store.check_all()?;
     let dir = a.dir.display();
     let mut damaged = 0;
+    let mut unrestorable = 0;
     let mut pruned = 0;
     let (mut bases, mut deltas, mut bytes) = (0, 0, 0);
     for c in &checked {
         match &c.condition {
+            Condition::Intact if let Err(why) = load::restorable(c) => {
+                unrestorable += 1;
+                eprintln!(
+                    "shm-restore: generation {} verifies but cannot be restored: {why}",
+                    c.number
+                );
+            }
             Condition::Intact => {
                 bytes += c.bytes;
                 match c.info.as_ref().is_some_and(|i| i.is_base()) {
@@ -41,7 +51,7 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
             Condition::Vanished => pruned += 1,
         }
     }
-    let newest = newest_intact(&checked).map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let newest = newest_restorable(&checked).map_or_else(|| "none".to_owned(), |n| n.to_string());
     let pruned = match pruned {
         0 => String::new(),
         n => format!("; {n} pruned by the running supervisor while being read"),
@@ -51,10 +61,13 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
             .iter()
             .filter(|c| matches!(c.condition, Condition::Vanished))
             .count();
-    if damaged > 0 {
-        eprintln!(
-            "shm-restore: {damaged} of {present} generations in {dir} are damaged; newest verified: {newest}{pruned}"
-        );
+    if damaged + unrestorable > 0 {
+        let what = match (damaged, unrestorable) {
+            (d, 0) => format!("{d} of {present} generations in {dir} are damaged"),
+            (0, u) => format!("{u} of {present} generations in {dir} cannot be restored"),
+            (d, u) => format!("{d} of {present} generations in {dir} are damaged, {u} cannot be restored"),
+        };
+        eprintln!("shm-restore: {what}; newest verified: {newest}{pruned}");
         return Ok(ExitCode::from(1));
     }
     if present == 0 {

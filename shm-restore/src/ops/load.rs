@@ -1,0 +1,68 @@
+//! Loading a generation for a read-only subcommand, on a store a running
+//! supervisor may be pruning meanwhile: a load that failed because files it
+//! listed vanished is repeated on a fresh listing, and the generation a
+//! subcommand picks by default is the one a supervisor would restore.
+
+use anyhow::{Result, bail};
+use shm_snapshot::snapshot;
+use shm_snapshot::store::{Checked, Loaded, Store};
+
+/// Loads tried before a failure is reported while generations keep
+/// vanishing. A supervisor committing continuously prunes hundreds of
+/// generations a second, so a listing can be stale before its newest
+/// generation is opened; one that opens it is enough, since an open file
+/// stays readable once unlinked. Ten misses in a row mean something other
+/// than bad luck.
+pub const TRIES: usize = 10;
+
+/// Whether a supervisor would restore generation `c`, as far as `check_all`
+/// saw it: it is intact, and its region's header and its meta pass
+/// [`snapshot::restorable`]. `Err` says why not.
+pub fn restorable(c: &Checked) -> Result<(), String> {
+    let (Some(info), Some(first), Some(meta)) = (&c.info, &c.first_page, &c.meta) else {
+        return Err("it does not verify".to_owned());
+    };
+    snapshot::restorable_head(info.region_len, first, meta)
+}
+
+/// The newest generation a supervisor would restore.
+pub fn newest_restorable(checked: &[Checked]) -> Option<u64> {
+    checked
+        .iter()
+        .rev()
+        .find(|c| c.condition.is_intact() && restorable(c).is_ok())
+        .map(|c| c.number)
+}
+
+/// Loads the newest generation a supervisor would restore, `None` when the
+/// store holds none.
+pub fn newest(store: &mut Store) -> Result<Option<Loaded>> {
+    let mut attempt = 1;
+    loop {
+        match store.load_newest_with(snapshot::restorable) {
+            Ok(loaded) => return Ok(loaded),
+            Err(_) if attempt < TRIES && !store.vanished_since_scan().is_empty() => attempt += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Loads generation `number`; if a running supervisor pruned it, says so.
+pub fn generation(store: &mut Store, number: u64) -> Result<Loaded> {
+    let mut attempt = 1;
+    loop {
+        let failed = match store.load_generation(number) {
+            Ok(loaded) => return Ok(loaded),
+            Err(e) => e,
+        };
+        let gone = store.vanished_since_scan();
+        if gone.contains(&number) {
+            bail!("generation {number} was pruned by the running supervisor");
+        }
+        // A member of its chain vanished: the supervisor is pruning it.
+        if gone.is_empty() || attempt == TRIES {
+            return Err(failed.into());
+        }
+        attempt += 1;
+    }
+}
