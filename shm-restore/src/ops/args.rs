@@ -51,8 +51,8 @@ pub enum Op {
     Prune(Prune),
     /// Live view of the supervisor running on a store, refreshed every second.
     Watch(Watch),
-    /// Remove what a dead supervisor left in a store: temporary files, its status, its lock,
-    /// its program's processes.
+    /// Remove what a dead supervisor left in a store: temporary files, its status, the pid in
+    /// its lock file, its program's processes.
     Cleanup(Cleanup),
 }
 

@@ -1,10 +1,11 @@
 //! `shm-restore cleanup DIR`: removes what a dead supervisor left in its
 //! store: temporary files, its status file, the processes its program
-//! started, and its lock file. Refuses while a supervisor holds the store.
+//! started, and the pid its lock file records (the file itself stays).
+//! Refuses while a supervisor holds the store.
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use shm_snapshot::store::{LOCK_FILE, StoreOptions};
 
 use super::args::Cleanup;
@@ -58,11 +59,23 @@ pub fn run(a: &Cleanup) -> Result<ExitCode> {
         }
         removed += 1;
     }
-    // Removed while we hold it: a supervisor starting now makes a new one.
-    // One that taking the lock created is no leftover.
-    if std::fs::remove_file(&lock_path).is_ok() && had_lock {
-        let owner = last_owner.map_or_else(String::new, |pid| format!(" (last held by pid {pid})"));
-        println!("removed stale lock {}{owner}", lock_path.display());
+    // The lock file stays: removing it would let a supervisor that opened
+    // it before the removal and locks it after hold a lock on a file no
+    // longer in the directory while a second one creates a new file and
+    // locks that too. Only the pid recorded in it goes (taking the lock
+    // wrote ours), truncated while we hold the lock.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .and_then(|f| f.set_len(0))
+    {
+        bail!("cannot clear the pid recorded in {}: {e}", lock_path.display());
+    }
+    if let (true, Some(pid)) = (had_lock, last_owner) {
+        println!(
+            "cleared stale lock {} (last held by pid {pid}; the file stays)",
+            lock_path.display()
+        );
         removed += 1;
     }
     drop(store);
