@@ -26,7 +26,7 @@
 //! `WATCHDOG_*` are removed from its environment, so the program never sees
 //! them (it gets its own `LISTEN_*`).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
@@ -94,7 +94,8 @@ struct State {
 impl Systemd {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID` and
     /// `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, takes the descriptors
-    /// passed, and removes all seven variables from the environment.
+    /// passed (only when `LISTEN_PID` is our pid), and removes all seven
+    /// variables from the environment.
     ///
     /// # Safety
     ///
@@ -124,19 +125,29 @@ impl Systemd {
                 None
             }
         });
-        let ours = |pid: Option<OsString>| {
-            pid.is_none_or(|p| p.to_str().and_then(|p| p.parse().ok()) == Some(std::process::id()))
-        };
+        let names_us = |pid: &OsStr| pid.to_str().and_then(|p| p.parse().ok()) == Some(std::process::id());
+        // sd_watchdog_enabled(3): an unset WATCHDOG_PID means any process.
         let watchdog = watchdog_usec
             .and_then(|usec| usec.to_str()?.parse::<u64>().ok())
-            .filter(|usec| *usec > 0 && ours(watchdog_pid))
+            .filter(|usec| *usec > 0 && watchdog_pid.as_deref().is_none_or(names_us))
             .map(Duration::from_micros);
+        // sd_listen_fds(3): descriptors are ours only when LISTEN_PID names
+        // us. systemd always sets it; without it the variables were meant
+        // for another process (one that exec'd this one keeps its pid, so
+        // only an exact match tells), and its descriptors 3.. are left
+        // alone, neither taken nor closed.
         let (listen_pid, listen_fds, listen_fdnames) = listen;
-        let inherited = if ours(listen_pid) {
-            listen_fds.and_then(|n| take_listen_fds(&n, listen_fdnames.as_deref()))
-        } else {
-            debug!("LISTEN_PID names another process: its descriptors are not taken");
-            None
+        let inherited = match (listen_fds, listen_pid) {
+            (None, _) => None,
+            (Some(n), Some(pid)) if names_us(&pid) => take_listen_fds(&n, listen_fdnames.as_deref()),
+            (Some(_), Some(_)) => {
+                debug!("LISTEN_PID names another process: its descriptors are not taken");
+                None
+            }
+            (Some(_), None) => {
+                debug!("LISTEN_FDS without LISTEN_PID: the descriptors are not taken");
+                None
+            }
         };
         Systemd {
             ping_every: watchdog.filter(|_| notifier.is_some()).map(|w| w / 2),

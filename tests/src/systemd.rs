@@ -171,7 +171,32 @@ pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&P
     command
         .arg("-c")
         .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
-        .arg(bin("shm-restore"))
+        .arg(bin("shm-restore"));
+    handed_over(command, dir, region, notify, args)
+}
+
+/// [`supervise_with_stored_region`] without `LISTEN_PID`: `LISTEN_FDS=1`
+/// and `LISTEN_FDNAMES` name a descriptor at fd 3 that is not addressed to
+/// the supervisor.
+pub fn supervise_with_unaddressed_region(
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Proc {
+    let mut command = Command::new(bin("shm-restore"));
+    command.env_remove("LISTEN_PID");
+    handed_over(command, dir, region, notify, args)
+}
+
+fn handed_over(
+    mut command: Command,
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Proc {
+    command
         .args(args)
         .current_dir(dir)
         .env("LISTEN_FDS", "1")

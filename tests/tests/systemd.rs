@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::process::Command;
 use std::time::Duration;
 
-use shm_snapshot_tests::systemd::{NotifySocket, is_memfd, supervise_with_stored_region};
+use shm_snapshot_tests::systemd::{
+    NotifySocket, is_memfd, supervise_with_stored_region, supervise_with_unaddressed_region,
+};
 use shm_snapshot_tests::{Proc, Stream, bin, send, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
@@ -318,4 +320,50 @@ fn region_older_than_the_store_is_not_taken_back() {
         "older than the store",
         units(0..7),
     );
+}
+
+#[test]
+fn descriptors_without_listen_pid_are_not_taken() {
+    // systemd always sets LISTEN_PID; LISTEN_FDS without it was meant for
+    // some other process, and the region at fd 3 is not the supervisor's.
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut sup = supervise_with_unaddressed_region(
+        dir.path(),
+        &region,
+        Some(notify.path()),
+        &[
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--",
+            CHILD,
+            "--then",
+            "sleep",
+        ],
+    );
+    sup.expect_out("ready");
+    assert_eq!(
+        recovered(&sup),
+        units(0..3),
+        "the disk's units: {}",
+        sup.transcript()
+    );
+    assert!(
+        !sup.lines(Stream::Err).iter().any(|l| l.contains("fd store")),
+        "{}",
+        sup.transcript()
+    );
+    let stored = File::from(stored_region(&mut notify));
+    let inode = |f: &File| f.metadata().expect("fstat").ino();
+    assert_ne!(inode(&stored), inode(&region), "a fresh region is stored");
+    assert_eq!(
+        notify.seen.iter().filter(|n| n.has("FDSTOREREMOVE=1")).count(),
+        0,
+        "nothing was taken from the store, so nothing is removed"
+    );
+    sup.signal(libc::SIGTERM);
+    sup.wait();
 }
