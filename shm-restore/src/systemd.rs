@@ -94,7 +94,7 @@ struct State {
 impl Systemd {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID` and
     /// `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, takes the descriptors
-    /// passed (only when `LISTEN_PID` is our pid), and removes all seven
+    /// passed (only when `LISTEN_PID` is our pid), and removes all six
     /// variables from the environment.
     ///
     /// # Safety
