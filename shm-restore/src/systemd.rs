@@ -118,13 +118,6 @@ impl Systemd {
             // reads the environment concurrently.
             unsafe { std::env::remove_var(name) };
         }
-        let notifier = notify_socket.and_then(|addr| match Notifier::connect(&addr) {
-            Ok(notifier) => Some(Arc::new(notifier)),
-            Err(e) => {
-                warn!(socket = %addr.to_string_lossy(), "cannot reach the service manager's notify socket ({e}); not notifying it");
-                None
-            }
-        });
         let names_us = |pid: &OsStr| pid.to_str().and_then(|p| p.parse().ok()) == Some(std::process::id());
         // sd_watchdog_enabled(3): an unset WATCHDOG_PID means any process.
         let watchdog = watchdog_usec
@@ -149,6 +142,16 @@ impl Systemd {
                 None
             }
         };
+        // Only now: a socket opened before the descriptors are taken could
+        // land on a number LISTEN_FDS announces but that was not open, and
+        // be taken (and closed) as one of them.
+        let notifier = notify_socket.and_then(|addr| match Notifier::connect(&addr) {
+            Ok(notifier) => Some(Arc::new(notifier)),
+            Err(e) => {
+                warn!(socket = %addr.to_string_lossy(), "cannot reach the service manager's notify socket ({e}); not notifying it");
+                None
+            }
+        });
         Systemd {
             ping_every: watchdog.filter(|_| notifier.is_some()).map(|w| w / 2),
             notifier,
@@ -275,17 +278,17 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
     let mut region = None;
     for index in 0..count {
         let raw = LISTEN_FDS_START + index as RawFd;
-        // SAFETY: the descriptor is only looked at; fcntl on a closed one fails.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        if rustix::io::fcntl_getfd(fd).is_err() {
+        // SAFETY: F_GETFD takes a plain integer and reads no memory of
+        // ours; on a descriptor that is not open it fails with EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
             warn!(fd = raw, "a descriptor LISTEN_FDS announces is not open");
             continue;
         }
-        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
         // SAFETY: the LISTEN_FDS convention hands descriptors 3.. to this
         // process, it is open (checked above), and nothing else in the
         // supervisor has taken it: this runs before anything opens a file.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
         if Some(index as usize) == wanted {
             region = Some(File::from(owned));
         }

@@ -167,12 +167,7 @@ pub fn is_memfd(fd: &OwnedFd) -> bool {
 /// own pid (by a shell that then execs it); `NOTIFY_SOCKET` when `notify`
 /// is given.
 pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&Path>, args: &[&str]) -> Proc {
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
-        .arg(bin("shm-restore"));
-    handed_over(command, dir, region, notify, args)
+    Proc::spawn(handed_over(addressed(), dir, region, notify, args))
 }
 
 /// [`supervise_with_stored_region`] without `LISTEN_PID`: `LISTEN_FDS=1`
@@ -186,16 +181,53 @@ pub fn supervise_with_unaddressed_region(
 ) -> Proc {
     let mut command = Command::new(bin("shm-restore"));
     command.env_remove("LISTEN_PID");
-    handed_over(command, dir, region, notify, args)
+    Proc::spawn(handed_over(command, dir, region, notify, args))
 }
 
+/// [`supervise_with_stored_region`] where `LISTEN_FDS=2` announces a
+/// second descriptor, fd 4 (named `gone`), that is not open.
+pub fn supervise_with_stored_region_and_a_closed_fd(
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut command = handed_over(addressed(), dir, region, notify, args);
+    command
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", format!("{}:gone", shm_snapshot::FD_NAME));
+    // SAFETY: close is async-signal-safe and touches only the child's
+    // descriptor table; it runs after the region is moved to fd 3.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close(4);
+            Ok(())
+        });
+    }
+    Proc::spawn(command)
+}
+
+/// The supervisor, started by a shell that sets `LISTEN_PID` to its own
+/// pid and execs it, so the pid stays.
+fn addressed() -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
+        .arg(bin("shm-restore"));
+    command
+}
+
+/// `command` with `region` at fd 3 announced by `LISTEN_FDS=1` and
+/// `LISTEN_FDNAMES`, and `NOTIFY_SOCKET` when `notify` is given.
 fn handed_over(
     mut command: Command,
     dir: &Path,
     region: &File,
     notify: Option<&Path>,
     args: &[&str],
-) -> Proc {
+) -> Command {
     command
         .args(args)
         .current_dir(dir)
@@ -206,5 +238,5 @@ fn handed_over(
         command.env("NOTIFY_SOCKET", notify);
     }
     crate::region_at_fd_3(&mut command, region);
-    Proc::spawn(command)
+    command
 }

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use shm_snapshot_tests::systemd::{
-    NotifySocket, is_memfd, supervise_with_stored_region, supervise_with_unaddressed_region,
+    NotifySocket, is_memfd, supervise_with_stored_region, supervise_with_stored_region_and_a_closed_fd,
+    supervise_with_unaddressed_region,
 };
 use shm_snapshot_tests::{Proc, Stream, bin, send, wait_gone, workdir};
 
@@ -366,4 +367,37 @@ fn descriptors_without_listen_pid_are_not_taken() {
     );
     sup.signal(libc::SIGTERM);
     sup.wait();
+}
+
+#[test]
+fn an_announced_descriptor_that_is_not_open_is_skipped() {
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
+    let mut notify = NotifySocket::bind(dir.path());
+    let mut sup = supervise_with_stored_region_and_a_closed_fd(
+        dir.path(),
+        &region,
+        Some(notify.path()),
+        &[
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--",
+            CHILD,
+            "--then",
+            "sleep",
+        ],
+    );
+    let warning = sup.expect_err("is not open");
+    assert!(warning.contains("fd=4"), "{warning}");
+    sup.expect_err("region taken back from the fd store");
+    sup.expect_out("ready");
+    assert_eq!(recovered(&sup), units(0..6), "{}", sup.transcript());
+    let stored = File::from(stored_region(&mut notify));
+    let inode = |f: &File| f.metadata().expect("fstat").ino();
+    assert_eq!(inode(&stored), inode(&region));
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", sup.transcript());
 }
