@@ -240,3 +240,24 @@ fn handed_over(
     crate::region_at_fd_3(&mut command, region);
     command
 }
+
+/// A new memfd holding a copy of `region`'s bytes, sealed with `seals`
+/// (`F_SEAL_*` bits), as a stand-in for a region some other process put
+/// into the file descriptor store.
+pub fn resealed_copy(region: &File, seals: libc::c_int) -> File {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
+    let len = region.metadata().expect("fstat").len();
+    let mut bytes = vec![0u8; len as usize];
+    region.read_exact_at(&mut bytes, 0).expect("reading the region");
+    // SAFETY: the name is a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::memfd_create(c"resealed".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+    let copy = unsafe { File::from_raw_fd(fd) };
+    copy.write_all_at(&bytes, 0).expect("copying the region");
+    // SAFETY: F_ADD_SEALS takes an integer and reads no memory of ours.
+    let sealed = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(sealed, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    copy
+}

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use shm_snapshot_tests::systemd::{
-    NotifySocket, is_memfd, supervise_with_stored_region, supervise_with_stored_region_and_a_closed_fd,
-    supervise_with_unaddressed_region,
+    NotifySocket, is_memfd, resealed_copy, supervise_with_stored_region,
+    supervise_with_stored_region_and_a_closed_fd, supervise_with_unaddressed_region,
 };
 use shm_snapshot_tests::{Proc, Stream, bin, send, wait_gone, workdir};
 
@@ -230,13 +230,12 @@ fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
 /// place, and starts the program on the newest generation on disk, whose
 /// units are `expected`.
 fn refused_region_falls_back_to_disk(
-    spoil: impl FnOnce(&std::path::Path, &File),
+    spoil: impl FnOnce(&std::path::Path, File) -> File,
     why: &str,
     expected: Vec<String>,
 ) {
     let dir = workdir();
-    let region = memory_ahead_of_disk(dir.path());
-    spoil(dir.path(), &region);
+    let region = spoil(dir.path(), memory_ahead_of_disk(dir.path()));
     std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region(
@@ -280,7 +279,8 @@ fn region_with_a_scribbled_header_is_not_taken_back() {
         |_, region| {
             region
                 .write_all_at(b"scribble", 0)
-                .expect("scribbling over the magic")
+                .expect("scribbling over the magic");
+            region
         },
         "header does not verify",
         units(0..3),
@@ -296,7 +296,8 @@ fn region_with_a_corrupt_slot_is_not_taken_back() {
         |_, region| {
             region
                 .write_all_at(&3u64.to_le_bytes(), slot_7)
-                .expect("scribbling a tag")
+                .expect("scribbling a tag");
+            region
         },
         "1 corrupt slots",
         units(0..3),
@@ -306,7 +307,7 @@ fn region_with_a_corrupt_slot_is_not_taken_back() {
 #[test]
 fn region_older_than_the_store_is_not_taken_back() {
     refused_region_falls_back_to_disk(
-        |dir, _| {
+        |dir, region| {
             // Another supervisor on the store moves it past the region.
             let mut sup = Proc::supervise(
                 dir,
@@ -317,9 +318,32 @@ fn region_older_than_the_store_is_not_taken_back() {
             sup.expect_out("done");
             sup.signal(libc::SIGTERM);
             sup.wait();
+            region
         },
         "older than the store",
         units(0..7),
+    );
+}
+
+#[test]
+fn region_sealed_against_writes_is_not_taken_back() {
+    // The unit table could not be rewritten, nor the program map it
+    // writable; nothing is persisted from it either.
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    refused_region_falls_back_to_disk(
+        |_, region| resealed_copy(&region, seals),
+        "sealed against writes",
+        units(0..3),
+    );
+}
+
+#[test]
+fn region_open_to_further_seals_is_not_taken_back() {
+    // Whoever else holds it could seal it against writes at any time.
+    refused_region_falls_back_to_disk(
+        |_, region| resealed_copy(&region, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+        "further seals",
+        units(0..3),
     );
 }
 
