@@ -150,6 +150,64 @@ fn supervisor_notifies_ready_status_watchdog_fdstore_and_stopping() {
 }
 
 #[test]
+fn the_program_sees_none_of_the_supervisors_systemd_variables() {
+    let dir = workdir();
+    let mut notify = NotifySocket::bind(dir.path());
+    // WATCHDOG_PID names the supervisor: a shell sets it to its own pid
+    // and execs the supervisor.
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"WATCHDOG_PID=$$; export WATCHDOG_PID; exec "$0" "$@""#)
+        .arg(bin("shm-restore"))
+        .args([
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--",
+            CHILD,
+            "--list-fds",
+            "--then",
+            "sleep",
+        ])
+        .current_dir(dir.path())
+        .env("NOTIFY_SOCKET", notify.path())
+        .env("WATCHDOG_USEC", "200000");
+    let mut sup = Proc::spawn(command);
+    sup.expect_out("ready");
+    // The supervisor was given all three (its environment at exec)...
+    let given = std::fs::read(format!("/proc/{}/environ", sup.pid())).expect("the supervisor's environ");
+    let given: Vec<String> = given
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for want in [
+        format!("NOTIFY_SOCKET={}", notify.path().display()),
+        "WATCHDOG_USEC=200000".to_owned(),
+        format!("WATCHDOG_PID={}", sup.pid()),
+    ] {
+        assert!(
+            given.contains(&want),
+            "the supervisor was given {want}: {given:?}"
+        );
+    }
+    // ...and used them: it pings the watchdog.
+    notify.expect(|n| n.has("WATCHDOG=1"), "WATCHDOG=1");
+    // The program sees none of them.
+    let out = sup.lines(Stream::Out);
+    for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        let unset = format!("env {name} unset");
+        assert!(
+            out.contains(&unset),
+            "{name} reaches the program:\n{}",
+            sup.transcript()
+        );
+    }
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+}
+
+#[test]
 fn notifications_reach_an_abstract_socket() {
     let dir = workdir();
     let mut notify = NotifySocket::bind_abstract(&format!("shm-restore-test-{}", std::process::id()));
