@@ -40,6 +40,13 @@ fn recovered(proc: &Proc) -> Vec<String> {
     current
 }
 
+/// Waits for the program's `ready`, which may have come already: stdout
+/// and stderr race each other, so it can arrive before a supervisor line
+/// logged earlier that the test waited for.
+fn ready(sup: &mut Proc) {
+    sup.seen_or_expect(Stream::Out, |l| l == "ready", "ready");
+}
+
 fn units(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|k| format!("unit-{k}")).collect()
 }
@@ -174,7 +181,7 @@ fn the_program_sees_none_of_the_supervisors_systemd_variables() {
         .env("NOTIFY_SOCKET", notify.path())
         .env("WATCHDOG_USEC", "200000");
     let mut sup = Proc::spawn(command);
-    sup.expect_out("ready");
+    ready(&mut sup);
     // The supervisor was given all three (its environment at exec)...
     let given = std::fs::read(format!("/proc/{}/environ", sup.pid())).expect("the supervisor's environ");
     let given: Vec<String> = given
@@ -234,9 +241,14 @@ fn memory_ahead_of_disk(dir: &std::path::Path) -> File {
     let region = File::from(stored_region(&mut notify));
     sup.expect_out("done");
     send(first, libc::SIGKILL);
-    sup.expect_err("generation persisted");
     let second = child_pid(&sup.expect_out("pid "));
     sup.expect_out("done");
+    // Logged before the relaunch, but stderr may trail stdout.
+    sup.seen_or_expect(
+        Stream::Err,
+        |l| l.contains("generation persisted"),
+        "generation persisted",
+    );
     assert_eq!(recovered(&sup), units(0..3));
     sup.signal(libc::SIGKILL);
     sup.wait();
@@ -270,7 +282,7 @@ fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
         taken.contains("units=6"),
         "the newer units are persisted: {taken}"
     );
-    sup.expect_out("ready");
+    ready(&mut sup);
     assert_eq!(recovered(&sup), units(0..6), "{}", sup.transcript());
     // The same memfd goes back into the store.
     let stored = File::from(stored_region(&mut notify));
@@ -312,7 +324,7 @@ fn refused_region_falls_back_to_disk(
     );
     let refused = sup.expect_err("is not taken back");
     assert!(refused.contains(why), "{refused}");
-    sup.expect_out("ready");
+    ready(&mut sup);
     assert_eq!(recovered(&sup), expected, "the newest generation on disk");
     assert!(
         !sup.lines(Stream::Err)
@@ -427,7 +439,7 @@ fn descriptors_without_listen_pid_are_not_taken() {
             "sleep",
         ],
     );
-    sup.expect_out("ready");
+    ready(&mut sup);
     assert_eq!(
         recovered(&sup),
         units(0..3),
@@ -474,7 +486,7 @@ fn an_announced_descriptor_that_is_not_open_is_skipped() {
     let warning = sup.expect_err("is not open");
     assert!(warning.contains("fd=4"), "{warning}");
     sup.expect_err("region taken back from the fd store");
-    sup.expect_out("ready");
+    ready(&mut sup);
     assert_eq!(recovered(&sup), units(0..6), "{}", sup.transcript());
     let stored = File::from(stored_region(&mut notify));
     let inode = |f: &File| f.metadata().expect("fstat").ino();
