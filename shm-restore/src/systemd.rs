@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use shm_snapshot::snapshot::{self, Meta, Outcome};
-use shm_snapshot::store::Store;
+use shm_snapshot::store::{Store, StoreError};
 use tracing::{debug, info, warn};
 
-use crate::region::HostRegion;
+use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
 use crate::supervise::restore_at_start;
 
@@ -303,14 +303,20 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
 /// it does not verify, restores the newest generation on disk into a fresh
 /// region. Returns the region and whether the handed-back one was taken.
 ///
-/// Trusted only if: a memfd sealed against resizing, of `--size` bytes;
-/// its header verifies; every valid unit passes the slot checks and the
-/// chain rule (nothing corrupt); at least one unit; and its newest unit is
-/// not older than the newest in the store. Its old program is gone by now
-/// (the recorded group was killed; systemd kills the unit's cgroup), so
-/// every valid unit is consistent. Units newer than the store's are then
-/// persisted as a generation, as after a death, and the region is made to
-/// hold exactly it.
+/// Trusted only if: a memfd sealed as [`HostRegion::create`] seals one, of
+/// `--size` bytes; its header verifies; every valid unit passes the slot
+/// checks and the chain rule (nothing corrupt); at least one unit; and its
+/// newest unit is not older than the newest in the store's newest
+/// generation that restores. Its old program is gone by now (the recorded group was
+/// killed; systemd kills the unit's cgroup), so every valid unit is
+/// consistent. Units newer than the store's are then persisted as a
+/// generation, as after a death, and the region is made to hold exactly it.
+///
+/// The store is read as a normal start reads it: generations that verify
+/// but do not restore are skipped. When generations exist but none
+/// verifies, a region that verifies on its own is taken back (the disk has
+/// nothing usable that it could contradict, and the region is the only
+/// state left); the damaged generations stay in place.
 ///
 /// A region that is not trusted is left alone (whoever else holds it may
 /// still write it) and a fresh one takes its place.
@@ -360,16 +366,36 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
     let Some(newest) = kept.last().map(|u| u.seq()) else {
         return Err(Refused::Region("it holds no committed unit".into()));
     };
-    let stored = newest_stored_unit(&mut shared.store).map_err(Refused::Store)?;
-    if let Some((generation, stored)) = stored
-        && stored > newest
-    {
-        return Err(Refused::Region(format!(
-            "it is older than the store (unit {newest}; generation {generation} has unit {stored})"
-        )));
-    }
+    let stored = match newest_stored(&mut shared.store, size).map_err(Refused::Store)? {
+        Stored::Empty => None,
+        Stored::Damaged { tried } => {
+            warn!(
+                tried,
+                "no generation on disk verifies; the region, which does, is taken back and the damaged generations stay in place"
+            );
+            None
+        }
+        Stored::OtherSize { number, len } => {
+            // The restore that follows stops on it, as a normal start does.
+            return Err(Refused::Region(format!(
+                "generation {number} holds a region of {} but --size is {}",
+                human(len),
+                human(size)
+            )));
+        }
+        Stored::Generation(generation) => {
+            let stored = generation.meta.units.last().map_or(0, |u| u.seq());
+            if stored > newest {
+                return Err(Refused::Region(format!(
+                    "it is older than the store (unit {newest}; generation {} has unit {stored})",
+                    generation.number
+                )));
+            }
+            Some(stored)
+        }
+    };
     shared.snapshotter.forget();
-    if stored.is_some_and(|(_, s)| s == newest) {
+    if stored == Some(newest) {
         info!(
             units = kept.len(),
             "region taken back from the fd store (the store already holds its newest unit)"
@@ -412,16 +438,66 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
     Ok(region)
 }
 
-/// The newest generation and its newest unit, if the store has any.
-fn newest_stored_unit(store: &mut Store) -> Result<Option<(u64, u64)>> {
-    let Some(loaded) = store.load_newest()? else {
-        return Ok(None);
+/// What the store holds, read as a normal start reads it.
+enum Stored {
+    /// No generation at all.
+    Empty,
+    /// Generations, none of which verifies and restores.
+    Damaged { tried: usize },
+    /// The newest generation that verifies holds a region of `len` bytes,
+    /// not `--size`.
+    OtherSize { number: u64, len: u64 },
+    /// The newest generation that verifies and restores.
+    Generation(StoredGeneration),
+}
+
+/// The store's newest generation that verifies and restores, decoded.
+struct StoredGeneration {
+    number: u64,
+    meta: Meta,
+}
+
+/// The store's newest generation that verifies and restores, accepted as
+/// `restore_newest` (supervise.rs) accepts one, so that a generation a
+/// normal start would skip is skipped here too.
+fn newest_stored(store: &mut Store, size: u64) -> Result<Stored> {
+    let loaded = store.load_newest_with(|image, meta| {
+        if image.len() as u64 != size {
+            // Not the generation's fault: --size is refused below.
+            return Ok(());
+        }
+        let g = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
+        Meta::decode(meta, &g).map(drop).map_err(|e| e.to_string())
+    });
+    let loaded = match loaded {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(Stored::Empty),
+        Err(StoreError::NoVerifiedGeneration { tried, .. }) => {
+            for (number, why) in store.last_load_skipped() {
+                warn!(generation = number, "damaged generation: {why}");
+            }
+            return Ok(Stored::Damaged { tried });
+        }
+        Err(e) => return Err(e.into()),
     };
+    for (number, why) in &loaded.skipped {
+        warn!(generation = number, "skipping a damaged generation: {why}");
+    }
+    if loaded.image.len() as u64 != size {
+        return Ok(Stored::OtherSize {
+            number: loaded.number,
+            len: loaded.image.len() as u64,
+        });
+    }
+    // Accepted above, so this decodes; an error is the store's to report.
     let geometry = snapshot::image_geometry(&loaded.image)
         .with_context(|| format!("reading generation {}", loaded.number))?;
     let meta = Meta::decode(&loaded.meta, &geometry)
         .with_context(|| format!("reading generation {}", loaded.number))?;
-    Ok(Some((loaded.number, meta.units.last().map_or(0, |u| u.seq()))))
+    Ok(Stored::Generation(StoredGeneration {
+        number: loaded.number,
+        meta,
+    }))
 }
 
 /// The `STATUS=` text.

@@ -12,7 +12,8 @@ use shm_snapshot_tests::systemd::{
     NotifySocket, is_memfd, resealed_copy, supervise_with_stored_region,
     supervise_with_stored_region_and_a_closed_fd, supervise_with_unaddressed_region,
 };
-use shm_snapshot_tests::{Proc, Stream, bin, send, wait_gone, workdir};
+use shm_snapshot_tests::torture::{flip_byte, open_store};
+use shm_snapshot_tests::{Proc, Stream, bin, generation_files, send, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -230,12 +231,28 @@ fn notifications_reach_an_abstract_socket() {
 /// kills the supervisor with SIGKILL. Returns the region as systemd's
 /// file descriptor store would have kept it.
 fn memory_ahead_of_disk(dir: &std::path::Path) -> File {
+    memory_ahead_of_disk_by(dir, 3)
+}
+
+/// [`memory_ahead_of_disk`] with `commits` units committed by each of the
+/// two programs: the store holds the first program's units (as many as
+/// the unit table keeps), the region the second's too.
+fn memory_ahead_of_disk_by(dir: &std::path::Path, commits: u32) -> File {
     let mut notify = NotifySocket::bind(dir);
+    let commits_arg = commits.to_string();
     let mut sup = supervise(
         dir,
         &notify,
         &[],
-        &["--no-continuous", "--", CHILD, "--commit", "3", "--then", "sleep"],
+        &[
+            "--no-continuous",
+            "--",
+            CHILD,
+            "--commit",
+            &commits_arg,
+            "--then",
+            "sleep",
+        ],
     );
     let first = child_pid(&sup.expect_out("pid "));
     let region = File::from(stored_region(&mut notify));
@@ -249,7 +266,7 @@ fn memory_ahead_of_disk(dir: &std::path::Path) -> File {
         |l| l.contains("generation persisted"),
         "generation persisted",
     );
-    assert_eq!(recovered(&sup), units(0..3));
+    assert_eq!(recovered(&sup).last(), Some(&format!("unit-{}", commits - 1)));
     sup.signal(libc::SIGKILL);
     sup.wait();
     assert!(wait_gone(second), "the program dies with its supervisor");
@@ -294,6 +311,91 @@ fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
     sup.wait();
 }
 
+/// The supervisor on the store in `dir`, handed back `region`, once it
+/// took it back: its units are persisted (`units=6`) and the program
+/// recovers all six.
+fn takes_back(dir: &std::path::Path, region: &File) -> Proc {
+    let mut sup = supervise_with_stored_region(
+        dir,
+        region,
+        None,
+        &[
+            "--snapshot=state",
+            SIZE,
+            "--fsync=never",
+            "--",
+            CHILD,
+            "--then",
+            "sleep",
+        ],
+    );
+    let taken = sup.expect_err("region taken back from the fd store");
+    assert!(taken.contains("units=6"), "{}", sup.transcript());
+    ready(&mut sup);
+    assert_eq!(recovered(&sup), units(0..6), "{}", sup.transcript());
+    sup
+}
+
+#[test]
+fn take_back_skips_a_generation_that_verifies_but_does_not_restore() {
+    // As a normal start does: the newest generation's meta blob is sound
+    // on disk but no region accepts it; the region is compared with the
+    // one before.
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    {
+        let mut store = open_store(&dir.path().join("state"));
+        let loaded = store.load_newest().expect("loading").expect("a generation");
+        let mut tx = store.begin(loaded.image.len() as u64).expect("begin");
+        tx.put_chunks(0, &loaded.image).expect("chunks");
+        tx.commit(b"not a unit table").expect("commit");
+    }
+    let mut sup = takes_back(dir.path(), &region);
+    let skipped = sup.seen_or_expect(
+        Stream::Err,
+        |l| l.contains("skipping a damaged generation"),
+        "the skip",
+    );
+    assert!(skipped.contains("generation=2"), "{skipped}");
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+}
+
+#[test]
+fn region_is_taken_back_when_no_generation_on_disk_verifies() {
+    // A normal start would stop (or, with --start-empty-if-damaged, start
+    // blank); the region verifies on its own and is the only state left.
+    let dir = workdir();
+    let region = memory_ahead_of_disk(dir.path());
+    let state = dir.path().join("state");
+    let damaged = generation_files(&state);
+    assert!(!damaged.is_empty());
+    for file in &damaged {
+        flip_byte(file, 20);
+    }
+    let before: Vec<Vec<u8>> = damaged
+        .iter()
+        .map(|f| std::fs::read(f).expect("reading"))
+        .collect();
+    let mut sup = takes_back(dir.path(), &region);
+    sup.seen_or_expect(
+        Stream::Err,
+        |l| l.contains("no generation on disk verifies"),
+        "the warning",
+    );
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+    let after: Vec<Vec<u8>> = damaged
+        .iter()
+        .map(|f| std::fs::read(f).expect("reading"))
+        .collect();
+    assert!(before == after, "the damaged generations stay as they were");
+    assert!(
+        generation_files(&state).len() > damaged.len(),
+        "the region's units are persisted as a new generation"
+    );
+}
+
 /// Prepares a region as `memory_ahead_of_disk` leaves it with `spoil`,
 /// hands it back to a second supervisor, and checks that it refuses it
 /// for a reason containing `why`, puts a fresh memfd into the store in its
@@ -304,8 +406,19 @@ fn refused_region_falls_back_to_disk(
     why: &str,
     expected: Vec<String>,
 ) {
+    refused_region_ahead_by_falls_back_to_disk(3, spoil, why, expected)
+}
+
+/// [`refused_region_falls_back_to_disk`] on [`memory_ahead_of_disk_by`]
+/// `commits`.
+fn refused_region_ahead_by_falls_back_to_disk(
+    commits: u32,
+    spoil: impl FnOnce(&std::path::Path, File) -> File,
+    why: &str,
+    expected: Vec<String>,
+) {
     let dir = workdir();
-    let region = spoil(dir.path(), memory_ahead_of_disk(dir.path()));
+    let region = spoil(dir.path(), memory_ahead_of_disk_by(dir.path(), commits));
     std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region(
