@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use shm_snapshot::Observer;
+use shm_snapshot::layout::{Geometry, UnitRef};
 use shm_snapshot::snapshot::{self, Meta, Outcome};
 use shm_snapshot::store::{Store, StoreError};
 use tracing::{debug, info, warn};
@@ -305,9 +307,9 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
 ///
 /// Trusted only if: a memfd sealed as [`HostRegion::create`] seals one, of
 /// `--size` bytes; its header verifies; every valid unit passes the slot
-/// checks and the chain rule (nothing corrupt); at least one unit; and its
-/// newest unit is not older than the newest in the store's newest
-/// generation that restores. Its old program is gone by now (the recorded group was
+/// checks and the chain rule (nothing corrupt); at least one unit; and it
+/// descends from the store's newest generation that restores (see
+/// [`descends`]). Its old program is gone by now (the recorded group was
 /// killed; systemd kills the unit's cgroup), so every valid unit is
 /// consistent. Units newer than the store's are then persisted as a
 /// generation, as after a death, and the region is made to hold exactly it.
@@ -384,14 +386,8 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
             )));
         }
         Stored::Generation(generation) => {
-            let stored = generation.meta.units.last().map_or(0, |u| u.seq());
-            if stored > newest {
-                return Err(Refused::Region(format!(
-                    "it is older than the store (unit {newest}; generation {} has unit {stored})",
-                    generation.number
-                )));
-            }
-            Some(stored)
+            descends(&observer, &kept, &generation).map_err(Refused::Region)?;
+            Some(generation.meta.units.last().map_or(0, |u| u.seq()))
         }
     };
     shared.snapshotter.forget();
@@ -454,6 +450,8 @@ enum Stored {
 /// The store's newest generation that verifies and restores, decoded.
 struct StoredGeneration {
     number: u64,
+    image: Vec<u8>,
+    geometry: Geometry,
     meta: Meta,
 }
 
@@ -496,8 +494,83 @@ fn newest_stored(store: &mut Store, size: u64) -> Result<Stored> {
         .with_context(|| format!("reading generation {}", loaded.number))?;
     Ok(Stored::Generation(StoredGeneration {
         number: loaded.number,
+        image: loaded.image,
+        geometry,
         meta,
     }))
+}
+
+/// Whether the region's history continues the store's newest generation
+/// `stored`, rather than some other run's: a region with as many units or
+/// more may still hold a different history (another supervisor ran on the
+/// store while this region waited in the fd store), and taking it back
+/// would replace that run's persisted units. Sequence numbers alone cannot
+/// tell; the units can.
+///
+/// - Same layout (geometry) as the generation's image.
+/// - Every unit of the generation that the region's ring still holds (same
+///   sequence number) has the same offset, length and bytes as in the
+///   generation's image.
+/// - The region holds the generation's newest unit: the one the region's
+///   newer units, if any, were written after.
+///
+/// A region whose program moved on so far that the generation's newest
+/// unit has left its ring (its slot or ring bytes reused) is refused too:
+/// nothing left in it shows that it descends from the generation, and the
+/// disk is a sound fallback. With continuous snapshots the store trails the
+/// region by far less than a ring.
+fn descends(observer: &Observer, kept: &[UnitRef], stored: &StoredGeneration) -> Result<(), String> {
+    let number = stored.number;
+    if *observer.geometry() != stored.geometry {
+        return Err(format!("its layout differs from generation {number}'s"));
+    }
+    let Some(stored_newest) = stored.meta.units.last() else {
+        return Ok(());
+    };
+    let region_newest = kept.last().map_or(0, |u| u.seq());
+    if region_newest < stored_newest.seq() {
+        return Err(format!(
+            "it is older than the store (unit {region_newest}; generation {number} has unit {})",
+            stored_newest.seq()
+        ));
+    }
+    for unit in &stored.meta.units {
+        let Some(ours) = kept.iter().find(|u| u.seq() == unit.seq()) else {
+            continue;
+        };
+        let same = ours.offset == unit.offset
+            && ours.len == unit.len
+            && image_unit(&stored.image, &stored.geometry, unit)
+                .is_some_and(|b| b == observer.copy_unit(ours));
+        if !same {
+            return Err(format!(
+                "its unit {} differs from generation {number}'s: another run wrote the store meanwhile",
+                unit.seq()
+            ));
+        }
+    }
+    if !kept.iter().any(|u| u.seq() == stored_newest.seq()) {
+        return Err(format!(
+            "generation {number}'s newest unit {} is no longer in its ring, so nothing shows it continues that generation",
+            stored_newest.seq()
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of `unit` in a generation's image, from the ring (wrapping);
+/// `None` if they do not lie inside the image.
+fn image_unit(image: &[u8], g: &Geometry, unit: &UnitRef) -> Option<Vec<u8>> {
+    let len = usize::try_from(unit.len).ok()?;
+    let at = unit.offset & (g.ring_bytes - 1);
+    let first = len.min(usize::try_from(g.ring_bytes - at).ok()?);
+    let ring = |from: u64, n: usize| -> Option<&[u8]> {
+        let from = usize::try_from(g.ring_offset.checked_add(from)?).ok()?;
+        image.get(from..from.checked_add(n)?)
+    };
+    let mut bytes = ring(at, first)?.to_vec();
+    bytes.extend_from_slice(ring(0, len - first)?);
+    Some(bytes)
 }
 
 /// The `STATUS=` text.
@@ -661,6 +734,28 @@ mod tests {
     fn relative_and_unknown_socket_addresses_are_refused() {
         assert!(Notifier::connect(OsStr::new("relative/path")).is_err());
         assert!(Notifier::connect(OsStr::new("vsock:2:1234")).is_err());
+    }
+
+    #[test]
+    fn a_unit_that_wraps_the_ring_is_read_from_both_ends_of_the_image() {
+        let g = Geometry::derive(4 << 20, 256, 1 << 20, 64 << 10).unwrap();
+        let mut image = vec![0u8; g.region_len as usize];
+        let end = (g.ring_offset + g.ring_bytes) as usize;
+        image[end - 8..end].copy_from_slice(b"unit-12-");
+        image[g.ring_offset as usize..g.ring_offset as usize + 4].copy_from_slice(b"tail");
+        let unit = UnitRef {
+            slot: 3,
+            tag: shm_snapshot::layout::Tag(3 << 2),
+            // The third lap of the stream, 8 bytes before the ring's end.
+            offset: 3 * g.ring_bytes - 8,
+            len: 12,
+        };
+        assert_eq!(
+            image_unit(&image, &g, &unit).as_deref(),
+            Some(&b"unit-12-tail"[..])
+        );
+        let short = &image[..end - 1];
+        assert_eq!(image_unit(short, &g, &unit), None, "outside the image");
     }
 
     #[test]

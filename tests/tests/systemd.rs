@@ -508,6 +508,87 @@ fn region_older_than_the_store_is_not_taken_back() {
     );
 }
 
+/// Another supervisor on the store, while the region waits in the fd
+/// store: it restores units 0..3 and commits `commits` more, of
+/// `unit_bytes` bytes each, persisted when it stops.
+fn another_run_on_the_store(dir: &std::path::Path, commits: &str, unit_bytes: &str) {
+    let mut sup = Proc::supervise(
+        dir,
+        "state",
+        &[SIZE, "--fsync=never"],
+        &[
+            CHILD,
+            "--commit",
+            commits,
+            "--unit-bytes",
+            unit_bytes,
+            "--then",
+            "sleep",
+        ],
+    );
+    sup.expect_out("done");
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+}
+
+#[test]
+fn region_ahead_of_a_store_another_run_moved_on_is_not_taken_back() {
+    // The store's newest generation (units 0..3 and the other run's two
+    // padded ones) has fewer units than the region (0..6), but the region's
+    // units 4 and 5 are not the store's: taking it back would replace the
+    // other run's history with a stale one.
+    let mut expected = units(0..3);
+    expected.extend(["unit-3..........", "unit-4.........."].map(String::from));
+    refused_region_falls_back_to_disk(
+        |dir, region| {
+            another_run_on_the_store(dir, "2", "16");
+            region
+        },
+        "its unit 4 differs from generation",
+        expected,
+    );
+}
+
+#[test]
+fn region_whose_newest_unit_differs_from_the_stores_is_not_taken_back() {
+    // The other run commits the same three units the region holds, so the
+    // store's newest unit has the region's newest sequence number, offset
+    // and length; only the bytes tell the histories apart.
+    refused_region_falls_back_to_disk(
+        |dir, region| {
+            another_run_on_the_store(dir, "3", "0");
+            let observer = shm_snapshot::snapshot::observe_file(&region)
+                .expect("observing the region")
+                .expect("laid out");
+            let (mut pre, mut kept) = (Vec::new(), Vec::new());
+            observer.pre(&mut pre);
+            observer.post(&pre, &mut kept);
+            let newest = kept.last().expect("units");
+            assert_eq!((newest.seq(), newest.len), (6, 6), "unit-5 in seq 6");
+            region
+                .write_all_at(b"unit-9", observer.geometry().ring_at(newest.offset))
+                .expect("rewriting the newest unit's bytes");
+            region
+        },
+        "its unit 6 differs from generation",
+        units(0..6),
+    );
+}
+
+#[test]
+fn region_whose_program_wrote_the_stores_units_out_of_its_ring_is_not_taken_back() {
+    // 300 units per program on a 256-slot table: the store's newest unit
+    // (the first program's last) has left the region's ring, so nothing in
+    // the region shows it continues that generation. Refused; the disk's
+    // generation (its newest 256 units) is the fallback.
+    refused_region_ahead_by_falls_back_to_disk(
+        300,
+        |_, region| region,
+        "is no longer in its ring",
+        units(44..300),
+    );
+}
+
 #[test]
 fn region_sealed_against_writes_is_not_taken_back() {
     // The unit table could not be rewritten, nor the program map it
