@@ -42,17 +42,24 @@ impl HostRegion {
     }
 
     /// Takes over a memfd made by an earlier supervisor and handed back by
-    /// the service manager. Only a memfd sealed against growing and
-    /// shrinking, of exactly `len` bytes, is accepted: anything else could
-    /// change size under the read-only mapping or hold another region.
+    /// the service manager. Only a memfd sealed as [`HostRegion::create`]
+    /// seals one, of exactly `len` bytes, is accepted: without the size
+    /// seals it could change size under the read-only mapping, without
+    /// `F_SEAL_SEAL` whoever else holds it could still seal it against
+    /// writes, and with a write seal the unit table cannot be rewritten nor
+    /// the program map it writable. Anything else may hold another region.
     /// Returns why it was refused otherwise. Its content is not checked here.
     pub fn adopt(file: File, len: u64) -> std::result::Result<HostRegion, String> {
         let memfd = memfd::Memfd::try_from_file(file).map_err(|_| "it is not a memfd".to_owned())?;
         let seals = memfd
             .seals()
             .map_err(|e| format!("its seals cannot be read ({e})"))?;
-        if !seals.contains(&memfd::FileSeal::SealShrink) || !seals.contains(&memfd::FileSeal::SealGrow) {
-            return Err("it is not sealed against growing and shrinking".into());
+        use memfd::FileSeal::{SealFutureWrite, SealGrow, SealSeal, SealShrink, SealWrite};
+        if ![SealShrink, SealGrow, SealSeal].iter().all(|s| seals.contains(s)) {
+            return Err("it is not sealed against growing, shrinking and further seals".into());
+        }
+        if seals.contains(&SealWrite) || seals.contains(&SealFutureWrite) {
+            return Err("it is sealed against writes".into());
         }
         let actual = memfd
             .as_file()

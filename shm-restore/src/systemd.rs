@@ -26,7 +26,7 @@
 //! `WATCHDOG_*` are removed from its environment, so the program never sees
 //! them (it gets its own `LISTEN_*`).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
@@ -40,11 +40,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use shm_snapshot::Observer;
+use shm_snapshot::layout::{Geometry, UnitRef};
 use shm_snapshot::snapshot::{self, Meta, Outcome};
-use shm_snapshot::store::Store;
+use shm_snapshot::store::{Store, StoreError};
 use tracing::{debug, info, warn};
 
-use crate::region::HostRegion;
+use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
 use crate::supervise::restore_at_start;
 
@@ -94,7 +96,8 @@ struct State {
 impl Systemd {
     /// Reads `NOTIFY_SOCKET`, `WATCHDOG_USEC`/`WATCHDOG_PID` and
     /// `LISTEN_FDS`/`LISTEN_FDNAMES`/`LISTEN_PID`, takes the descriptors
-    /// passed, and removes all seven variables from the environment.
+    /// passed (only when `LISTEN_PID` is our pid), and removes all six
+    /// variables from the environment.
     ///
     /// # Safety
     ///
@@ -117,6 +120,33 @@ impl Systemd {
             // reads the environment concurrently.
             unsafe { std::env::remove_var(name) };
         }
+        let names_us = |pid: &OsStr| pid.to_str().and_then(|p| p.parse().ok()) == Some(std::process::id());
+        // sd_watchdog_enabled(3): an unset WATCHDOG_PID means any process.
+        let watchdog = watchdog_usec
+            .and_then(|usec| usec.to_str()?.parse::<u64>().ok())
+            .filter(|usec| *usec > 0 && watchdog_pid.as_deref().is_none_or(names_us))
+            .map(Duration::from_micros);
+        // sd_listen_fds(3): descriptors are ours only when LISTEN_PID names
+        // us. systemd always sets it; without it the variables were meant
+        // for another process (one that exec'd this one keeps its pid, so
+        // only an exact match tells), and its descriptors 3.. are left
+        // alone, neither taken nor closed.
+        let (listen_pid, listen_fds, listen_fdnames) = listen;
+        let inherited = match (listen_fds, listen_pid) {
+            (None, _) => None,
+            (Some(n), Some(pid)) if names_us(&pid) => take_listen_fds(&n, listen_fdnames.as_deref()),
+            (Some(_), Some(_)) => {
+                debug!("LISTEN_PID names another process: its descriptors are not taken");
+                None
+            }
+            (Some(_), None) => {
+                debug!("LISTEN_FDS without LISTEN_PID: the descriptors are not taken");
+                None
+            }
+        };
+        // Only now: a socket opened before the descriptors are taken could
+        // land on a number LISTEN_FDS announces but that was not open, and
+        // be taken (and closed) as one of them.
         let notifier = notify_socket.and_then(|addr| match Notifier::connect(&addr) {
             Ok(notifier) => Some(Arc::new(notifier)),
             Err(e) => {
@@ -124,20 +154,6 @@ impl Systemd {
                 None
             }
         });
-        let ours = |pid: Option<OsString>| {
-            pid.is_none_or(|p| p.to_str().and_then(|p| p.parse().ok()) == Some(std::process::id()))
-        };
-        let watchdog = watchdog_usec
-            .and_then(|usec| usec.to_str()?.parse::<u64>().ok())
-            .filter(|usec| *usec > 0 && ours(watchdog_pid))
-            .map(Duration::from_micros);
-        let (listen_pid, listen_fds, listen_fdnames) = listen;
-        let inherited = if ours(listen_pid) {
-            listen_fds.and_then(|n| take_listen_fds(&n, listen_fdnames.as_deref()))
-        } else {
-            debug!("LISTEN_PID names another process: its descriptors are not taken");
-            None
-        };
         Systemd {
             ping_every: watchdog.filter(|_| notifier.is_some()).map(|w| w / 2),
             notifier,
@@ -264,17 +280,17 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
     let mut region = None;
     for index in 0..count {
         let raw = LISTEN_FDS_START + index as RawFd;
-        // SAFETY: the descriptor is only looked at; fcntl on a closed one fails.
-        let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-        if rustix::io::fcntl_getfd(fd).is_err() {
+        // SAFETY: F_GETFD takes a plain integer and reads no memory of
+        // ours; on a descriptor that is not open it fails with EBADF.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
             warn!(fd = raw, "a descriptor LISTEN_FDS announces is not open");
             continue;
         }
-        let _ = rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC);
         // SAFETY: the LISTEN_FDS convention hands descriptors 3.. to this
         // process, it is open (checked above), and nothing else in the
         // supervisor has taken it: this runs before anything opens a file.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
         if Some(index as usize) == wanted {
             region = Some(File::from(owned));
         }
@@ -289,14 +305,20 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
 /// it does not verify, restores the newest generation on disk into a fresh
 /// region. Returns the region and whether the handed-back one was taken.
 ///
-/// Trusted only if: a memfd sealed against resizing, of `--size` bytes;
-/// its header verifies; every valid unit passes the slot checks and the
-/// chain rule (nothing corrupt); at least one unit; and its newest unit is
-/// not older than the newest in the store. Its old program is gone by now
-/// (the recorded group was killed; systemd kills the unit's cgroup), so
-/// every valid unit is consistent. Units newer than the store's are then
-/// persisted as a generation, as after a death, and the region is made to
-/// hold exactly it.
+/// Trusted only if: a memfd sealed as [`HostRegion::create`] seals one, of
+/// `--size` bytes; its header verifies; every valid unit passes the slot
+/// checks and the chain rule (nothing corrupt); at least one unit; and it
+/// descends from the store's newest generation that restores (see
+/// [`descends`]). Its old program is gone by now (the recorded group was
+/// killed; systemd kills the unit's cgroup), so every valid unit is
+/// consistent. Units newer than the store's are then persisted as a
+/// generation, as after a death, and the region is made to hold exactly it.
+///
+/// The store is read as a normal start reads it: generations that verify
+/// but do not restore are skipped. When generations exist but none
+/// verifies, a region that verifies on its own is taken back (the disk has
+/// nothing usable that it could contradict, and the region is the only
+/// state left); the damaged generations stay in place.
 ///
 /// A region that is not trusted is left alone (whoever else holds it may
 /// still write it) and a fresh one takes its place.
@@ -346,16 +368,30 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
     let Some(newest) = kept.last().map(|u| u.seq()) else {
         return Err(Refused::Region("it holds no committed unit".into()));
     };
-    let stored = newest_stored_unit(&mut shared.store).map_err(Refused::Store)?;
-    if let Some((generation, stored)) = stored
-        && stored > newest
-    {
-        return Err(Refused::Region(format!(
-            "it is older than the store (unit {newest}; generation {generation} has unit {stored})"
-        )));
-    }
+    let stored = match newest_stored(&mut shared.store, size).map_err(Refused::Store)? {
+        Stored::Empty => None,
+        Stored::Damaged { tried } => {
+            warn!(
+                tried,
+                "no generation on disk verifies; the region, which does, is taken back and the damaged generations stay in place"
+            );
+            None
+        }
+        Stored::OtherSize { number, len } => {
+            // The restore that follows stops on it, as a normal start does.
+            return Err(Refused::Region(format!(
+                "generation {number} holds a region of {} but --size is {}",
+                human(len),
+                human(size)
+            )));
+        }
+        Stored::Generation(generation) => {
+            descends(&observer, &kept, &generation).map_err(Refused::Region)?;
+            Some(generation.meta.units.last().map_or(0, |u| u.seq()))
+        }
+    };
     shared.snapshotter.forget();
-    if stored.is_some_and(|(_, s)| s == newest) {
+    if stored == Some(newest) {
         info!(
             units = kept.len(),
             "region taken back from the fd store (the store already holds its newest unit)"
@@ -398,16 +434,143 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
     Ok(region)
 }
 
-/// The newest generation and its newest unit, if the store has any.
-fn newest_stored_unit(store: &mut Store) -> Result<Option<(u64, u64)>> {
-    let Some(loaded) = store.load_newest()? else {
-        return Ok(None);
+/// What the store holds, read as a normal start reads it.
+enum Stored {
+    /// No generation at all.
+    Empty,
+    /// Generations, none of which verifies and restores.
+    Damaged { tried: usize },
+    /// The newest generation that verifies holds a region of `len` bytes,
+    /// not `--size`.
+    OtherSize { number: u64, len: u64 },
+    /// The newest generation that verifies and restores.
+    Generation(StoredGeneration),
+}
+
+/// The store's newest generation that verifies and restores, decoded.
+struct StoredGeneration {
+    number: u64,
+    image: Vec<u8>,
+    geometry: Geometry,
+    meta: Meta,
+}
+
+/// The store's newest generation that verifies and restores, accepted as
+/// `restore_newest` (supervise.rs) accepts one, so that a generation a
+/// normal start would skip is skipped here too.
+fn newest_stored(store: &mut Store, size: u64) -> Result<Stored> {
+    let loaded = store.load_newest_with(|image, meta| {
+        if image.len() as u64 != size {
+            // Not the generation's fault: --size is refused below.
+            return Ok(());
+        }
+        let g = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
+        Meta::decode(meta, &g).map(drop).map_err(|e| e.to_string())
+    });
+    let loaded = match loaded {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(Stored::Empty),
+        Err(StoreError::NoVerifiedGeneration { tried, .. }) => {
+            for (number, why) in store.last_load_skipped() {
+                warn!(generation = number, "damaged generation: {why}");
+            }
+            return Ok(Stored::Damaged { tried });
+        }
+        Err(e) => return Err(e.into()),
     };
+    for (number, why) in &loaded.skipped {
+        warn!(generation = number, "skipping a damaged generation: {why}");
+    }
+    if loaded.image.len() as u64 != size {
+        return Ok(Stored::OtherSize {
+            number: loaded.number,
+            len: loaded.image.len() as u64,
+        });
+    }
+    // Accepted above, so this decodes; an error is the store's to report.
     let geometry = snapshot::image_geometry(&loaded.image)
         .with_context(|| format!("reading generation {}", loaded.number))?;
     let meta = Meta::decode(&loaded.meta, &geometry)
         .with_context(|| format!("reading generation {}", loaded.number))?;
-    Ok(Some((loaded.number, meta.units.last().map_or(0, |u| u.seq()))))
+    Ok(Stored::Generation(StoredGeneration {
+        number: loaded.number,
+        image: loaded.image,
+        geometry,
+        meta,
+    }))
+}
+
+/// Whether the region's history continues the store's newest generation
+/// `stored`, rather than some other run's: a region with as many units or
+/// more may still hold a different history (another supervisor ran on the
+/// store while this region waited in the fd store), and taking it back
+/// would replace that run's persisted units. Sequence numbers alone cannot
+/// tell; the units can.
+///
+/// - Same layout (geometry) as the generation's image.
+/// - Every unit of the generation that the region's ring still holds (same
+///   sequence number) has the same offset, length and bytes as in the
+///   generation's image.
+/// - The region holds the generation's newest unit: the one the region's
+///   newer units, if any, were written after.
+///
+/// A region whose program moved on so far that the generation's newest
+/// unit has left its ring (its slot or ring bytes reused) is refused too:
+/// nothing left in it shows that it descends from the generation, and the
+/// disk is a sound fallback. With continuous snapshots the store trails the
+/// region by far less than a ring.
+fn descends(observer: &Observer, kept: &[UnitRef], stored: &StoredGeneration) -> Result<(), String> {
+    let number = stored.number;
+    if *observer.geometry() != stored.geometry {
+        return Err(format!("its layout differs from generation {number}'s"));
+    }
+    let Some(stored_newest) = stored.meta.units.last() else {
+        return Ok(());
+    };
+    let region_newest = kept.last().map_or(0, |u| u.seq());
+    if region_newest < stored_newest.seq() {
+        return Err(format!(
+            "it is older than the store (unit {region_newest}; generation {number} has unit {})",
+            stored_newest.seq()
+        ));
+    }
+    for unit in &stored.meta.units {
+        let Some(ours) = kept.iter().find(|u| u.seq() == unit.seq()) else {
+            continue;
+        };
+        let same = ours.offset == unit.offset
+            && ours.len == unit.len
+            && image_unit(&stored.image, &stored.geometry, unit)
+                .is_some_and(|b| b == observer.copy_unit(ours));
+        if !same {
+            return Err(format!(
+                "its unit {} differs from generation {number}'s: another run wrote the store meanwhile",
+                unit.seq()
+            ));
+        }
+    }
+    if !kept.iter().any(|u| u.seq() == stored_newest.seq()) {
+        return Err(format!(
+            "generation {number}'s newest unit {} is no longer in its ring, so nothing shows it continues that generation",
+            stored_newest.seq()
+        ));
+    }
+    Ok(())
+}
+
+/// The bytes of `unit` in a generation's image, from the ring (wrapping);
+/// `None` if they do not lie inside the image.
+fn image_unit(image: &[u8], g: &Geometry, unit: &UnitRef) -> Option<Vec<u8>> {
+    let len = usize::try_from(unit.len).ok()?;
+    let at = unit.offset & (g.ring_bytes - 1);
+    let first = len.min(usize::try_from(g.ring_bytes - at).ok()?);
+    let ring = |from: u64, n: usize| -> Option<&[u8]> {
+        let from = usize::try_from(g.ring_offset.checked_add(from)?).ok()?;
+        image.get(from..from.checked_add(n)?)
+    };
+    let mut bytes = ring(at, first)?.to_vec();
+    bytes.extend_from_slice(ring(0, len - first)?);
+    Some(bytes)
 }
 
 /// The `STATUS=` text.
@@ -571,6 +734,28 @@ mod tests {
     fn relative_and_unknown_socket_addresses_are_refused() {
         assert!(Notifier::connect(OsStr::new("relative/path")).is_err());
         assert!(Notifier::connect(OsStr::new("vsock:2:1234")).is_err());
+    }
+
+    #[test]
+    fn a_unit_that_wraps_the_ring_is_read_from_both_ends_of_the_image() {
+        let g = Geometry::derive(4 << 20, 256, 1 << 20, 64 << 10).unwrap();
+        let mut image = vec![0u8; g.region_len as usize];
+        let end = (g.ring_offset + g.ring_bytes) as usize;
+        image[end - 8..end].copy_from_slice(b"unit-12-");
+        image[g.ring_offset as usize..g.ring_offset as usize + 4].copy_from_slice(b"tail");
+        let unit = UnitRef {
+            slot: 3,
+            tag: shm_snapshot::layout::Tag(3 << 2),
+            // The third lap of the stream, 8 bytes before the ring's end.
+            offset: 3 * g.ring_bytes - 8,
+            len: 12,
+        };
+        assert_eq!(
+            image_unit(&image, &g, &unit).as_deref(),
+            Some(&b"unit-12-tail"[..])
+        );
+        let short = &image[..end - 1];
+        assert_eq!(image_unit(short, &g, &unit), None, "outside the image");
     }
 
     #[test]

@@ -167,11 +167,68 @@ pub fn is_memfd(fd: &OwnedFd) -> bool {
 /// own pid (by a shell that then execs it); `NOTIFY_SOCKET` when `notify`
 /// is given.
 pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&Path>, args: &[&str]) -> Proc {
+    Proc::spawn(handed_over(addressed(), dir, region, notify, args))
+}
+
+/// [`supervise_with_stored_region`] without `LISTEN_PID`: `LISTEN_FDS=1`
+/// and `LISTEN_FDNAMES` name a descriptor at fd 3 that is not addressed to
+/// the supervisor.
+pub fn supervise_with_unaddressed_region(
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Proc {
+    let mut command = Command::new(bin("shm-restore"));
+    command.env_remove("LISTEN_PID");
+    Proc::spawn(handed_over(command, dir, region, notify, args))
+}
+
+/// [`supervise_with_stored_region`] where `LISTEN_FDS=2` announces a
+/// second descriptor, fd 4 (named `gone`), that is not open.
+pub fn supervise_with_stored_region_and_a_closed_fd(
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Proc {
+    use std::os::unix::process::CommandExt;
+    let mut command = handed_over(addressed(), dir, region, notify, args);
+    command
+        .env("LISTEN_FDS", "2")
+        .env("LISTEN_FDNAMES", format!("{}:gone", shm_snapshot::FD_NAME));
+    // SAFETY: close is async-signal-safe and touches only the child's
+    // descriptor table; it runs after the region is moved to fd 3.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close(4);
+            Ok(())
+        });
+    }
+    Proc::spawn(command)
+}
+
+/// The supervisor, started by a shell that sets `LISTEN_PID` to its own
+/// pid and execs it, so the pid stays.
+fn addressed() -> Command {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(r#"LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@""#)
-        .arg(bin("shm-restore"))
+        .arg(bin("shm-restore"));
+    command
+}
+
+/// `command` with `region` at fd 3 announced by `LISTEN_FDS=1` and
+/// `LISTEN_FDNAMES`, and `NOTIFY_SOCKET` when `notify` is given.
+fn handed_over(
+    mut command: Command,
+    dir: &Path,
+    region: &File,
+    notify: Option<&Path>,
+    args: &[&str],
+) -> Command {
+    command
         .args(args)
         .current_dir(dir)
         .env("LISTEN_FDS", "1")
@@ -181,5 +238,26 @@ pub fn supervise_with_stored_region(dir: &Path, region: &File, notify: Option<&P
         command.env("NOTIFY_SOCKET", notify);
     }
     crate::region_at_fd_3(&mut command, region);
-    Proc::spawn(command)
+    command
+}
+
+/// A new memfd holding a copy of `region`'s bytes, sealed with `seals`
+/// (`F_SEAL_*` bits), as a stand-in for a region some other process put
+/// into the file descriptor store.
+pub fn resealed_copy(region: &File, seals: libc::c_int) -> File {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::FileExt;
+    let len = region.metadata().expect("fstat").len();
+    let mut bytes = vec![0u8; len as usize];
+    region.read_exact_at(&mut bytes, 0).expect("reading the region");
+    // SAFETY: the name is a NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::memfd_create(c"resealed".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create just returned this descriptor; nothing else owns it.
+    let copy = unsafe { File::from_raw_fd(fd) };
+    copy.write_all_at(&bytes, 0).expect("copying the region");
+    // SAFETY: F_ADD_SEALS takes an integer and reads no memory of ours.
+    let sealed = unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) };
+    assert_eq!(sealed, 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
+    copy
 }

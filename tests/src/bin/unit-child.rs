@@ -6,6 +6,11 @@
 //! `--then heartbeat` stays busy without committing, calling
 //! `Client::heartbeat` every 20 ms.
 //!
+//! `--list-fds` prints, after the pid, `fds <n> ...` (the open
+//! descriptors), `env LISTEN_PID=<value>`, and for each of `NOTIFY_SOCKET`,
+//! `WATCHDOG_USEC` and `WATCHDOG_PID` either `env NAME=<value>` or
+//! `env NAME unset`.
+//!
 //! Output, one line each, flushed: `pid <pid>`, `recovered <id> <payload>`
 //! per unit, `ready`, `committed <id> <payload>` per commit, `done`.
 //! Payloads are `unit-<k>` padded with `.` to B bytes; k continues after the
@@ -48,6 +53,12 @@ fn main() {
             std::env::var("LISTEN_PID").unwrap_or_default()
         )
         .unwrap();
+        for name in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            match std::env::var_os(name) {
+                Some(value) => writeln!(out, "env {name}={}", value.to_string_lossy()).unwrap(),
+                None => writeln!(out, "env {name} unset").unwrap(),
+            }
+        }
     }
     // SAFETY: the only place this process takes the handed-over descriptor;
     // the supervisor seals the region against shrinking.
