@@ -487,6 +487,19 @@ pub(crate) fn restore_at_start(
     region.clear()
 }
 
+/// What a generation must pass to be restored into a region of
+/// `region_len` bytes ([`snapshot::restorable`]). A generation of another
+/// size passes: that is not its fault, and the caller refuses it with an
+/// error naming `--size`.
+pub(crate) fn restorable_in(region_len: u64) -> impl FnMut(&[u8], &[u8]) -> Result<(), String> {
+    move |image, meta| {
+        if image.len() as u64 != region_len {
+            return Ok(());
+        }
+        snapshot::restorable(image, meta)
+    }
+}
+
 /// Puts the newest generation that verifies and restores into the region,
 /// or makes it blank when the store is empty. A generation that verifies
 /// but whose unit table or header cannot be restored is skipped like a
@@ -496,14 +509,7 @@ pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start:
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
     let store = &mut shared.store;
-    let region_len = region.len();
-    let loaded = store.load_newest_with(|image, meta| {
-        if image.len() as u64 != region_len {
-            // Not the generation's fault: --size is refused below.
-            return Ok(());
-        }
-        snapshot::restorable(image, meta)
-    })?;
+    let loaded = store.load_newest_with(restorable_in(region.len()))?;
     let Some(loaded) = loaded else {
         if at_start {
             info!(dir = %store.dir().display(), "empty store: the program starts on a blank region");

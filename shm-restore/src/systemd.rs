@@ -459,14 +459,7 @@ struct StoredGeneration {
 /// `restore_newest` (supervise.rs) accepts one, so that a generation a
 /// normal start would skip is skipped here too.
 fn newest_stored(store: &mut Store, size: u64) -> Result<Stored> {
-    let loaded = store.load_newest_with(|image, meta| {
-        if image.len() as u64 != size {
-            // Not the generation's fault: --size is refused below.
-            return Ok(());
-        }
-        let g = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
-        Meta::decode(meta, &g).map(drop).map_err(|e| e.to_string())
-    });
+    let loaded = store.load_newest_with(crate::supervise::restorable_in(size));
     let loaded = match loaded {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return Ok(Stored::Empty),
