@@ -189,7 +189,11 @@ impl Supervisor<'_> {
                     .as_mut()
                     .is_some_and(|c| c.relaunch_from_disk(self.region_ahead))
                 {
-                    restore_newest(&mut self.snapshots.pause(), &self.region, false)?;
+                    restore_after_death(
+                        &mut self.snapshots.pause(),
+                        &self.region,
+                        args.start_empty_if_damaged,
+                    )?;
                 }
                 continue;
             }
@@ -382,13 +386,14 @@ impl Supervisor<'_> {
     fn post_mortem(&mut self) -> Result<()> {
         let started = Instant::now();
         self.region_ahead = false;
+        let start_empty = self.args.start_empty_if_damaged;
         let mut shared = self.snapshots.pause();
         let shared = &mut *shared;
         let taken = match snapshot::observe_file(self.region.file()) {
             Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
             Ok(None) => {
                 info!("the program never laid out the region: nothing to persist");
-                return restore_newest(shared, &self.region, false);
+                return restore_after_death(shared, &self.region, start_empty);
             }
             Err(e) => Err(e.into()),
         };
@@ -427,12 +432,12 @@ impl Supervisor<'_> {
                     warn!(?anomalies, "the region's unit table had corrupt entries");
                 }
                 info!("no committed unit in the region: nothing new to persist");
-                restore_newest(shared, &self.region, false)
+                restore_after_death(shared, &self.region, start_empty)
             }
             Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
             Err(snapshot::SnapshotError::Region(e)) => {
                 warn!("the region is not usable ({e}); restoring the newest generation");
-                restore_newest(shared, &self.region, false)
+                restore_after_death(shared, &self.region, start_empty)
             }
             Err(e @ snapshot::SnapshotError::Store(_)) => {
                 // The region still holds every committed unit; the program
@@ -456,7 +461,24 @@ pub(crate) fn restore_at_start(
     region: &HostRegion,
     start_empty_if_damaged: bool,
 ) -> Result<()> {
-    let err = match restore_newest(shared, region, true) {
+    restore_or_start_empty(shared, region, true, start_empty_if_damaged)
+}
+
+/// After a death, when the region is not to be kept: like
+/// [`restore_at_start`], so a store that could only start with
+/// `--start-empty-if-damaged` goes on the same way when the program dies
+/// before its first generation.
+fn restore_after_death(shared: &mut Shared, region: &HostRegion, start_empty_if_damaged: bool) -> Result<()> {
+    restore_or_start_empty(shared, region, false, start_empty_if_damaged)
+}
+
+fn restore_or_start_empty(
+    shared: &mut Shared,
+    region: &HostRegion,
+    at_start: bool,
+    start_empty_if_damaged: bool,
+) -> Result<()> {
+    let err = match restore_newest(shared, region, at_start) {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
