@@ -21,8 +21,11 @@
 //!   signal; whether the commit count was still unmoved once the group was
 //!   dead is counted separately.
 //!
-//! A worst-moment kill that does not find its moment within `MAX` falls back
-//! to a plain kill and is counted as such.
+//! A worst-moment kill that does not find its moment within [`MOMENT_WAIT`]
+//! (or `MAX` if shorter) falls back to a plain kill and is counted as such.
+//! While it spins, the lifecycle is asked every [`PEEK_EVERY`] whether it
+//! has something to do first (a stop signal, a hang): if so the spin ends
+//! without a kill, and the lifecycle acts as it would without chaos mode.
 
 use std::fs::File;
 use std::io::Write;
@@ -65,6 +68,15 @@ const MAX_LISTED_FAILURES: usize = 100;
 /// (a clock read costs tens of nanoseconds, an iteration a few).
 const SPIN_CHECK_EVERY: u64 = 64;
 
+/// The longest a worst-moment kill spins for its moment. Spinning keeps a
+/// core busy, and a program that commits less often than this is served
+/// by the plain kill the spin falls back to.
+const MOMENT_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a spinning kill asks the lifecycle whether it must act first:
+/// stop signals and hangs wait at most this long for it.
+const PEEK_EVERY: Duration = Duration::from_millis(1);
+
 /// Spin iterations between reads of every arena chunk counter (a thousand
 /// loads for a 64 MiB region; the ring word and the tag are read every time).
 const COUNTERS_EVERY: u64 = 16;
@@ -100,7 +112,7 @@ pub struct KillRange {
     /// Shortest time from a start to its kill.
     pub min: Duration,
     /// Longest time from a start to its kill; also how long a worst-moment
-    /// kill waits for its moment.
+    /// kill waits for its moment, up to [`MOMENT_WAIT`].
     pub max: Duration,
 }
 
@@ -227,6 +239,8 @@ enum Moment {
     FellBack,
     /// The program ended by itself first: no kill.
     Gone,
+    /// The lifecycle has something to do first: no kill for now.
+    Interrupted,
 }
 
 /// The current run of the program, as chaos sees it.
@@ -242,6 +256,9 @@ struct Run {
     struck: Option<Strike>,
     /// The read-only observer of the region, made once the run has laid it out.
     observer: Option<Observer>,
+    /// The hang watch took this run for hung (heartbeat still for so long):
+    /// no chaos kill for it, and its death is a failure.
+    hung: Option<Duration>,
 }
 
 struct Strike {
@@ -424,6 +441,7 @@ impl Chaos {
             baseline: self.next_baseline.take(),
             struck: None,
             observer: None,
+            hung: None,
         });
     }
 
@@ -439,19 +457,22 @@ impl Chaos {
         })
     }
 
-    /// Does what is due: a kill (waiting up to `MAX` for its moment), or a
-    /// look at whether the last run has committed.
-    pub fn tick(&mut self, region: &File) -> Tick {
+    /// Does what is due: a kill (waiting up to `MAX` or [`MOMENT_WAIT`] for
+    /// its moment), or a look at whether the last run has committed. While
+    /// a kill waits, `interrupt` is called every [`PEEK_EVERY`]; when it
+    /// returns true the wait ends without a kill (which stays due).
+    pub fn tick(&mut self, region: &File, interrupt: &mut dyn FnMut() -> bool) -> Tick {
         let Some(run) = self.run.as_mut() else {
             return Tick::Nothing;
         };
-        if run.struck.is_some() {
+        if run.struck.is_some() || run.hung.is_some() {
             return Tick::Nothing;
         }
         let now = Instant::now();
         match run.kill {
             Some((due, plan)) if now >= due => {
-                strike(run, plan.kind, region, now + self.range.max);
+                let until = now + self.range.max.min(MOMENT_WAIT);
+                strike(run, plan.kind, region, until, interrupt);
                 if let Some(strike) = &run.struck {
                     self.killed_at = Some(strike.at);
                 }
@@ -477,6 +498,14 @@ impl Chaos {
                 }
                 Tick::Nothing
             }
+        }
+    }
+
+    /// The hang watch took the current run for hung and kills it: no chaos
+    /// kill for it, and its end counts as a failure.
+    pub fn hung(&mut self, stalled: Duration) {
+        if let Some(run) = &mut self.run {
+            run.hung = Some(stalled);
         }
     }
 
@@ -518,11 +547,18 @@ impl Chaos {
         } else {
             self.failures.other += 1;
         }
-        error!(run = self.starts, status = %ended, "chaos: the program failed by itself");
+        let status = match run.and_then(|r| r.hung) {
+            Some(stalled) => format!(
+                "hung: heartbeat unchanged for {}, then {ended}",
+                humantime::format_duration(Duration::from_millis(stalled.as_millis() as u64))
+            ),
+            None => ended.to_string(),
+        };
+        error!(run = self.starts, %status, "chaos: the program failed by itself");
         if self.failures.runs.len() < MAX_LISTED_FAILURES {
             self.failures.runs.push(FailedRun {
                 run: self.starts,
-                status: ended.to_string(),
+                status,
             });
         }
         false
@@ -620,14 +656,15 @@ fn has_ended(pid: libc::pid_t) -> bool {
     !matches!(rustix::process::waitid(WaitId::Pid(pid), options), Ok(None))
 }
 
-/// Kills `run` at the moment `kind` aims for, waiting until `until` at most.
-fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant) {
+/// Kills `run` at the moment `kind` aims for, waiting until `until` at most
+/// unless `interrupt` says the lifecycle must act first.
+fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant, interrupt: &mut dyn FnMut() -> bool) {
     let moment = match kind {
         KillKind::Timer => Moment::FellBack,
-        KillKind::AfterCommit | KillKind::MidWrite => watch(run, kind, region, until),
+        KillKind::AfterCommit | KillKind::MidWrite => watch(run, kind, region, until, interrupt),
     };
     let (caught, sighting) = match moment {
-        Moment::Gone => return,
+        Moment::Gone | Moment::Interrupted => return,
         Moment::Caught(sighting) => (true, sighting),
         Moment::FellBack => (false, None),
     };
@@ -693,18 +730,33 @@ fn marks(o: &Observer) -> Marks {
     }
 }
 
-/// Spins until the moment `kind` aims for, the bound, or the program's end.
-fn watch(run: &mut Run, kind: KillKind, region: &File, until: Instant) -> Moment {
+/// Spins until the moment `kind` aims for, the bound, the program's end, or
+/// `interrupt` returning true.
+fn watch(
+    run: &mut Run,
+    kind: KillKind,
+    region: &File,
+    until: Instant,
+    interrupt: &mut dyn FnMut() -> bool,
+) -> Moment {
     let pid = run.pid;
     let mut spins = 0u64;
     let mut base: Option<(u64, Marks, Vec<u64>)> = None;
     let mut counters = Vec::new();
+    let mut peek_at = Instant::now();
     loop {
         if spins.is_multiple_of(SPIN_CHECK_EVERY) {
             if has_ended(pid) {
                 return Moment::Gone;
             }
-            if Instant::now() >= until {
+            let now = Instant::now();
+            if now >= peek_at {
+                if interrupt() {
+                    return Moment::Interrupted;
+                }
+                peek_at = now + PEEK_EVERY;
+            }
+            if now >= until {
                 return Moment::FellBack;
             }
         }

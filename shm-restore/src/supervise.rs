@@ -2,6 +2,7 @@
 //! death kill its group, take a post-mortem generation of the quiet region,
 //! and start it again per policy.
 
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -147,6 +148,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         snapshots,
         region,
         events,
+        held: VecDeque::new(),
         stop: None,
         launches: Vec::new(),
         chaos: Chaos::new(&args.chaos),
@@ -243,6 +245,9 @@ struct Supervisor<'a> {
     snapshots: SnapshotThread,
     region: HostRegion,
     events: Receiver<i32>,
+    /// Events taken from `events` early (while a chaos kill waited for its
+    /// moment), handed out before anything new.
+    held: VecDeque<i32>,
     /// The stop signal received, if any: no relaunch after it.
     stop: Option<i32>,
     /// When each recent launch happened, for the restart limit.
@@ -279,6 +284,9 @@ impl Supervisor<'_> {
             None => None,
         };
         let mut kill_at: Option<Instant> = None;
+        // What the hang watch found, if it found it while a chaos kill
+        // waited for its moment.
+        let mut hung: Option<Duration> = None;
         loop {
             self.systemd.round();
             if let Some(ended) = reap(pid)? {
@@ -289,7 +297,13 @@ impl Supervisor<'_> {
                 self.status.child_ended();
                 return Ok(ended);
             }
-            if let Some(stalled) = hang.as_mut().and_then(HangWatch::check) {
+            if hung.is_none() {
+                hung = hang.as_mut().and_then(HangWatch::check);
+            }
+            if let Some(stalled) = hung.take() {
+                if let Some(chaos) = &mut self.chaos {
+                    chaos.hung(stalled);
+                }
                 warn!(
                     pid,
                     "child hung: heartbeat unchanged for {}; killing it",
@@ -312,12 +326,7 @@ impl Supervisor<'_> {
             .into_iter()
             .flatten()
             .min();
-            let event = match wake {
-                Some(at) => self
-                    .events
-                    .recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let event = self.next_event(wake.map(|at| at.saturating_duration_since(Instant::now())));
             match event {
                 Ok(libc::SIGCHLD) => {}
                 Ok(signal) => {
@@ -339,8 +348,23 @@ impl Supervisor<'_> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) if kill_at.is_none_or(|at| Instant::now() < at) => {
-                    if let Some(chaos) = &mut self.chaos
-                        && chaos.tick(self.region.file()) == Tick::Stop
+                    // While a kill waits for its moment, the lifecycle's own
+                    // work goes on: the watchdog is fed, and a stop signal or
+                    // a hang ends the wait (the signal is kept for the loop).
+                    let (events, held, systemd) = (&self.events, &mut self.held, &self.systemd);
+                    let mut interrupt = || {
+                        systemd.round();
+                        while let Ok(event) = events.try_recv() {
+                            held.push_back(event);
+                        }
+                        if hung.is_none() {
+                            hung = hang.as_mut().and_then(HangWatch::check);
+                        }
+                        hung.is_some() || held.iter().any(|&e| e != libc::SIGCHLD)
+                    };
+                    if self.stop.is_none()
+                        && let Some(chaos) = &mut self.chaos
+                        && chaos.tick(self.region.file(), &mut interrupt) == Tick::Stop
                     {
                         self.stop = Some(libc::SIGTERM);
                         signal_group(pid, libc::SIGTERM);
@@ -357,6 +381,18 @@ impl Supervisor<'_> {
         }
     }
 
+    /// The next signal: one held back first, else one within `timeout`
+    /// (`None`: no limit).
+    fn next_event(&mut self, timeout: Option<Duration>) -> Result<i32, RecvTimeoutError> {
+        if let Some(event) = self.held.pop_front() {
+            return Ok(event);
+        }
+        match timeout {
+            Some(timeout) => self.events.recv_timeout(timeout),
+            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        }
+    }
+
     /// Sleeps `delay` unless a stop signal comes first; false if one did.
     fn sleep(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
@@ -364,7 +400,7 @@ impl Supervisor<'_> {
             self.systemd.round();
             let left = until.saturating_duration_since(Instant::now());
             let wait = self.systemd.round_interval().map_or(left, |r| r.min(left));
-            match self.events.recv_timeout(wait) {
+            match self.next_event(Some(wait)) {
                 Ok(libc::SIGCHLD) => {
                     let _ = reap(0);
                 }

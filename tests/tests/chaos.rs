@@ -314,3 +314,82 @@ fn bad_chaos_flags_are_usage_errors() {
         );
     }
 }
+
+/// Seed 42 plans an after-commit kill first (and a mid-write one second):
+/// a kill that spins for its moment, which a program that never commits
+/// never gives it.
+const SPINNING_SEED: &str = "--seed=42";
+
+fn first_kind(r: &Value) -> &str {
+    r["schedule"][0]["kind"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_stop_signal_ends_a_kill_that_waits_for_its_moment() {
+    // The kill is due 1 s after the start and then waits up to 1 s for a
+    // commit that never comes; SIGTERM arrives in that wait.
+    let dir = workdir();
+    let mut sup = shm_snapshot_tests::Proc::supervise(
+        dir.path(),
+        "state",
+        &[
+            "--report=report.json",
+            "--size=8MiB",
+            "--fsync=never",
+            "--chaos-kill=1s..1s",
+            "--chaos-runs=1",
+            SPINNING_SEED,
+        ],
+        &[CHILD, "--commit", "0", "--then", "sleep"],
+    );
+    sup.expect_out("done");
+    std::thread::sleep(Duration::from_millis(1400));
+    let signalled = std::time::Instant::now();
+    sup.signal(libc::SIGTERM);
+    let status = sup.wait();
+    let took = signalled.elapsed();
+    let log = sup.transcript();
+    let r = report(dir.path());
+    assert_eq!(first_kind(&r), "after-commit", "{r:#}");
+    assert_eq!(u(&r, "/kills"), 0, "the stop came first; no kill:\n{r:#}\n{log}");
+    assert!(!log.contains("a plain kill instead"), "{log}");
+    assert!(log.contains("killed by SIGTERM"), "{log}");
+    assert_eq!(status.code(), Some(0), "{log}");
+    // Acted on at once, not when the wait ran out (0.6 s later at best).
+    assert!(took < Duration::from_millis(500), "took {took:?}:\n{log}");
+}
+
+#[test]
+fn a_hang_found_while_a_kill_waits_for_its_moment_is_a_failure_not_a_kill() {
+    // The kill is due 400 ms after each start and waits up to 400 ms more;
+    // the program never beats, so the hang watch takes it for hung at
+    // 500 ms, inside that wait.
+    let dir = workdir();
+    let finished = run_supervisor(
+        dir.path(),
+        &args(
+            &[
+                "--chaos-kill=400ms..400ms",
+                "--chaos-runs=1",
+                SPINNING_SEED,
+                "--hang-timeout=500ms",
+                "--restart-limit=1",
+            ],
+            &[CHILD, "--commit", "0", "--then", "sleep"],
+        ),
+        Duration::from_secs(60),
+    );
+    let log = finished.transcript();
+    let r = report(dir.path());
+    assert_eq!(first_kind(&r), "after-commit", "{r:#}");
+    assert_eq!(finished.status.code(), Some(4), "{log}");
+    assert_eq!(u(&r, "/kills"), 0, "{r:#}\n{log}");
+    assert_eq!(u(&r, "/failures/total"), 2, "{r:#}");
+    for run in 0..2 {
+        let status = r["failures"]["runs"][run]["status"].as_str().unwrap_or_default();
+        assert!(
+            status.starts_with("hung: heartbeat unchanged for") && status.ends_with("killed by SIGKILL"),
+            "{r:#}"
+        );
+    }
+}
