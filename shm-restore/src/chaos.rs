@@ -487,16 +487,17 @@ impl Chaos {
             }
             Some(_) => Tick::Nothing,
             None => {
+                // A blank region (no baseline) counts from 0: laying it out
+                // is no commit.
                 let count = observer(run, region).map(Observer::commit_count);
-                let committed = count.is_some() && count != run.baseline;
+                let committed = count.is_some_and(|c| c > run.baseline.unwrap_or(0));
                 if committed || now >= run.health_by {
                     if committed {
                         info!("chaos: the last run committed; stopping it");
                     } else {
-                        warn!(
-                            waited = %humantime::format_duration(self.range.max.max(HEALTH_WAIT)),
-                            "chaos: the last run made no commit in time; stopping it"
-                        );
+                        let waited = humantime::format_duration(self.range.max.max(HEALTH_WAIT));
+                        error!(%waited, "chaos: the last run made no commit in time; stopping it");
+                        self.failed(format!("made no commit within {waited} of its start"), false);
                     }
                     self.last_run = Some(LastRun { committed });
                     self.completed = true;
@@ -548,12 +549,6 @@ impl Chaos {
         if stopping || ended == Ended::Exited(0) {
             return false;
         }
-        self.failures.total += 1;
-        if ended == Ended::Exited(STATUS_INCONSISTENT) {
-            self.failures.inconsistent += 1;
-        } else {
-            self.failures.other += 1;
-        }
         let status = match run.and_then(|r| r.hung) {
             Some(stalled) => format!(
                 "hung: heartbeat unchanged for {}, then {ended}",
@@ -562,13 +557,24 @@ impl Chaos {
             None => ended.to_string(),
         };
         error!(run = self.starts, %status, "chaos: the program failed by itself");
+        self.failed(status, ended == Ended::Exited(STATUS_INCONSISTENT));
+        false
+    }
+
+    /// Counts a failure of the current run.
+    fn failed(&mut self, status: String, inconsistent: bool) {
+        self.failures.total += 1;
+        if inconsistent {
+            self.failures.inconsistent += 1;
+        } else {
+            self.failures.other += 1;
+        }
         if self.failures.runs.len() < MAX_LISTED_FAILURES {
             self.failures.runs.push(FailedRun {
                 run: self.starts,
                 status,
             });
         }
-        false
     }
 
     /// After a chaos kill's post-mortem: whether the next run's region is

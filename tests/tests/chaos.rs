@@ -393,3 +393,34 @@ fn a_hang_found_while_a_kill_waits_for_its_moment_is_a_failure_not_a_kill() {
         );
     }
 }
+
+#[test]
+fn a_last_run_that_never_commits_fails_the_chaos_run() {
+    // Every run lays the region out and never commits: the run after the
+    // only kill starts on a blank region (nothing was ever committed), and
+    // laying it out again is no commit. The wait for it is 10 s.
+    let dir = workdir();
+    let finished = run_supervisor(
+        dir.path(),
+        &args(
+            &["--chaos-kill=20ms..40ms", "--chaos-runs=1"],
+            &[CHILD, "--commit", "0", "--then", "sleep"],
+        ),
+        Duration::from_secs(60),
+    );
+    let log = finished.transcript();
+    let r = report(dir.path());
+    assert_eq!(r["last_run"]["committed"], Value::Bool(false), "{r:#}");
+    assert_eq!(finished.status.code(), Some(4), "{log}");
+    assert_eq!(r["exit_status"], 4, "{r:#}");
+    assert_eq!(u(&r, "/kills"), 1, "{r:#}");
+    assert_eq!(u(&r, "/failures/total"), 1, "{r:#}");
+    assert_eq!(u(&r, "/failures/other"), 1, "{r:#}");
+    assert_eq!(r["failures"]["runs"][0]["run"], 2, "{r:#}");
+    let status = r["failures"]["runs"][0]["status"].as_str().unwrap_or_default();
+    assert!(status.starts_with("made no commit within 10s"), "{r:#}");
+    assert!(
+        finished.err.contains("1 failed runs (0 inconsistent, 1 other)"),
+        "{log}"
+    );
+}
