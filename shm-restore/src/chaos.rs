@@ -44,7 +44,7 @@ use shm_snapshot::snapshot::observe_file;
 use tracing::{error, info, warn};
 
 use crate::lag::LagHistogram;
-use crate::supervise::Ended;
+use crate::supervise::{Ended, Left};
 
 /// Exit status in chaos mode when any run of the program failed (ended by
 /// itself, not by a chaos kill, with a status other than 0).
@@ -310,8 +310,9 @@ struct Kinds {
 struct Sources {
     memory: u64,
     disk: u64,
-    /// Planned from disk but kept in memory: the post-mortem generation
-    /// could not be persisted, so the region held units the disk lacked.
+    /// Planned from disk but kept in memory (and counted there): the
+    /// post-mortem generation could not be persisted, or did not load back
+    /// as the newest, so the region held units the disk lacked.
     disk_refused: u64,
 }
 
@@ -577,28 +578,45 @@ impl Chaos {
         }
     }
 
-    /// After a chaos kill's post-mortem: whether the next run's region is
-    /// rebuilt from disk. Never when the post-mortem generation could not be
-    /// persisted (`region_ahead`): the region then holds units the store
-    /// lacks, and replacing it with an older state would lose them.
-    pub fn relaunch_from_disk(&mut self, region_ahead: bool) -> bool {
+    /// After a chaos kill's post-mortem (which `left` the region as it
+    /// says): whether the next run's region is to be rebuilt from disk,
+    /// and if so, which generation it must load for the region to be
+    /// replaced (`Some(None)`: whatever it loads; the post-mortem left the
+    /// region as the store gives it). Never when the post-mortem generation
+    /// could not be persisted: the region then holds units the store lacks,
+    /// and replacing it with an older state would lose them. Follow with
+    /// [`Chaos::restored_from_disk`].
+    pub fn relaunch_from_disk(&mut self, left: Left) -> Option<Option<u64>> {
         let plan = self.schedule.get(self.kills.saturating_sub(1) as usize);
-        match plan.restore {
-            Source::Disk if region_ahead => {
-                warn!("chaos: the store lacks units the region holds; relaunching from memory, not disk");
-                self.sources.disk_refused += 1;
+        match (plan.restore, left) {
+            (Source::Memory, _) => {
                 self.sources.memory += 1;
-                false
+                None
             }
-            Source::Disk => {
-                self.sources.disk += 1;
-                true
+            (Source::Disk, Left::Ahead) => {
+                self.refused();
+                None
             }
-            Source::Memory => {
-                self.sources.memory += 1;
-                false
-            }
+            (Source::Disk, Left::Persisted(number)) => Some(Some(number)),
+            (Source::Disk, Left::Restored) => Some(None),
         }
+    }
+
+    /// After a relaunch planned from disk: whether the region was replaced
+    /// (else the generation loaded was not the one required, and the
+    /// region is kept in memory).
+    pub fn restored_from_disk(&mut self, replaced: bool) {
+        if replaced {
+            self.sources.disk += 1;
+        } else {
+            self.refused();
+        }
+    }
+
+    fn refused(&mut self) {
+        warn!("chaos: the store lacks units the region holds; relaunching from memory, not disk");
+        self.sources.disk_refused += 1;
+        self.sources.memory += 1;
     }
 
     /// Ends chaos mode: logs the report, writes it to `--report`, and turns
@@ -649,6 +667,16 @@ impl Chaos {
             schedule: self.schedule.planned.iter().take(planned).copied().collect(),
         }
     }
+}
+
+/// Whether a relaunch from disk that requires generation `require` (see
+/// [`Chaos::relaunch_from_disk`]) may replace the region with generation
+/// `loaded` (`None`: a blank region, the store being empty). The region
+/// holds exactly the post-mortem generation: anything else the store gives
+/// (an older one, when that one is damaged on reading back or refused) would
+/// lose units.
+pub fn may_replace(require: Option<u64>, loaded: Option<u64>) -> bool {
+    require.is_none_or(|number| loaded == Some(number))
 }
 
 /// The region's observer for `run`, made once the run has laid it out.
@@ -972,5 +1000,44 @@ mod tests {
                 plan(482_563, KillKind::Timer),
             ]
         );
+    }
+
+    fn chaos(from: RestoreFrom) -> Chaos {
+        let flags = ChaosFlags {
+            chaos_kill: Some(range(20, 60)),
+            chaos_runs: None,
+            seed: Some(1),
+            chaos_restore: from,
+            report: None,
+        };
+        let mut chaos = Chaos::new(&flags).unwrap();
+        // As after the first kill.
+        chaos.kills = 1;
+        chaos
+    }
+
+    #[test]
+    fn a_disk_relaunch_replaces_the_region_only_with_the_post_mortem_generation() {
+        let mut c = chaos(RestoreFrom::Disk);
+        // The post-mortem could not persist: memory, whatever the plan.
+        assert_eq!(c.relaunch_from_disk(Left::Ahead), None);
+        // It persisted 7: only 7 itself may replace the region.
+        assert_eq!(c.relaunch_from_disk(Left::Persisted(7)), Some(Some(7)));
+        assert!(may_replace(Some(7), Some(7)));
+        assert!(!may_replace(Some(7), Some(6)), "an older generation loses units");
+        assert!(!may_replace(Some(7), None), "a blank region loses units");
+        c.restored_from_disk(false);
+        assert_eq!(c.relaunch_from_disk(Left::Persisted(8)), Some(Some(8)));
+        c.restored_from_disk(true);
+        // The post-mortem restored from the store already: anything goes.
+        assert_eq!(c.relaunch_from_disk(Left::Restored), Some(None));
+        assert!(may_replace(None, Some(6)) && may_replace(None, None));
+        c.restored_from_disk(true);
+        let s = &c.sources;
+        assert_eq!((s.disk, s.memory, s.disk_refused), (2, 2, 2));
+
+        let mut m = chaos(RestoreFrom::Memory);
+        assert_eq!(m.relaunch_from_disk(Left::Persisted(7)), None);
+        assert_eq!((m.sources.memory, m.sources.disk_refused), (1, 0));
     }
 }

@@ -16,7 +16,7 @@ use shm_snapshot::snapshot::{self, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreError, StoreOptions};
 use tracing::{error, info, warn};
 
-use crate::chaos::{Chaos, Tick};
+use crate::chaos::{self, Chaos, Tick};
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
 use crate::hang::HangWatch;
@@ -25,6 +25,18 @@ use crate::region::{HostRegion, human};
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status;
 use crate::systemd::{self, Systemd};
+
+/// What a post-mortem left in the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Exactly this generation, just persisted.
+    Persisted(u64),
+    /// What restoring the newest generation gave (or a blank region).
+    Restored,
+    /// The region as the program left it, ahead of the store: persisting
+    /// its units failed.
+    Ahead,
+}
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +164,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         stop: None,
         launches: Vec::new(),
         chaos: Chaos::new(&args.chaos),
-        region_ahead: false,
         systemd,
     };
     let code = supervisor.lifecycle(&mut launcher);
@@ -182,20 +193,15 @@ impl Supervisor<'_> {
             let stopping = self.stop.is_some();
             let chaos_kill =
                 (self.chaos.as_mut()).is_some_and(|c| c.ended(ended, stopping, self.region.file()));
-            self.post_mortem()?;
+            let left = self.post_mortem()?;
             if chaos_kill && !stopping {
                 // Intentional: no restart limit, no backoff.
                 self.launches.pop();
-                if self
-                    .chaos
-                    .as_mut()
-                    .is_some_and(|c| c.relaunch_from_disk(self.region_ahead))
-                {
-                    restore_after_death(
-                        &mut self.snapshots.pause(),
-                        &self.region,
-                        args.start_empty_if_damaged,
-                    )?;
+                self.chaos_relaunch(left)?;
+                // A stop signal that came during the post-mortem or the
+                // restore ends it here, not after another start.
+                if self.stop_pending() {
+                    return Ok(ExitCode::from(ended.code()));
                 }
                 continue;
             }
@@ -254,9 +260,6 @@ struct Supervisor<'a> {
     launches: Vec<Instant>,
     /// Chaos mode, with `--chaos-kill`.
     chaos: Option<Chaos>,
-    /// The last post-mortem could not persist: the region holds units the
-    /// store lacks.
-    region_ahead: bool,
     /// Notifications to systemd, if it runs the supervisor.
     systemd: Systemd,
 }
@@ -381,6 +384,50 @@ impl Supervisor<'_> {
         }
     }
 
+    /// After a chaos kill's post-mortem: rebuilds the region from the
+    /// newest generation on disk if the schedule says so and nothing the
+    /// region holds would be lost by it.
+    fn chaos_relaunch(&mut self, left: Left) -> Result<()> {
+        let Some(chaos) = &mut self.chaos else {
+            return Ok(());
+        };
+        let Some(require) = chaos.relaunch_from_disk(left) else {
+            return Ok(());
+        };
+        let mut shared = self.snapshots.pause();
+        let replaced = match require {
+            None => {
+                restore_after_death(&mut shared, &self.region, self.args.start_empty_if_damaged)?;
+                true
+            }
+            Some(_) => match restore_newest_if(&mut shared, &self.region, false, |loaded| {
+                chaos::may_replace(require, loaded)
+            }) {
+                Ok(replaced) => replaced,
+                Err(e) if matches!(e.downcast_ref(), Some(StoreError::NoVerifiedGeneration { .. })) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        chaos.restored_from_disk(replaced);
+        Ok(())
+    }
+
+    /// Whether a stop signal is waiting (reaping orphans on the way, as
+    /// [`Supervisor::sleep`] does); if so it is taken as the stop.
+    fn stop_pending(&mut self) -> bool {
+        while let Ok(event) = self.next_event(Some(Duration::ZERO)) {
+            if event == libc::SIGCHLD {
+                let _ = reap(0);
+                continue;
+            }
+            info!(signal = %signal_name(event), "stopping before the relaunch");
+            self.stop = Some(event);
+            self.status.stopping();
+            return true;
+        }
+        false
+    }
+
     /// The next signal: one held back first, else one within `timeout`
     /// (`None`: no limit).
     fn next_event(&mut self, timeout: Option<Duration>) -> Result<i32, RecvTimeoutError> {
@@ -419,9 +466,8 @@ impl Supervisor<'_> {
     /// After a death: the group is gone, so every valid unit in the region
     /// is consistent. Persists them as a generation and leaves the region
     /// holding exactly the newest generation (or blank if there is none).
-    fn post_mortem(&mut self) -> Result<()> {
+    fn post_mortem(&mut self) -> Result<Left> {
         let started = Instant::now();
-        self.region_ahead = false;
         let start_empty = self.args.start_empty_if_damaged;
         let mut shared = self.snapshots.pause();
         let shared = &mut *shared;
@@ -429,7 +475,7 @@ impl Supervisor<'_> {
             Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
             Ok(None) => {
                 info!("the program never laid out the region: nothing to persist");
-                return restore_after_death(shared, &self.region, start_empty);
+                return restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored);
             }
             Err(e) => Err(e.into()),
         };
@@ -461,27 +507,26 @@ impl Supervisor<'_> {
                 }
                 snapshot::apply_meta(self.region.file(), &geometry, &meta)
                     .context("making the region hold the persisted generation")?;
-                Ok(())
+                Ok(Left::Persisted(persisted.number))
             }
             Ok(Outcome::NoConsistentUnit { anomalies, .. }) => {
                 if !anomalies.is_clean() {
                     warn!(?anomalies, "the region's unit table had corrupt entries");
                 }
                 info!("no committed unit in the region: nothing new to persist");
-                restore_after_death(shared, &self.region, start_empty)
+                restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
             }
             Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
             Err(snapshot::SnapshotError::Region(e)) => {
                 warn!("the region is not usable ({e}); restoring the newest generation");
-                restore_after_death(shared, &self.region, start_empty)
+                restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
             }
             Err(e @ snapshot::SnapshotError::Store(_)) => {
                 // The region still holds every committed unit; the program
                 // recovers them from memory, and the store keeps its last
                 // good generation.
                 error!("could not persist a generation: {e}; the region is kept as it is");
-                self.region_ahead = true;
-                Ok(())
+                Ok(Left::Ahead)
             }
             Err(e) => Err(e.into()),
         }
@@ -550,6 +595,19 @@ fn restore_or_start_empty(
 /// but whose unit table or header cannot be restored is skipped like a
 /// damaged one.
 pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
+    restore_newest_if(shared, region, at_start, |_| true).map(drop)
+}
+
+/// [`restore_newest`], once `wanted` has agreed to the generation found
+/// (its number; `None` when the store is empty and the region would be
+/// made blank). When it does not, the region is left as it is and the
+/// result is false.
+fn restore_newest_if(
+    shared: &mut Shared,
+    region: &HostRegion,
+    at_start: bool,
+    wanted: impl FnOnce(Option<u64>) -> bool,
+) -> Result<bool> {
     let started = Instant::now();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
@@ -566,13 +624,19 @@ pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start:
             .map_err(|e| e.to_string())
     })?;
     let Some(loaded) = loaded else {
+        if !wanted(None) {
+            return Ok(false);
+        }
         if at_start {
             info!(dir = %store.dir().display(), "empty store: the program starts on a blank region");
         }
-        return region.clear();
+        return region.clear().map(|()| true);
     };
     for (number, why) in &loaded.skipped {
         warn!(generation = number, "skipping a damaged generation: {why}");
+    }
+    if !wanted(Some(loaded.number)) {
+        return Ok(false);
     }
     if loaded.image.len() as u64 != region.len() {
         bail!(
@@ -591,7 +655,7 @@ pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start:
         ms = started.elapsed().as_millis() as u64,
         "generation restored"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// `d` to whole milliseconds, for messages.
