@@ -171,6 +171,15 @@ pub enum Source {
     Disk,
 }
 
+/// Where a relaunch after a chaos kill got its region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relaunched {
+    Memory,
+    Disk,
+    /// Planned from disk, kept in memory.
+    Refused,
+}
+
 /// One planned kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Planned {
@@ -306,6 +315,9 @@ struct Kinds {
     mid_write: MidWrite,
 }
 
+/// Where the region of each relaunch after a chaos kill came from:
+/// `memory + disk` is the number of such relaunches (one per kill, but for
+/// a kill after which the supervisor was stopped).
 #[derive(Debug, Default, Serialize)]
 struct Sources {
     memory: u64,
@@ -354,14 +366,17 @@ struct Report {
     duration_ms: u64,
     kills: u64,
     kinds: Kinds,
+    /// Every start after the first: after a chaos kill (`restore_from`
+    /// says from where) or after a failure (`relaunches_after_failures`).
     relaunches: u64,
+    relaunches_after_failures: u64,
     restore_from: Sources,
     generations_persisted: u64,
     /// From a kill to the next run's start: post-mortem generation, restore, spawn.
     restore_ms: Option<Millis>,
     failures: Failures,
     last_run: Option<LastRun>,
-    exit_status: Option<u8>,
+    exit_status: u8,
     schedule: Vec<Planned>,
 }
 
@@ -378,6 +393,10 @@ pub struct Chaos {
     next_baseline: Option<u64>,
     /// When the last chaos kill was sent, until the next run starts.
     killed_at: Option<Instant>,
+    /// Where the next run's region comes from, after a chaos kill; counted
+    /// when that run starts.
+    next_source: Option<Relaunched>,
+    relaunches_after_failures: u64,
     starts: u64,
     kills: u64,
     kinds: Kinds,
@@ -410,6 +429,8 @@ impl Chaos {
             run: None,
             next_baseline: None,
             killed_at: None,
+            next_source: None,
+            relaunches_after_failures: 0,
             starts: 0,
             kills: 0,
             kinds: Kinds::default(),
@@ -434,6 +455,16 @@ impl Chaos {
         self.starts += 1;
         if let Some(killed) = self.killed_at.take() {
             self.restore_times.record(now - killed, 1);
+        }
+        match self.next_source.take() {
+            Some(Relaunched::Memory) => self.sources.memory += 1,
+            Some(Relaunched::Disk) => self.sources.disk += 1,
+            Some(Relaunched::Refused) => {
+                self.sources.memory += 1;
+                self.sources.disk_refused += 1;
+            }
+            None if self.starts > 1 => self.relaunches_after_failures += 1,
+            None => {}
         }
         let kill = if self.runs_wanted.is_some_and(|n| self.kills >= n) {
             info!("chaos: every planned kill is done; waiting for this run's first commit");
@@ -590,7 +621,7 @@ impl Chaos {
         let plan = self.schedule.get(self.kills.saturating_sub(1) as usize);
         match (plan.restore, left) {
             (Source::Memory, _) => {
-                self.sources.memory += 1;
+                self.next_source = Some(Relaunched::Memory);
                 None
             }
             (Source::Disk, Left::Ahead) => {
@@ -607,7 +638,7 @@ impl Chaos {
     /// region is kept in memory).
     pub fn restored_from_disk(&mut self, replaced: bool) {
         if replaced {
-            self.sources.disk += 1;
+            self.next_source = Some(Relaunched::Disk);
         } else {
             self.refused();
         }
@@ -615,8 +646,7 @@ impl Chaos {
 
     fn refused(&mut self) {
         warn!("chaos: the store lacks units the region holds; relaunching from memory, not disk");
-        self.sources.disk_refused += 1;
-        self.sources.memory += 1;
+        self.next_source = Some(Relaunched::Refused);
     }
 
     /// Ends chaos mode: logs the report, writes it to `--report`, and turns
@@ -624,9 +654,10 @@ impl Chaos {
     /// if any run failed, else 0.
     pub fn finish(mut self, code: Result<ExitCode>, generations: u64) -> Result<ExitCode> {
         let status = match &code {
-            Err(_) => None,
-            Ok(_) if self.failures.total > 0 => Some(EXIT_CHILD_FAILED),
-            Ok(_) => Some(0),
+            // What the process exits with (main prints the error).
+            Err(_) => 1,
+            Ok(_) if self.failures.total > 0 => EXIT_CHILD_FAILED,
+            Ok(_) => 0,
         };
         if let Some(n) = self.runs_wanted {
             // The whole plan, even when stopped early.
@@ -639,10 +670,10 @@ impl Chaos {
                 .with_context(|| format!("writing the report to {}", path.display()))?;
         }
         code?;
-        Ok(ExitCode::from(status.unwrap_or(1)))
+        Ok(ExitCode::from(status))
     }
 
-    fn report(&mut self, generations: u64, exit_status: Option<u8>) -> Report {
+    fn report(&mut self, generations: u64, exit_status: u8) -> Report {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let restore_ms = (!self.restore_times.is_empty()).then(|| Millis {
             p50: ms(self.restore_times.quantile(0.50)),
@@ -658,6 +689,7 @@ impl Chaos {
             kills: self.kills,
             kinds: std::mem::take(&mut self.kinds),
             relaunches: self.starts.saturating_sub(1),
+            relaunches_after_failures: self.relaunches_after_failures,
             restore_from: std::mem::take(&mut self.sources),
             generations_persisted: generations,
             restore_ms,
@@ -849,7 +881,7 @@ fn watch(
 fn log_report(r: &Report, path: Option<&Path>) {
     let k = &r.kinds;
     info!(
-        "chaos report: {} kills (timer {}, after-commit {} + {} fell back, mid-write {} + {} fell back, {} landed before the count moved), {} relaunches ({} from disk, {} from memory{})",
+        "chaos report: {} kills (timer {}, after-commit {} + {} fell back, mid-write {} + {} fell back, {} landed before the count moved), {} relaunches ({} after kills: {} from disk, {} from memory{}; {} after failures){}",
         r.kills,
         k.timer,
         k.after_commit.caught,
@@ -858,15 +890,24 @@ fn log_report(r: &Report, path: Option<&Path>) {
         k.mid_write.fell_back,
         k.mid_write.landed_mid_commit,
         r.relaunches,
+        r.restore_from.disk + r.restore_from.memory,
         r.restore_from.disk,
         r.restore_from.memory,
         if r.restore_from.disk_refused > 0 {
             format!(
-                ", {} kept in memory as the disk lacked units",
+                ", {} of them kept in memory as the disk lacked units",
                 r.restore_from.disk_refused
             )
         } else {
             String::new()
+        },
+        r.relaunches_after_failures,
+        match r
+            .kills
+            .saturating_sub(r.restore_from.disk + r.restore_from.memory)
+        {
+            0 => String::new(),
+            n => format!("; stopped after {n} kill(s) without relaunching"),
         }
     );
     let restore = r.restore_ms.as_ref().map_or("n/a".to_owned(), |m| {
@@ -1021,23 +1062,32 @@ mod tests {
         let mut c = chaos(RestoreFrom::Disk);
         // The post-mortem could not persist: memory, whatever the plan.
         assert_eq!(c.relaunch_from_disk(Left::Ahead), None);
+        c.started(1);
         // It persisted 7: only 7 itself may replace the region.
         assert_eq!(c.relaunch_from_disk(Left::Persisted(7)), Some(Some(7)));
         assert!(may_replace(Some(7), Some(7)));
         assert!(!may_replace(Some(7), Some(6)), "an older generation loses units");
         assert!(!may_replace(Some(7), None), "a blank region loses units");
         c.restored_from_disk(false);
+        c.started(1);
         assert_eq!(c.relaunch_from_disk(Left::Persisted(8)), Some(Some(8)));
         c.restored_from_disk(true);
+        c.started(1);
         // The post-mortem restored from the store already: anything goes.
         assert_eq!(c.relaunch_from_disk(Left::Restored), Some(None));
         assert!(may_replace(None, Some(6)) && may_replace(None, None));
         c.restored_from_disk(true);
+        c.started(1);
         let s = &c.sources;
         assert_eq!((s.disk, s.memory, s.disk_refused), (2, 2, 2));
+        assert_eq!(c.relaunches_after_failures, 0);
+        // A start with no chaos kill before it: after a failure.
+        c.started(1);
+        assert_eq!(c.relaunches_after_failures, 1);
 
         let mut m = chaos(RestoreFrom::Memory);
         assert_eq!(m.relaunch_from_disk(Left::Persisted(7)), None);
+        m.started(1);
         assert_eq!((m.sources.memory, m.sources.disk_refused), (1, 0));
     }
 }

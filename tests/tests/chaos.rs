@@ -82,10 +82,12 @@ fn random_kills_never_lose_a_committed_unit_nor_restore_an_inconsistent_one() {
     assert_eq!(u(&r, "/relaunches"), child_starts - 1, "{r:#}");
     // One relaunch per `restored` line after the first, but for a run
     // killed before it printed one: on a loaded machine a start can take
-    // longer than the shortest interval (20 ms). Such runs stay rare.
+    // longer than the shortest interval (20 ms). A silent start hides no
+    // loss (the next printed restore is checked against the last commit
+    // printed before it); the bound only makes sure most starts are checked.
     let silent = child_starts.saturating_sub(starts as u64);
     assert!(
-        starts as u64 <= child_starts && silent <= kills / 100 + 1,
+        starts as u64 <= child_starts && silent <= child_starts / 4,
         "{starts} `restored` lines for {child_starts} starts:\n{r:#}"
     );
     assert_eq!(u(&r, "/failures/total"), 0, "{r:#}");
@@ -94,6 +96,11 @@ fn random_kills_never_lose_a_committed_unit_nor_restore_an_inconsistent_one() {
     let (disk, memory) = (u(&r, "/restore_from/disk"), u(&r, "/restore_from/memory"));
     assert!(disk > 0 && memory > 0, "both restore sources are used:\n{r:#}");
     assert_eq!(disk + memory, kills, "one restore source per kill:\n{r:#}");
+    assert_eq!(
+        disk + memory + u(&r, "/relaunches_after_failures"),
+        u(&r, "/relaunches"),
+        "every relaunch is after a kill or a failure:\n{r:#}"
+    );
     let by_kind = u(&r, "/kinds/timer")
         + u(&r, "/kinds/after_commit/caught")
         + u(&r, "/kinds/after_commit/fell_back")
@@ -235,6 +242,12 @@ fn a_program_that_fails_by_itself_is_counted_and_fails_the_run() {
     );
     // Starts: killed, failed, killed, failed, killed, the last one stopped.
     assert_eq!(u(&r, "/relaunches"), 5, "{r:#}");
+    assert_eq!(u(&r, "/relaunches_after_failures"), 2, "{r:#}");
+    let (disk, memory) = (u(&r, "/restore_from/disk"), u(&r, "/restore_from/memory"));
+    assert_eq!(disk + memory, 3, "{r:#}");
+    let said =
+        format!("5 relaunches (3 after kills: {disk} from disk, {memory} from memory; 2 after failures)");
+    assert!(finished.err.contains(&said), "no `{said}`:\n{log}");
     assert_eq!(r["exit_status"], 4, "{r:#}");
     assert!(
         finished.err.contains("2 failed runs (1 inconsistent, 1 other)"),
@@ -265,7 +278,17 @@ fn a_seed_repeats_the_schedule_and_a_random_one_is_logged() {
     assert_eq!(a["seed"], 42);
     assert_eq!(a["schedule"], b["schedule"], "same seed, same schedule");
     assert_eq!(a["schedule"].as_array().map(Vec::len), Some(12));
-    assert_ne!(a["schedule"], c["schedule"], "another seed, another schedule");
+    // The restore sources of c are all disk by its mode: the seed shows in
+    // the intervals and kinds.
+    let times = |r: &Value| -> Vec<(Value, Value)> {
+        r["schedule"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| (k["after_us"].clone(), k["kind"].clone()))
+            .collect()
+    };
+    assert_ne!(times(&a), times(&c), "another seed, another schedule");
     let seed = u(&c, "/seed");
     assert!(
         log.contains(&format!("repeat with --seed {seed}")),
