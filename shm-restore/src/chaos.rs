@@ -21,8 +21,11 @@
 //!   signal; whether the commit count was still unmoved once the group was
 //!   dead is counted separately.
 //!
-//! A worst-moment kill that does not find its moment within `MAX` falls back
-//! to a plain kill and is counted as such.
+//! A worst-moment kill that does not find its moment within [`MOMENT_WAIT`]
+//! (or `MAX` if shorter) falls back to a plain kill and is counted as such.
+//! While it spins, the lifecycle is asked every [`PEEK_EVERY`] whether it
+//! has something to do first (a stop signal, a hang): if so the spin ends
+//! without a kill, and the lifecycle acts as it would without chaos mode.
 
 use std::fs::File;
 use std::io::Write;
@@ -31,7 +34,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use serde::Serialize;
@@ -41,7 +44,7 @@ use shm_snapshot::snapshot::observe_file;
 use tracing::{error, info, warn};
 
 use crate::lag::LagHistogram;
-use crate::supervise::Ended;
+use crate::supervise::{Ended, Left};
 
 /// Exit status in chaos mode when any run of the program failed (ended by
 /// itself, not by a chaos kill, with a status other than 0).
@@ -64,6 +67,15 @@ const MAX_LISTED_FAILURES: usize = 100;
 /// Spin iterations between clock reads and checks that the program lives
 /// (a clock read costs tens of nanoseconds, an iteration a few).
 const SPIN_CHECK_EVERY: u64 = 64;
+
+/// The longest a worst-moment kill spins for its moment. Spinning keeps a
+/// core busy, and a program that commits less often than this is served
+/// by the plain kill the spin falls back to.
+const MOMENT_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a spinning kill asks the lifecycle whether it must act first:
+/// stop signals and hangs wait at most this long for it.
+const PEEK_EVERY: Duration = Duration::from_millis(1);
 
 /// Spin iterations between reads of every arena chunk counter (a thousand
 /// loads for a 64 MiB region; the ring word and the tag are read every time).
@@ -100,7 +112,7 @@ pub struct KillRange {
     /// Shortest time from a start to its kill.
     pub min: Duration,
     /// Longest time from a start to its kill; also how long a worst-moment
-    /// kill waits for its moment.
+    /// kill waits for its moment, up to [`MOMENT_WAIT`].
     pub max: Duration,
 }
 
@@ -159,6 +171,15 @@ pub enum Source {
     Disk,
 }
 
+/// Where a relaunch after a chaos kill got its region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relaunched {
+    Memory,
+    Disk,
+    /// Planned from disk, kept in memory.
+    Refused,
+}
+
 /// One planned kill.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Planned {
@@ -182,8 +203,11 @@ struct Schedule {
 impl Schedule {
     fn new(seed: u64, range: KillRange, from: RestoreFrom) -> Schedule {
         Schedule {
-            // ChaCha8 is portable and its stream fixed across versions, so a
-            // seed repeats a schedule across builds and machines.
+            // ChaCha8's stream is portable and fixed across versions; every
+            // draw below is made from its raw words by hand (not by rand's
+            // range sampling, whose algorithm may change between versions),
+            // so a seed repeats a schedule across versions, builds and
+            // machines.
             rng: ChaCha8Rng::seed_from_u64(seed),
             range,
             from,
@@ -194,15 +218,19 @@ impl Schedule {
     fn get(&mut self, index: usize) -> Planned {
         while self.planned.len() <= index {
             let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-            let after_us = self.rng.random_range(us(self.range.min)..=us(self.range.max));
-            let kind = match self.rng.random_range(0..3u8) {
+            let (min, max) = (us(self.range.min), us(self.range.max));
+            // The modulo's bias is below span / 2^64: nothing at the spans
+            // of a kill range in microseconds.
+            let span = (max - min).saturating_add(1);
+            let after_us = min + self.rng.next_u64() % span;
+            let kind = match self.rng.next_u64() % 3 {
                 0 => KillKind::Timer,
                 1 => KillKind::AfterCommit,
                 _ => KillKind::MidWrite,
             };
             // Drawn in every mode, so the intervals and kinds of a seed do
             // not depend on --chaos-restore.
-            let coin = self.rng.random_bool(0.5);
+            let coin = self.rng.next_u64() & 1 == 1;
             let restore = match self.from {
                 RestoreFrom::Disk => Source::Disk,
                 RestoreFrom::Memory => Source::Memory,
@@ -227,6 +255,8 @@ enum Moment {
     FellBack,
     /// The program ended by itself first: no kill.
     Gone,
+    /// The lifecycle has something to do first: no kill for now.
+    Interrupted,
 }
 
 /// The current run of the program, as chaos sees it.
@@ -242,6 +272,9 @@ struct Run {
     struck: Option<Strike>,
     /// The read-only observer of the region, made once the run has laid it out.
     observer: Option<Observer>,
+    /// The hang watch took this run for hung (heartbeat still for so long):
+    /// no chaos kill for it, and its death is a failure.
+    hung: Option<Duration>,
 }
 
 struct Strike {
@@ -282,12 +315,16 @@ struct Kinds {
     mid_write: MidWrite,
 }
 
+/// Where the region of each relaunch after a chaos kill came from:
+/// `memory + disk` is the number of such relaunches (one per kill, but for
+/// a kill after which the supervisor was stopped).
 #[derive(Debug, Default, Serialize)]
 struct Sources {
     memory: u64,
     disk: u64,
-    /// Planned from disk but kept in memory: the post-mortem generation
-    /// could not be persisted, so the region held units the disk lacked.
+    /// Planned from disk but kept in memory (and counted there): the
+    /// post-mortem generation could not be persisted, or did not load back
+    /// as the newest, so the region held units the disk lacked.
     disk_refused: u64,
 }
 
@@ -329,14 +366,17 @@ struct Report {
     duration_ms: u64,
     kills: u64,
     kinds: Kinds,
+    /// Every start after the first: after a chaos kill (`restore_from`
+    /// says from where) or after a failure (`relaunches_after_failures`).
     relaunches: u64,
+    relaunches_after_failures: u64,
     restore_from: Sources,
     generations_persisted: u64,
     /// From a kill to the next run's start: post-mortem generation, restore, spawn.
     restore_ms: Option<Millis>,
     failures: Failures,
     last_run: Option<LastRun>,
-    exit_status: Option<u8>,
+    exit_status: u8,
     schedule: Vec<Planned>,
 }
 
@@ -353,6 +393,10 @@ pub struct Chaos {
     next_baseline: Option<u64>,
     /// When the last chaos kill was sent, until the next run starts.
     killed_at: Option<Instant>,
+    /// Where the next run's region comes from, after a chaos kill; counted
+    /// when that run starts.
+    next_source: Option<Relaunched>,
+    relaunches_after_failures: u64,
     starts: u64,
     kills: u64,
     kinds: Kinds,
@@ -385,6 +429,8 @@ impl Chaos {
             run: None,
             next_baseline: None,
             killed_at: None,
+            next_source: None,
+            relaunches_after_failures: 0,
             starts: 0,
             kills: 0,
             kinds: Kinds::default(),
@@ -410,6 +456,16 @@ impl Chaos {
         if let Some(killed) = self.killed_at.take() {
             self.restore_times.record(now - killed, 1);
         }
+        match self.next_source.take() {
+            Some(Relaunched::Memory) => self.sources.memory += 1,
+            Some(Relaunched::Disk) => self.sources.disk += 1,
+            Some(Relaunched::Refused) => {
+                self.sources.memory += 1;
+                self.sources.disk_refused += 1;
+            }
+            None if self.starts > 1 => self.relaunches_after_failures += 1,
+            None => {}
+        }
         let kill = if self.runs_wanted.is_some_and(|n| self.kills >= n) {
             info!("chaos: every planned kill is done; waiting for this run's first commit");
             None
@@ -424,6 +480,7 @@ impl Chaos {
             baseline: self.next_baseline.take(),
             struck: None,
             observer: None,
+            hung: None,
         });
     }
 
@@ -439,19 +496,22 @@ impl Chaos {
         })
     }
 
-    /// Does what is due: a kill (waiting up to `MAX` for its moment), or a
-    /// look at whether the last run has committed.
-    pub fn tick(&mut self, region: &File) -> Tick {
+    /// Does what is due: a kill (waiting up to `MAX` or [`MOMENT_WAIT`] for
+    /// its moment), or a look at whether the last run has committed. While
+    /// a kill waits, `interrupt` is called every [`PEEK_EVERY`]; when it
+    /// returns true the wait ends without a kill (which stays due).
+    pub fn tick(&mut self, region: &File, interrupt: &mut dyn FnMut() -> bool) -> Tick {
         let Some(run) = self.run.as_mut() else {
             return Tick::Nothing;
         };
-        if run.struck.is_some() {
+        if run.struck.is_some() || run.hung.is_some() {
             return Tick::Nothing;
         }
         let now = Instant::now();
         match run.kill {
             Some((due, plan)) if now >= due => {
-                strike(run, plan.kind, region, now + self.range.max);
+                let until = now + self.range.max.min(MOMENT_WAIT);
+                strike(run, plan.kind, region, until, interrupt);
                 if let Some(strike) = &run.struck {
                     self.killed_at = Some(strike.at);
                 }
@@ -459,16 +519,17 @@ impl Chaos {
             }
             Some(_) => Tick::Nothing,
             None => {
+                // A blank region (no baseline) counts from 0: laying it out
+                // is no commit.
                 let count = observer(run, region).map(Observer::commit_count);
-                let committed = count.is_some() && count != run.baseline;
+                let committed = count.is_some_and(|c| c > run.baseline.unwrap_or(0));
                 if committed || now >= run.health_by {
                     if committed {
                         info!("chaos: the last run committed; stopping it");
                     } else {
-                        warn!(
-                            waited = %humantime::format_duration(self.range.max.max(HEALTH_WAIT)),
-                            "chaos: the last run made no commit in time; stopping it"
-                        );
+                        let waited = humantime::format_duration(self.range.max.max(HEALTH_WAIT));
+                        error!(%waited, "chaos: the last run made no commit in time; stopping it");
+                        self.failed(format!("made no commit within {waited} of its start"), false);
                     }
                     self.last_run = Some(LastRun { committed });
                     self.completed = true;
@@ -477,6 +538,14 @@ impl Chaos {
                 }
                 Tick::Nothing
             }
+        }
+    }
+
+    /// The hang watch took the current run for hung and kills it: no chaos
+    /// kill for it, and its end counts as a failure.
+    pub fn hung(&mut self, stalled: Duration) {
+        if let Some(run) = &mut self.run {
+            run.hung = Some(stalled);
         }
     }
 
@@ -512,44 +581,72 @@ impl Chaos {
         if stopping || ended == Ended::Exited(0) {
             return false;
         }
+        let status = match run.and_then(|r| r.hung) {
+            Some(stalled) => format!(
+                "hung: heartbeat unchanged for {}, then {ended}",
+                humantime::format_duration(Duration::from_millis(stalled.as_millis() as u64))
+            ),
+            None => ended.to_string(),
+        };
+        error!(run = self.starts, %status, "chaos: the program failed by itself");
+        self.failed(status, ended == Ended::Exited(STATUS_INCONSISTENT));
+        false
+    }
+
+    /// Counts a failure of the current run.
+    fn failed(&mut self, status: String, inconsistent: bool) {
         self.failures.total += 1;
-        if ended == Ended::Exited(STATUS_INCONSISTENT) {
+        if inconsistent {
             self.failures.inconsistent += 1;
         } else {
             self.failures.other += 1;
         }
-        error!(run = self.starts, status = %ended, "chaos: the program failed by itself");
         if self.failures.runs.len() < MAX_LISTED_FAILURES {
             self.failures.runs.push(FailedRun {
                 run: self.starts,
-                status: ended.to_string(),
+                status,
             });
         }
-        false
     }
 
-    /// After a chaos kill's post-mortem: whether the next run's region is
-    /// rebuilt from disk. Never when the post-mortem generation could not be
-    /// persisted (`region_ahead`): the region then holds units the store
-    /// lacks, and replacing it with an older state would lose them.
-    pub fn relaunch_from_disk(&mut self, region_ahead: bool) -> bool {
+    /// After a chaos kill's post-mortem (which `left` the region as it
+    /// says): whether the next run's region is to be rebuilt from disk,
+    /// and if so, which generation it must load for the region to be
+    /// replaced (`Some(None)`: whatever it loads; the post-mortem left the
+    /// region as the store gives it). Never when the post-mortem generation
+    /// could not be persisted: the region then holds units the store lacks,
+    /// and replacing it with an older state would lose them. Follow with
+    /// [`Chaos::restored_from_disk`].
+    pub fn relaunch_from_disk(&mut self, left: Left) -> Option<Option<u64>> {
         let plan = self.schedule.get(self.kills.saturating_sub(1) as usize);
-        match plan.restore {
-            Source::Disk if region_ahead => {
-                warn!("chaos: the store lacks units the region holds; relaunching from memory, not disk");
-                self.sources.disk_refused += 1;
-                self.sources.memory += 1;
-                false
+        match (plan.restore, left) {
+            (Source::Memory, _) => {
+                self.next_source = Some(Relaunched::Memory);
+                None
             }
-            Source::Disk => {
-                self.sources.disk += 1;
-                true
+            (Source::Disk, Left::Ahead) => {
+                self.refused();
+                None
             }
-            Source::Memory => {
-                self.sources.memory += 1;
-                false
-            }
+            (Source::Disk, Left::Persisted(number)) => Some(Some(number)),
+            (Source::Disk, Left::Restored) => Some(None),
         }
+    }
+
+    /// After a relaunch planned from disk: whether the region was replaced
+    /// (else the generation loaded was not the one required, and the
+    /// region is kept in memory).
+    pub fn restored_from_disk(&mut self, replaced: bool) {
+        if replaced {
+            self.next_source = Some(Relaunched::Disk);
+        } else {
+            self.refused();
+        }
+    }
+
+    fn refused(&mut self) {
+        warn!("chaos: the store lacks units the region holds; relaunching from memory, not disk");
+        self.next_source = Some(Relaunched::Refused);
     }
 
     /// Ends chaos mode: logs the report, writes it to `--report`, and turns
@@ -557,9 +654,10 @@ impl Chaos {
     /// if any run failed, else 0.
     pub fn finish(mut self, code: Result<ExitCode>, generations: u64) -> Result<ExitCode> {
         let status = match &code {
-            Err(_) => None,
-            Ok(_) if self.failures.total > 0 => Some(EXIT_CHILD_FAILED),
-            Ok(_) => Some(0),
+            // What the process exits with (main prints the error).
+            Err(_) => 1,
+            Ok(_) if self.failures.total > 0 => EXIT_CHILD_FAILED,
+            Ok(_) => 0,
         };
         if let Some(n) = self.runs_wanted {
             // The whole plan, even when stopped early.
@@ -572,10 +670,10 @@ impl Chaos {
                 .with_context(|| format!("writing the report to {}", path.display()))?;
         }
         code?;
-        Ok(ExitCode::from(status.unwrap_or(1)))
+        Ok(ExitCode::from(status))
     }
 
-    fn report(&mut self, generations: u64, exit_status: Option<u8>) -> Report {
+    fn report(&mut self, generations: u64, exit_status: u8) -> Report {
         let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
         let restore_ms = (!self.restore_times.is_empty()).then(|| Millis {
             p50: ms(self.restore_times.quantile(0.50)),
@@ -591,6 +689,7 @@ impl Chaos {
             kills: self.kills,
             kinds: std::mem::take(&mut self.kinds),
             relaunches: self.starts.saturating_sub(1),
+            relaunches_after_failures: self.relaunches_after_failures,
             restore_from: std::mem::take(&mut self.sources),
             generations_persisted: generations,
             restore_ms,
@@ -600,6 +699,16 @@ impl Chaos {
             schedule: self.schedule.planned.iter().take(planned).copied().collect(),
         }
     }
+}
+
+/// Whether a relaunch from disk that requires generation `require` (see
+/// [`Chaos::relaunch_from_disk`]) may replace the region with generation
+/// `loaded` (`None`: a blank region, the store being empty). The region
+/// holds exactly the post-mortem generation: anything else the store gives
+/// (an older one, when that one is damaged on reading back or refused) would
+/// lose units.
+pub fn may_replace(require: Option<u64>, loaded: Option<u64>) -> bool {
+    require.is_none_or(|number| loaded == Some(number))
 }
 
 /// The region's observer for `run`, made once the run has laid it out.
@@ -620,14 +729,15 @@ fn has_ended(pid: libc::pid_t) -> bool {
     !matches!(rustix::process::waitid(WaitId::Pid(pid), options), Ok(None))
 }
 
-/// Kills `run` at the moment `kind` aims for, waiting until `until` at most.
-fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant) {
+/// Kills `run` at the moment `kind` aims for, waiting until `until` at most
+/// unless `interrupt` says the lifecycle must act first.
+fn strike(run: &mut Run, kind: KillKind, region: &File, until: Instant, interrupt: &mut dyn FnMut() -> bool) {
     let moment = match kind {
         KillKind::Timer => Moment::FellBack,
-        KillKind::AfterCommit | KillKind::MidWrite => watch(run, kind, region, until),
+        KillKind::AfterCommit | KillKind::MidWrite => watch(run, kind, region, until, interrupt),
     };
     let (caught, sighting) = match moment {
-        Moment::Gone => return,
+        Moment::Gone | Moment::Interrupted => return,
         Moment::Caught(sighting) => (true, sighting),
         Moment::FellBack => (false, None),
     };
@@ -693,18 +803,33 @@ fn marks(o: &Observer) -> Marks {
     }
 }
 
-/// Spins until the moment `kind` aims for, the bound, or the program's end.
-fn watch(run: &mut Run, kind: KillKind, region: &File, until: Instant) -> Moment {
+/// Spins until the moment `kind` aims for, the bound, the program's end, or
+/// `interrupt` returning true.
+fn watch(
+    run: &mut Run,
+    kind: KillKind,
+    region: &File,
+    until: Instant,
+    interrupt: &mut dyn FnMut() -> bool,
+) -> Moment {
     let pid = run.pid;
     let mut spins = 0u64;
     let mut base: Option<(u64, Marks, Vec<u64>)> = None;
     let mut counters = Vec::new();
+    let mut peek_at = Instant::now();
     loop {
         if spins.is_multiple_of(SPIN_CHECK_EVERY) {
             if has_ended(pid) {
                 return Moment::Gone;
             }
-            if Instant::now() >= until {
+            let now = Instant::now();
+            if now >= peek_at {
+                if interrupt() {
+                    return Moment::Interrupted;
+                }
+                peek_at = now + PEEK_EVERY;
+            }
+            if now >= until {
                 return Moment::FellBack;
             }
         }
@@ -756,7 +881,7 @@ fn watch(run: &mut Run, kind: KillKind, region: &File, until: Instant) -> Moment
 fn log_report(r: &Report, path: Option<&Path>) {
     let k = &r.kinds;
     info!(
-        "chaos report: {} kills (timer {}, after-commit {} + {} fell back, mid-write {} + {} fell back, {} landed before the count moved), {} relaunches ({} from disk, {} from memory{})",
+        "chaos report: {} kills (timer {}, after-commit {} + {} fell back, mid-write {} + {} fell back, {} landed before the count moved), {} relaunches ({} after kills: {} from disk, {} from memory{}; {} after failures){}",
         r.kills,
         k.timer,
         k.after_commit.caught,
@@ -765,15 +890,24 @@ fn log_report(r: &Report, path: Option<&Path>) {
         k.mid_write.fell_back,
         k.mid_write.landed_mid_commit,
         r.relaunches,
+        r.restore_from.disk + r.restore_from.memory,
         r.restore_from.disk,
         r.restore_from.memory,
         if r.restore_from.disk_refused > 0 {
             format!(
-                ", {} kept in memory as the disk lacked units",
+                ", {} of them kept in memory as the disk lacked units",
                 r.restore_from.disk_refused
             )
         } else {
             String::new()
+        },
+        r.relaunches_after_failures,
+        match r
+            .kills
+            .saturating_sub(r.restore_from.disk + r.restore_from.memory)
+        {
+            0 => String::new(),
+            n => format!("; stopped after {n} kill(s) without relaunching"),
         }
     );
     let restore = r.restore_ms.as_ref().map_or("n/a".to_owned(), |m| {
@@ -886,5 +1020,74 @@ mod tests {
                 .all(|(x, y)| (x.after_us, x.kind) == (y.after_us, y.kind))
         };
         assert!(same_times(&all_disk), "the restore mode does not move the kills");
+    }
+
+    #[test]
+    fn a_seed_draws_the_same_schedule_in_every_version() {
+        // Pinned: these follow from ChaCha8's fixed stream and the draws
+        // made from it by hand, and must never change.
+        let mut s = Schedule::new(42, range(20, 500), RestoreFrom::Mixed);
+        let got: Vec<_> = (0..3).map(|i| s.get(i)).collect();
+        let plan = |after_us, kind| Planned {
+            after_us,
+            kind,
+            restore: Source::Memory,
+        };
+        assert_eq!(
+            got,
+            [
+                plan(68_626, KillKind::AfterCommit),
+                plan(409_425, KillKind::MidWrite),
+                plan(482_563, KillKind::Timer),
+            ]
+        );
+    }
+
+    fn chaos(from: RestoreFrom) -> Chaos {
+        let flags = ChaosFlags {
+            chaos_kill: Some(range(20, 60)),
+            chaos_runs: None,
+            seed: Some(1),
+            chaos_restore: from,
+            report: None,
+        };
+        let mut chaos = Chaos::new(&flags).unwrap();
+        // As after the first kill.
+        chaos.kills = 1;
+        chaos
+    }
+
+    #[test]
+    fn a_disk_relaunch_replaces_the_region_only_with_the_post_mortem_generation() {
+        let mut c = chaos(RestoreFrom::Disk);
+        // The post-mortem could not persist: memory, whatever the plan.
+        assert_eq!(c.relaunch_from_disk(Left::Ahead), None);
+        c.started(1);
+        // It persisted 7: only 7 itself may replace the region.
+        assert_eq!(c.relaunch_from_disk(Left::Persisted(7)), Some(Some(7)));
+        assert!(may_replace(Some(7), Some(7)));
+        assert!(!may_replace(Some(7), Some(6)), "an older generation loses units");
+        assert!(!may_replace(Some(7), None), "a blank region loses units");
+        c.restored_from_disk(false);
+        c.started(1);
+        assert_eq!(c.relaunch_from_disk(Left::Persisted(8)), Some(Some(8)));
+        c.restored_from_disk(true);
+        c.started(1);
+        // The post-mortem restored from the store already: anything goes.
+        assert_eq!(c.relaunch_from_disk(Left::Restored), Some(None));
+        assert!(may_replace(None, Some(6)) && may_replace(None, None));
+        c.restored_from_disk(true);
+        c.started(1);
+        let s = &c.sources;
+        assert_eq!((s.disk, s.memory, s.disk_refused), (2, 2, 2));
+        assert_eq!(c.relaunches_after_failures, 0);
+        // A start with no chaos kill before it: after a failure.
+        c.started(1);
+        assert_eq!(c.relaunches_after_failures, 1);
+
+        let mut m = chaos(RestoreFrom::Memory);
+        assert_eq!(m.relaunch_from_disk(Left::Persisted(7)), None);
+        m.started(1);
+        assert_eq!((m.sources.memory, m.sources.disk_refused), (1, 0));
     }
 }

@@ -153,7 +153,10 @@ impl Control {
 
     /// Runs `f` while the phase is still `Running(run)`, holding the phase
     /// lock throughout: once `pause` has returned, nothing run this way can
-    /// still touch the region. `None` if the run has ended.
+    /// still touch the region. (The thread's `stop_waiting` after such a
+    /// sleep runs outside the lock and may still clear the host's flag word
+    /// after `pause` returned; clear is what a restore leaves there anyway.)
+    /// `None` if the run has ended.
     fn while_running<T>(&self, run: u64, f: impl FnOnce() -> T) -> Option<T> {
         let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
         (*guard == Phase::Running(run) && !self.leaving.load(Ordering::SeqCst)).then(f)
@@ -283,6 +286,10 @@ struct Worker {
     pending: VecDeque<(u64, Instant)>,
     /// Whether a store failure was already reported in this episode.
     store_failing: bool,
+    /// Generations persisted (by anyone: this thread or a post-mortem) when
+    /// the store failure was reported; a failure after more were persisted
+    /// starts a new episode.
+    failing_after: u64,
     /// Whether a region problem was already reported in this episode.
     region_failing: bool,
     /// Whether corrupt unit-table entries were already reported in this
@@ -303,6 +310,7 @@ impl Worker {
             interval,
             pending: VecDeque::new(),
             store_failing: false,
+            failing_after: 0,
             region_failing: false,
             table_failing: false,
             starved: 0,
@@ -319,6 +327,9 @@ impl Worker {
             };
             self.pending.clear();
             self.last_counted = None;
+            // A new program: its region and table problems are its own.
+            self.region_failing = false;
+            self.table_failing = false;
             self.follow(run);
         }
     }
@@ -507,9 +518,10 @@ impl Worker {
             // Outcome is non-exhaustive; every outcome known today is above.
             Ok(_) => Attempt::Nothing,
             Err(SnapshotError::Store(e)) => {
-                if !self.store_failing {
+                if !self.store_failing || stats.generations != self.failing_after {
                     error!("could not persist a generation: {e}; the last good generation stands, retrying");
                     self.store_failing = true;
+                    self.failing_after = stats.generations;
                 }
                 Attempt::RetryLater(STORE_RETRY)
             }

@@ -2,6 +2,7 @@
 //! death kill its group, take a post-mortem generation of the quiet region,
 //! and start it again per policy.
 
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -15,7 +16,7 @@ use shm_snapshot::snapshot::{self, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreError, StoreOptions};
 use tracing::{error, info, warn};
 
-use crate::chaos::{Chaos, Tick};
+use crate::chaos::{self, Chaos, Tick};
 use crate::child::Launcher;
 use crate::cli::{Args, Fsync, Restart};
 use crate::hang::HangWatch;
@@ -24,6 +25,18 @@ use crate::region::{HostRegion, human};
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status;
 use crate::systemd::{self, Systemd};
+
+/// What a post-mortem left in the region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Left {
+    /// Exactly this generation, just persisted.
+    Persisted(u64),
+    /// What restoring the newest generation gave (or a blank region).
+    Restored,
+    /// The region as the program left it, ahead of the store: persisting
+    /// its units failed.
+    Ahead,
+}
 
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +160,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         snapshots,
         region,
         events,
+        held: VecDeque::new(),
         stop: None,
         launches: Vec::new(),
         chaos: Chaos::new(&args.chaos),
-        region_ahead: false,
         systemd,
     };
     let code = supervisor.lifecycle(&mut launcher);
@@ -180,16 +193,15 @@ impl Supervisor<'_> {
             let stopping = self.stop.is_some();
             let chaos_kill =
                 (self.chaos.as_mut()).is_some_and(|c| c.ended(ended, stopping, self.region.file()));
-            self.post_mortem()?;
+            let left = self.post_mortem()?;
             if chaos_kill && !stopping {
                 // Intentional: no restart limit, no backoff.
                 self.launches.pop();
-                if self
-                    .chaos
-                    .as_mut()
-                    .is_some_and(|c| c.relaunch_from_disk(self.region_ahead))
-                {
-                    restore_newest(&mut self.snapshots.pause(), &self.region, false)?;
+                self.chaos_relaunch(left)?;
+                // A stop signal that came during the post-mortem or the
+                // restore ends it here, not after another start.
+                if self.stop_pending() {
+                    return Ok(ExitCode::from(ended.code()));
                 }
                 continue;
             }
@@ -239,15 +251,15 @@ struct Supervisor<'a> {
     snapshots: SnapshotThread,
     region: HostRegion,
     events: Receiver<i32>,
+    /// Events taken from `events` early (while a chaos kill waited for its
+    /// moment), handed out before anything new.
+    held: VecDeque<i32>,
     /// The stop signal received, if any: no relaunch after it.
     stop: Option<i32>,
     /// When each recent launch happened, for the restart limit.
     launches: Vec<Instant>,
     /// Chaos mode, with `--chaos-kill`.
     chaos: Option<Chaos>,
-    /// The last post-mortem could not persist: the region holds units the
-    /// store lacks.
-    region_ahead: bool,
     /// Notifications to systemd, if it runs the supervisor.
     systemd: Systemd,
 }
@@ -275,6 +287,9 @@ impl Supervisor<'_> {
             None => None,
         };
         let mut kill_at: Option<Instant> = None;
+        // What the hang watch found, if it found it while a chaos kill
+        // waited for its moment.
+        let mut hung: Option<Duration> = None;
         loop {
             self.systemd.round();
             if let Some(ended) = reap(pid)? {
@@ -285,7 +300,13 @@ impl Supervisor<'_> {
                 self.status.child_ended();
                 return Ok(ended);
             }
-            if let Some(stalled) = hang.as_mut().and_then(HangWatch::check) {
+            if hung.is_none() {
+                hung = hang.as_mut().and_then(HangWatch::check);
+            }
+            if let Some(stalled) = hung.take() {
+                if let Some(chaos) = &mut self.chaos {
+                    chaos.hung(stalled);
+                }
                 warn!(
                     pid,
                     "child hung: heartbeat unchanged for {}; killing it",
@@ -308,12 +329,7 @@ impl Supervisor<'_> {
             .into_iter()
             .flatten()
             .min();
-            let event = match wake {
-                Some(at) => self
-                    .events
-                    .recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            };
+            let event = self.next_event(wake.map(|at| at.saturating_duration_since(Instant::now())));
             match event {
                 Ok(libc::SIGCHLD) => {}
                 Ok(signal) => {
@@ -335,8 +351,23 @@ impl Supervisor<'_> {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) if kill_at.is_none_or(|at| Instant::now() < at) => {
-                    if let Some(chaos) = &mut self.chaos
-                        && chaos.tick(self.region.file()) == Tick::Stop
+                    // While a kill waits for its moment, the lifecycle's own
+                    // work goes on: the watchdog is fed, and a stop signal or
+                    // a hang ends the wait (the signal is kept for the loop).
+                    let (events, held, systemd) = (&self.events, &mut self.held, &self.systemd);
+                    let mut interrupt = || {
+                        systemd.round();
+                        while let Ok(event) = events.try_recv() {
+                            held.push_back(event);
+                        }
+                        if hung.is_none() {
+                            hung = hang.as_mut().and_then(HangWatch::check);
+                        }
+                        hung.is_some() || held.iter().any(|&e| e != libc::SIGCHLD)
+                    };
+                    if self.stop.is_none()
+                        && let Some(chaos) = &mut self.chaos
+                        && chaos.tick(self.region.file(), &mut interrupt) == Tick::Stop
                     {
                         self.stop = Some(libc::SIGTERM);
                         signal_group(pid, libc::SIGTERM);
@@ -353,6 +384,62 @@ impl Supervisor<'_> {
         }
     }
 
+    /// After a chaos kill's post-mortem: rebuilds the region from the
+    /// newest generation on disk if the schedule says so and nothing the
+    /// region holds would be lost by it.
+    fn chaos_relaunch(&mut self, left: Left) -> Result<()> {
+        let Some(chaos) = &mut self.chaos else {
+            return Ok(());
+        };
+        let Some(require) = chaos.relaunch_from_disk(left) else {
+            return Ok(());
+        };
+        let mut shared = self.snapshots.pause();
+        let replaced = match require {
+            None => {
+                restore_after_death(&mut shared, &self.region, self.args.start_empty_if_damaged)?;
+                true
+            }
+            Some(_) => match restore_newest_if(&mut shared, &self.region, false, |loaded| {
+                chaos::may_replace(require, loaded)
+            }) {
+                Ok(replaced) => replaced,
+                Err(e) if matches!(e.downcast_ref(), Some(StoreError::NoVerifiedGeneration { .. })) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        chaos.restored_from_disk(replaced);
+        Ok(())
+    }
+
+    /// Whether a stop signal is waiting (reaping orphans on the way, as
+    /// [`Supervisor::sleep`] does); if so it is taken as the stop.
+    fn stop_pending(&mut self) -> bool {
+        while let Ok(event) = self.next_event(Some(Duration::ZERO)) {
+            if event == libc::SIGCHLD {
+                let _ = reap(0);
+                continue;
+            }
+            info!(signal = %signal_name(event), "stopping before the relaunch");
+            self.stop = Some(event);
+            self.status.stopping();
+            return true;
+        }
+        false
+    }
+
+    /// The next signal: one held back first, else one within `timeout`
+    /// (`None`: no limit).
+    fn next_event(&mut self, timeout: Option<Duration>) -> Result<i32, RecvTimeoutError> {
+        if let Some(event) = self.held.pop_front() {
+            return Ok(event);
+        }
+        match timeout {
+            Some(timeout) => self.events.recv_timeout(timeout),
+            None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        }
+    }
+
     /// Sleeps `delay` unless a stop signal comes first; false if one did.
     fn sleep(&mut self, delay: Duration) -> bool {
         let until = Instant::now() + delay;
@@ -360,7 +447,7 @@ impl Supervisor<'_> {
             self.systemd.round();
             let left = until.saturating_duration_since(Instant::now());
             let wait = self.systemd.round_interval().map_or(left, |r| r.min(left));
-            match self.events.recv_timeout(wait) {
+            match self.next_event(Some(wait)) {
                 Ok(libc::SIGCHLD) => {
                     let _ = reap(0);
                 }
@@ -379,16 +466,16 @@ impl Supervisor<'_> {
     /// After a death: the group is gone, so every valid unit in the region
     /// is consistent. Persists them as a generation and leaves the region
     /// holding exactly the newest generation (or blank if there is none).
-    fn post_mortem(&mut self) -> Result<()> {
+    fn post_mortem(&mut self) -> Result<Left> {
         let started = Instant::now();
-        self.region_ahead = false;
+        let start_empty = self.args.start_empty_if_damaged;
         let mut shared = self.snapshots.pause();
         let shared = &mut *shared;
         let taken = match snapshot::observe_file(self.region.file()) {
             Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
             Ok(None) => {
                 info!("the program never laid out the region: nothing to persist");
-                return restore_newest(shared, &self.region, false);
+                return restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored);
             }
             Err(e) => Err(e.into()),
         };
@@ -420,27 +507,26 @@ impl Supervisor<'_> {
                 }
                 snapshot::apply_meta(self.region.file(), &geometry, &meta)
                     .context("making the region hold the persisted generation")?;
-                Ok(())
+                Ok(Left::Persisted(persisted.number))
             }
             Ok(Outcome::NoConsistentUnit { anomalies, .. }) => {
                 if !anomalies.is_clean() {
                     warn!(?anomalies, "the region's unit table had corrupt entries");
                 }
                 info!("no committed unit in the region: nothing new to persist");
-                restore_newest(shared, &self.region, false)
+                restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
             }
             Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
             Err(snapshot::SnapshotError::Region(e)) => {
                 warn!("the region is not usable ({e}); restoring the newest generation");
-                restore_newest(shared, &self.region, false)
+                restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
             }
             Err(e @ snapshot::SnapshotError::Store(_)) => {
                 // The region still holds every committed unit; the program
                 // recovers them from memory, and the store keeps its last
                 // good generation.
                 error!("could not persist a generation: {e}; the region is kept as it is");
-                self.region_ahead = true;
-                Ok(())
+                Ok(Left::Ahead)
             }
             Err(e) => Err(e.into()),
         }
@@ -456,7 +542,24 @@ pub(crate) fn restore_at_start(
     region: &HostRegion,
     start_empty_if_damaged: bool,
 ) -> Result<()> {
-    let err = match restore_newest(shared, region, true) {
+    restore_or_start_empty(shared, region, true, start_empty_if_damaged)
+}
+
+/// After a death, when the region is not to be kept: like
+/// [`restore_at_start`], so a store that could only start with
+/// `--start-empty-if-damaged` goes on the same way when the program dies
+/// before its first generation.
+fn restore_after_death(shared: &mut Shared, region: &HostRegion, start_empty_if_damaged: bool) -> Result<()> {
+    restore_or_start_empty(shared, region, false, start_empty_if_damaged)
+}
+
+fn restore_or_start_empty(
+    shared: &mut Shared,
+    region: &HostRegion,
+    at_start: bool,
+    start_empty_if_damaged: bool,
+) -> Result<()> {
+    let err = match restore_newest(shared, region, at_start) {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
@@ -505,19 +608,38 @@ pub(crate) fn restorable_in(region_len: u64) -> impl FnMut(&[u8], &[u8]) -> Resu
 /// but whose unit table or header cannot be restored is skipped like a
 /// damaged one.
 pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start: bool) -> Result<()> {
+    restore_newest_if(shared, region, at_start, |_| true).map(drop)
+}
+
+/// [`restore_newest`], once `wanted` has agreed to the generation found
+/// (its number; `None` when the store is empty and the region would be
+/// made blank). When it does not, the region is left as it is and the
+/// result is false.
+fn restore_newest_if(
+    shared: &mut Shared,
+    region: &HostRegion,
+    at_start: bool,
+    wanted: impl FnOnce(Option<u64>) -> bool,
+) -> Result<bool> {
     let started = Instant::now();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
     let store = &mut shared.store;
     let loaded = store.load_newest_with(restorable_in(region.len()))?;
     let Some(loaded) = loaded else {
+        if !wanted(None) {
+            return Ok(false);
+        }
         if at_start {
             info!(dir = %store.dir().display(), "empty store: the program starts on a blank region");
         }
-        return region.clear();
+        return region.clear().map(|()| true);
     };
     for (number, why) in &loaded.skipped {
         warn!(generation = number, "skipping a damaged generation: {why}");
+    }
+    if !wanted(Some(loaded.number)) {
+        return Ok(false);
     }
     if loaded.image.len() as u64 != region.len() {
         bail!(
@@ -536,7 +658,7 @@ pub(crate) fn restore_newest(shared: &mut Shared, region: &HostRegion, at_start:
         ms = started.elapsed().as_millis() as u64,
         "generation restored"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// `d` to whole milliseconds, for messages.

@@ -79,9 +79,10 @@ fn hostile_child_scribbling_on_its_region_never_gets_a_forged_unit_persisted() {
             .count()
     };
     let (header, table, ring) = (attacks("header"), attacks("table"), attacks("ring"));
+    let chain = attacks("chain");
     assert!(
-        header >= 5 && table >= 5 && ring >= 5,
-        "too few attacks: {header} {table} {ring}"
+        header >= 5 && table >= 5 && ring >= 5 && chain >= 3,
+        "too few attacks: {header} {table} {ring} {chain}"
     );
     let warned = |text: &str| err.iter().any(|l| l.contains("WARN") && l.contains(text));
     assert!(

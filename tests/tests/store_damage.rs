@@ -322,3 +322,57 @@ fn damaged_generations_count_towards_keep_and_go_once_keep_newer_ones_exist() {
     assert!(loaded.skipped.is_empty());
     assert_eq!(units_of(&loaded).len(), 3);
 }
+
+#[test]
+fn with_the_flag_a_death_before_the_first_generation_restarts_on_a_blank_region_again() {
+    let dir = workdir();
+    let state = dir.path().join("state");
+    three_generations(dir.path());
+    damage_everything(&state);
+    // Laid out, nothing committed, ended by itself: the post-mortem has
+    // nothing to persist and restores what the store holds, which is
+    // still nothing that verifies.
+    let run = run(dir.path(), "0", &["--start-empty-if-damaged"]);
+    let log = run.transcript();
+    assert!(
+        !run.lines(Stream::Err)
+            .iter()
+            .any(|l| l.starts_with("shm-restore: ")),
+        "{log}"
+    );
+    // Dying twice, once before laying the region out: each death restarts
+    // on a blank region, until the restart limit ends it with the
+    // program's own status.
+    let flags: Vec<&str> = AT_EXIT
+        .iter()
+        .chain(&["--start-empty-if-damaged", "--restart-limit=2"])
+        .copied()
+        .collect();
+    let script = dir.path().join("dies.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             n=$(cat starts 2>/dev/null || echo 0); n=$((n + 1)); echo $n > starts\n\
+             [ $n -eq 1 ] && exit 7\n\
+             exec {CHILD} --commit 0 --then exit:7\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut dies = Proc::supervise(dir.path(), "state", &flags, &[script.to_str().unwrap()]);
+    assert_eq!(dies.wait().code(), Some(7), "{}", dies.transcript());
+    let err = dies.lines(Stream::Err);
+    assert_eq!(
+        err.iter().filter(|l| l.contains("child started")).count(),
+        3,
+        "{}",
+        dies.transcript()
+    );
+    assert!(
+        err.iter().any(|l| l.contains("restart limit reached")),
+        "{}",
+        dies.transcript()
+    );
+    assert_eq!(generation_files(&state).len(), 3, "nothing new was persisted");
+}

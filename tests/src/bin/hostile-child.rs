@@ -17,7 +17,12 @@
 //!   the supervisor has something to resume on;
 //! - unit table: 1 to 4 whole slots overwritten with random bytes;
 //! - ring: up to 256 random bytes anywhere in the ring except where the
-//!   units still valid lie.
+//!   units still valid lie;
+//! - chain: the slot of the second newest unit rewritten with its own valid
+//!   tag and a range 8 bytes into the newest unit (every field in bounds
+//!   and the sequence number in the right slot: only the ring's chain
+//!   shows it is false). Its bytes are a genuine payload's last 24: never
+//!   a genuine payload, so a test sees it if it is ever persisted.
 //!
 //! Not attempted: rewriting the bytes of a unit while it is valid, or one
 //! field of a valid slot with another plausible value. Units carry no
@@ -88,7 +93,7 @@ fn main() {
             writeln!(out, "attack header restored").unwrap();
         }
         if rng.random_bool(0.02) {
-            match rng.random_range(0..3) {
+            match rng.random_range(0..5) {
                 0 if restore.is_none() => {
                     let len = rng.random_range(1..=16u64);
                     let offset = rng.random_range(0..layout::header::END + 56 - len);
@@ -110,6 +115,22 @@ fn main() {
                             .expect("scribbling");
                     }
                     writeln!(out, "attack table {slots} slots").unwrap();
+                }
+                3 | 4 if k >= 2 => {
+                    // Unit j (from 1) has sequence number j and stream
+                    // offset (j - 1) * GENUINE_BYTES, from a blank region.
+                    let seq = k - 1;
+                    let index = g.slot_of(seq);
+                    let field = |f| g.slot_field(index, f);
+                    let offset = (k - 1) * GENUINE_BYTES as u64 + 8;
+                    let len = GENUINE_BYTES as u64 - 8;
+                    file.write_all_at(&offset.to_le_bytes(), field(slot::OFFSET))
+                        .expect("forging");
+                    file.write_all_at(&len.to_le_bytes(), field(slot::LEN))
+                        .expect("forging");
+                    file.write_all_at(&layout::Tag::valid(seq).0.to_le_bytes(), field(slot::TAG))
+                        .expect("forging");
+                    writeln!(out, "attack chain {seq}").unwrap();
                 }
                 _ => {
                     // The valid units lie in the last `slots` units' bytes
