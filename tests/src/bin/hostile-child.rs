@@ -28,7 +28,10 @@
 //! field of a valid slot with another plausible value. Units carry no
 //! checksum in the region format, so either is indistinguishable from a
 //! commit, by design (the arena contract: data a valid unit describes is
-//! not modified while it is valid).
+//! not modified while it is valid). Nor a valid tag with the sequence
+//! number `next_seq` in the slot the next commit uses: that is exactly a
+//! commit cut between its tag store and its `next_seq` store, which the
+//! format counts as committed, so a host must persist it.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
