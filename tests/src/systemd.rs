@@ -51,6 +51,16 @@ pub struct NotifySocket {
     pub seen: Vec<Notification>,
 }
 
+impl Drop for NotifySocket {
+    /// Unlinks a path socket, so the next one can bind the same path (the
+    /// reading thread keeps its descriptor; nothing sends to it any more).
+    fn drop(&mut self) {
+        if !self.path.to_string_lossy().starts_with('@') {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl NotifySocket {
     /// Binds `notify.sock` in `dir`.
     pub fn bind(dir: &Path) -> NotifySocket {

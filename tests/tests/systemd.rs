@@ -277,7 +277,6 @@ fn memory_ahead_of_disk_by(dir: &std::path::Path, commits: u32) -> File {
 fn region_handed_back_from_the_fd_store_keeps_what_the_disk_lacks() {
     let dir = workdir();
     let region = memory_ahead_of_disk(dir.path());
-    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region(
         dir.path(),
@@ -419,7 +418,6 @@ fn refused_region_ahead_by_falls_back_to_disk(
 ) {
     let dir = workdir();
     let region = spoil(dir.path(), memory_ahead_of_disk_by(dir.path(), commits));
-    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region(
         dir.path(),
@@ -617,7 +615,6 @@ fn descriptors_without_listen_pid_are_not_taken() {
     // some other process, and the region at fd 3 is not the supervisor's.
     let dir = workdir();
     let region = memory_ahead_of_disk(dir.path());
-    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_unaddressed_region(
         dir.path(),
@@ -661,7 +658,6 @@ fn descriptors_without_listen_pid_are_not_taken() {
 fn an_announced_descriptor_that_is_not_open_is_skipped() {
     let dir = workdir();
     let region = memory_ahead_of_disk(dir.path());
-    std::fs::remove_file(dir.path().join("notify.sock")).expect("removing the old socket");
     let mut notify = NotifySocket::bind(dir.path());
     let mut sup = supervise_with_stored_region_and_a_closed_fd(
         dir.path(),
