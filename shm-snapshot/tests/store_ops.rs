@@ -688,6 +688,11 @@ mod model {
                         }
                         let path = gen_path(dir, present[pick % present.len()]);
                         let len = size(&path);
+                        if len == 0 {
+                            // Truncated to nothing already: no byte left to
+                            // flip or cut, and damaged as it is.
+                            continue;
+                        }
                         match how {
                             Damage::Flip(at) | Damage::FlipHeader(at) => flip(&path, at % len),
                             Damage::Truncate(to) => {
