@@ -2,6 +2,9 @@
 //! corruption and fallback, locking, and crash and fault injection through
 //! the store's I/O layer (STORE.md).
 
+mod common;
+
+use common::{gen_path, pattern};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -23,19 +26,6 @@ fn options(keep: usize, full_every: u32) -> StoreOptions {
     }
 }
 
-/// Deterministic pseudo-random bytes.
-fn pattern(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Offers every chunk of `image` and commits.
 fn try_commit(store: &mut Store, image: &[u8], meta: &[u8]) -> Result<Persisted, StoreError> {
     let mut tx = store.begin(image.len() as u64)?;
@@ -51,10 +41,6 @@ fn commit(store: &mut Store, image: &[u8], meta: &[u8]) -> Persisted {
 
 fn load(store: &mut Store) -> Loaded {
     store.load_newest().expect("load").expect("a generation")
-}
-
-fn gen_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("gen-{n:020}.snap"))
 }
 
 /// Every file of the directory but the lock, with its bytes.

@@ -4,6 +4,9 @@
 //! store, which is reported gone, never damaged (STORE.md, "The directory"
 //! and "Retention").
 
+mod common;
+
+use common::{gen_path, pattern};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fs;
@@ -30,28 +33,11 @@ fn options(keep: usize, full_every: u32) -> StoreOptions {
     }
 }
 
-/// Deterministic pseudo-random bytes.
-fn pattern(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Offers every chunk of `image` and commits; returns the number.
 fn commit(store: &mut Store, image: &[u8], meta: &[u8]) -> u64 {
     let mut tx = store.begin(image.len() as u64).expect("begin");
     tx.put_chunks(0, image).expect("put_chunks");
     tx.commit(meta).expect("commit").number
-}
-
-fn gen_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("gen-{n:020}.snap"))
 }
 
 /// The generation numbers of the files in `dir`.
