@@ -30,22 +30,29 @@ impl Finished {
     }
 }
 
-/// Runs `shm-restore` in `dir` with `args` until it exits, its output in
-/// files (a long chaos run prints a lot). Panics, after killing it, if it
-/// is still running after `limit`.
+/// Runs `shm-restore` in `dir` with `args` until it exits. Its log goes to
+/// a file (a long chaos run logs a lot); the programs' stdout comes
+/// through a pipe, where a line (one `write` of under `PIPE_BUF` bytes) is
+/// whole or absent however its writer dies: written to a regular file, a
+/// SIGKILL can cut it at a page boundary of the file. Panics, after
+/// killing it, if it is still running after `limit`.
 pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
-    let out_path = dir.join("stdout.txt");
     let err_path = dir.join("stderr.txt");
-    let file = |p: &Path| std::fs::File::create(p).expect("output file");
     let mut child = Command::new(crate::bin("shm-restore"))
         .args(args)
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(file(&out_path))
-        .stderr(file(&err_path))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&err_path).expect("log file"))
         .spawn()
         .expect("starting shm-restore");
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut out).expect("reading the programs' stdout");
+        out
+    });
     let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -64,7 +71,7 @@ pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
     };
     Finished {
         status,
-        out: std::fs::read_to_string(&out_path).expect("stdout file"),
+        out: reader.join().expect("the stdout reader"),
         err: std::fs::read_to_string(&err_path).expect("stderr file"),
     }
 }
@@ -93,45 +100,10 @@ pub enum Progress {
     },
 }
 
-/// Whether `fragment` is the start of a progress line cut short: a run
-/// SIGKILLed inside its `write` to a file stops at a page boundary of the
-/// file, and the next run's first line follows on the same line.
-fn is_torn_progress_line(fragment: &str) -> bool {
-    ["committed primes=# last=#", "restored primes=# last=#"]
-        .iter()
-        .any(|template| {
-            let mut rest = fragment;
-            for t in template.chars() {
-                if rest.is_empty() {
-                    return true;
-                }
-                if t == '#' {
-                    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-                    if digits == 0 {
-                        return false;
-                    }
-                    rest = &rest[digits..];
-                } else if let Some(r) = rest.strip_prefix(t) {
-                    rest = r;
-                } else {
-                    return false;
-                }
-            }
-            rest.is_empty()
-        })
-}
-
 /// primes-snapshot's progress lines in `out`, in order; panics on any
-/// other line (a foreign line is a finding, not noise). A line cut short
-/// by a kill (see [`is_torn_progress_line`]) is dropped, the start of the
-/// next run that follows it kept; the commit whose line was cut is then
-/// not checked (its successor in the file usually is).
+/// other line (a torn or foreign line is a finding, not noise).
 pub fn progress(out: &str) -> Vec<Progress> {
     out.lines()
-        .map(|line| match line.rfind("restored primes=") {
-            Some(at) if at > 0 && is_torn_progress_line(&line[..at]) => &line[at..],
-            _ => line,
-        })
         .map(|line| {
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             let field = |name: &str| -> u64 {
@@ -191,37 +163,8 @@ mod tests {
     }
 
     #[test]
-    fn a_line_cut_by_a_kill_is_dropped_and_the_next_start_kept() {
-        for torn in [
-            "commit",
-            "committed primes=4",
-            "committed primes=46 last=",
-            "restored primes=1",
-        ] {
-            let out = format!(
-                "restored primes=0 last=0\ncommitted primes=25 last=100\n{torn}restored primes=25 last=100\n"
-            );
-            assert_eq!(
-                progress(&out),
-                [
-                    Progress::Restored { primes: 0, last: 0 },
-                    Progress::Committed {
-                        primes: 25,
-                        last: 100
-                    },
-                    Progress::Restored {
-                        primes: 25,
-                        last: 100
-                    },
-                ],
-                "{torn:?}"
-            );
-        }
-    }
-
-    #[test]
     #[should_panic(expected = "stdout line")]
-    fn a_foreign_prefix_before_a_start_is_still_a_finding() {
+    fn a_line_that_is_not_progress_is_a_finding() {
         progress("restored primes=0 last=0\ncommitted primes=x restored primes=0 last=0\n");
     }
 }
