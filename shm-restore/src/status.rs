@@ -174,6 +174,13 @@ impl Board {
     pub fn stopping(&self) {
         self.update(|l| l.state = State::Stopping);
     }
+
+    /// The running program's pid (`None` between runs) and the restarts so
+    /// far, for other reporters (systemd's `STATUS=`).
+    pub fn program(&self) -> (Option<i32>, u64) {
+        let l = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (l.child_pid, l.restarts)
+    }
 }
 
 /// Writes `status.json` about once a second until dropped, then removes it.

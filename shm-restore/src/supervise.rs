@@ -152,7 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // the status file.
     let status = status::Publisher::start(&args.snapshot, snapshots.shared())
         .context("starting the status publisher")?;
-    systemd.start(snapshots.shared())?;
+    systemd.start(snapshots.shared(), status.board())?;
 
     let mut supervisor = Supervisor {
         status: status.board(),
@@ -279,7 +279,7 @@ impl Supervisor<'_> {
         self.status.child_started(pid);
         info!(pid, program = launcher.display(), "child started");
         self.snapshots.resume();
-        self.systemd.child_started(pid);
+        self.systemd.child_started();
         let mut hang = match self.args.hang_timeout {
             Some(timeout) => {
                 Some(HangWatch::start(self.region.file(), timeout).context("watching for hangs")?)
@@ -294,7 +294,6 @@ impl Supervisor<'_> {
             self.systemd.round();
             if let Some(ended) = reap(pid)? {
                 info!(pid, status = %ended, "child ended");
-                self.systemd.child_ended();
                 kill_group(pid);
                 leftovers::clear(&self.args.snapshot);
                 self.status.child_ended();

@@ -33,7 +33,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +48,7 @@ use tracing::{debug, info, warn};
 
 use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
+use crate::status::Board;
 use crate::supervise::restore_at_start;
 
 /// The region's name in the file descriptor store, the same the program
@@ -75,16 +76,14 @@ pub struct Systemd {
     state: Arc<State>,
     /// The store's owner, for the newest generation's number.
     shared: Option<Arc<Mutex<Shared>>>,
+    /// The lifecycle's report: the program's pid and restarts.
+    board: Option<Arc<Board>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// What the lifecycle tells the status and watchdog thread.
 #[derive(Default)]
 struct State {
-    /// The running program's pid, 0 between runs.
-    pid: AtomicI32,
-    /// Programs started so far.
-    starts: AtomicU64,
     /// Rounds of the lifecycle loop.
     rounds: AtomicU64,
     ready_sent: AtomicBool,
@@ -160,6 +159,7 @@ impl Systemd {
             inherited,
             state: Arc::default(),
             shared: None,
+            board: None,
             thread: None,
         }
     }
@@ -194,27 +194,28 @@ impl Systemd {
     }
 
     /// Starts the status and watchdog thread, which reads the newest
-    /// generation from `shared` when the snapshot thread lets go of it.
-    pub fn start(&mut self, shared: Arc<Mutex<Shared>>) -> Result<()> {
+    /// generation from `shared` when the snapshot thread lets go of it, and
+    /// the program's pid and restarts from `board`.
+    pub fn start(&mut self, shared: Arc<Mutex<Shared>>, board: Arc<Board>) -> Result<()> {
         let Some(notifier) = self.notifier.clone() else {
             return Ok(());
         };
         self.shared = Some(shared.clone());
+        self.board = Some(board.clone());
         let state = self.state.clone();
         let ping_every = self.ping_every;
         let thread = std::thread::Builder::new()
             .name("systemd".into())
-            .spawn(move || status_loop(&notifier, &state, &shared, ping_every))
+            .spawn(move || status_loop(&notifier, &state, &shared, &board, ping_every))
             .context("starting the systemd notification thread")?;
         self.thread = Some(thread);
         Ok(())
     }
 
-    /// A program started: the first time, tells systemd the service is ready.
-    pub fn child_started(&self, pid: i32) {
-        self.state.pid.store(pid, Relaxed);
-        self.state.starts.fetch_add(1, Relaxed);
-        if let Some(notifier) = &self.notifier
+    /// A program started (the status board already says so): the first
+    /// time, tells systemd the service is ready.
+    pub fn child_started(&self) {
+        if let (Some(notifier), Some(board)) = (&self.notifier, &self.board)
             && !self.state.ready_sent.swap(true, Relaxed)
         {
             let generation = self
@@ -222,15 +223,10 @@ impl Systemd {
                 .as_ref()
                 .and_then(|s| s.try_lock().ok()?.store.newest_verified());
             notifier.send(
-                &format!("READY=1\nSTATUS={}\n", status_line(&self.state, generation)),
+                &format!("READY=1\nSTATUS={}\n", status_line(board.program(), generation)),
                 &[],
             );
         }
-    }
-
-    /// The program ended.
-    pub fn child_ended(&self) {
-        self.state.pid.store(0, Relaxed);
     }
 
     /// The supervisor is stopping; said once.
@@ -567,18 +563,23 @@ fn image_unit(image: &[u8], g: &Geometry, unit: &UnitRef) -> Option<Vec<u8>> {
 }
 
 /// The `STATUS=` text.
-fn status_line(state: &State, generation: Option<u64>) -> String {
+fn status_line((pid, restarts): (Option<i32>, u64), generation: Option<u64>) -> String {
     let generation = generation.map_or_else(|| "none".to_owned(), |g| g.to_string());
-    let restarts = state.starts.load(Relaxed).saturating_sub(1);
-    match state.pid.load(Relaxed) {
-        0 => format!("between runs, generation {generation}, restarts {restarts}"),
-        pid => format!("running pid {pid}, generation {generation}, restarts {restarts}"),
+    match pid {
+        None => format!("between runs, generation {generation}, restarts {restarts}"),
+        Some(pid) => format!("running pid {pid}, generation {generation}, restarts {restarts}"),
     }
 }
 
 /// Sends `STATUS=` when it changes and `WATCHDOG=1` while the lifecycle
 /// loop goes round, until shutdown.
-fn status_loop(notifier: &Notifier, state: &State, shared: &Mutex<Shared>, ping_every: Option<Duration>) {
+fn status_loop(
+    notifier: &Notifier,
+    state: &State,
+    shared: &Mutex<Shared>,
+    board: &Board,
+    ping_every: Option<Duration>,
+) {
     let mut next_ping = ping_every.map(|p| Instant::now() + p);
     let mut rounds_at_ping = state.rounds.load(Relaxed);
     let mut withheld = false;
@@ -624,7 +625,7 @@ fn status_loop(notifier: &Notifier, state: &State, shared: &Mutex<Shared>, ping_
         if !state.ready_sent.load(Relaxed) || state.stopping_sent.load(Relaxed) {
             continue;
         }
-        let status = status_line(state, generation);
+        let status = status_line(board.program(), generation);
         if status != last_status {
             notifier.send(&format!("STATUS={status}\n"), &[]);
             last_status = status;
@@ -753,15 +754,12 @@ mod tests {
 
     #[test]
     fn status_names_pid_generation_and_restarts() {
-        let state = State::default();
         assert_eq!(
-            status_line(&state, None),
+            status_line((None, 0), None),
             "between runs, generation none, restarts 0"
         );
-        state.pid.store(42, Relaxed);
-        state.starts.store(3, Relaxed);
         assert_eq!(
-            status_line(&state, Some(7)),
+            status_line((Some(42), 2), Some(7)),
             "running pid 42, generation 7, restarts 2"
         );
     }
