@@ -292,7 +292,10 @@ fn newest_with_units(
         };
         match store.load_generation(number) {
             Ok(loaded) => return Ok((number, loaded, checked)),
-            Err(e) if attempt == TRIES || store.vanished_since_scan().is_empty() => {
+            Err(e)
+                if attempt == TRIES
+                    || !load::pruned_before_load(&e) && store.vanished_since_scan().is_empty() =>
+            {
                 return Err(e).with_context(|| format!("generation {number} cannot be read"));
             }
             Err(_) => {

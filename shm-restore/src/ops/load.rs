@@ -5,7 +5,7 @@
 
 use anyhow::{Result, bail};
 use shm_snapshot::snapshot;
-use shm_snapshot::store::{Checked, Loaded, Store};
+use shm_snapshot::store::{Checked, Loaded, Store, StoreError};
 
 /// Loads tried before a failure is reported while generations keep
 /// vanishing. A supervisor committing continuously prunes hundreds of
@@ -47,16 +47,24 @@ pub fn newest(store: &mut Store) -> Result<Option<Loaded>> {
     }
 }
 
+/// Whether a load of a generation the caller saw listed failed because the
+/// load's own listing no longer holds it: a running supervisor pruned it
+/// in between.
+pub fn pruned_before_load(e: &StoreError) -> bool {
+    matches!(e, StoreError::NoSuchGeneration { .. })
+}
+
 /// Loads generation `number`; if a running supervisor pruned it, says so.
 pub fn generation(store: &mut Store, number: u64) -> Result<Loaded> {
     let mut attempt = 1;
     loop {
+        let listed = store.generations().iter().any(|g| g.number == number);
         let failed = match store.load_generation(number) {
             Ok(loaded) => return Ok(loaded),
             Err(e) => e,
         };
         let gone = store.vanished_since_scan();
-        if gone.contains(&number) {
+        if gone.contains(&number) || (listed && pruned_before_load(&failed)) {
             bail!("generation {number} was pruned by the running supervisor");
         }
         // A member of its chain vanished: the supervisor is pruning it.
