@@ -54,6 +54,9 @@ pub mod layout;
 #[cfg(feature = "host")]
 mod observe;
 mod region;
+// The restore policy reads the store and decodes what it holds.
+#[cfg(all(feature = "host", not(loom)))]
+pub mod restore;
 // The store and snapshots need real files; the loom model has none.
 #[cfg(all(feature = "host", not(loom)))]
 pub mod snapshot;

@@ -1101,7 +1101,7 @@ fn a_failed_directory_sync_whose_cleanup_also_fails_leaves_a_complete_unacknowle
     let e = try_commit(&mut store, &next, b"new").unwrap_err();
     assert!(e.to_string().contains("syncing the store directory"), "{e}");
     faults.heal();
-    assert_eq!(store.newest_verified(), Some(3));
+    assert_eq!(store.current_generation(), Some(3));
     assert!(store.generations().iter().any(|g| g.number == 4));
     // The store goes on from 3; 4 is complete and would load if it were
     // the newest.

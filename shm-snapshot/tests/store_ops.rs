@@ -157,11 +157,11 @@ fn read_only_open_works_while_an_owner_holds_the_lock_and_sees_what_it_sees() {
     assert!(!owner.is_read_only());
     assert_eq!(reader.generations(), owner.generations());
     assert!(reader.unreadable().is_empty());
-    assert_eq!(reader.newest_verified(), None);
+    assert_eq!(reader.current_generation(), None);
     let loaded = reader.load_newest().unwrap().unwrap();
     assert_eq!(loaded.number, 5);
     assert_eq!((&loaded.image, &loaded.meta), (&written[&5].0, &written[&5].1));
-    assert_eq!(reader.newest_verified_info(), owner.generations().pop());
+    assert_eq!(reader.current_generation_info(), owner.generations().pop());
     // The owner still owns it: its next generation is a delta on its own
     // newest, and the reader sees it on its next look.
     let mut image = written[&5].0.clone();
@@ -431,7 +431,7 @@ fn every_generation_of_every_chain_loads_the_image_and_meta_it_was_written_with(
     }
     // Loading an older one changes nothing the owner writes next: the next
     // generation is still a delta on its newest.
-    assert_eq!(owner.newest_verified(), Some(7));
+    assert_eq!(owner.current_generation(), Some(7));
     let tx = owner.begin(REGION).unwrap();
     assert_eq!((tx.number(), tx.parent()), (8, Some(7)));
 }
@@ -489,7 +489,7 @@ fn prune_to_keeps_the_newest_and_their_chains_and_frees_exactly_what_it_removed(
     let sizes: BTreeMap<u64, u64> = (1..=7).map(|n| (n, size(&gen_path(dir, n)))).collect();
     // 7 and 6 kept, and 6's chain: 4 and 5.
     let pruned = store.prune_to(2).unwrap();
-    assert_eq!(pruned.newest_verified, Some(7));
+    assert_eq!(pruned.newest_restorable, Some(7));
     let removed: Vec<(u64, u64)> = pruned.removed.iter().map(|r| (r.number, r.bytes)).collect();
     assert_eq!(removed, [3, 2, 1].map(|n| (n, sizes[&n])));
     assert_eq!(pruned.bytes_freed(), sizes[&1] + sizes[&2] + sizes[&3]);
@@ -518,7 +518,7 @@ fn prune_to_with_keeps_the_newest_generation_that_passes_the_acceptance_and_its_
             false => Ok(()),
         })
         .unwrap();
-    assert_eq!(pruned.newest_verified, Some(5));
+    assert_eq!(pruned.newest_restorable, Some(5));
     // 7 is the newest; 5 needs 4.
     assert_eq!(gen_numbers(dir), BTreeSet::from([4, 5, 7]));
     assert_eq!(store.load_generation(5).unwrap().image, written[&5].0);
@@ -540,7 +540,7 @@ fn prune_to_one_whose_newest_is_damaged_keeps_the_newest_verified_chain() {
     flip(&gen_path(dir, 6), header::BASE as u64);
     let sizes: Vec<u64> = [3, 2, 1].iter().map(|&n| size(&gen_path(dir, n))).collect();
     let pruned = store.prune_to(1).unwrap();
-    assert_eq!(pruned.newest_verified, Some(5));
+    assert_eq!(pruned.newest_restorable, Some(5));
     let removed: Vec<u64> = pruned.removed.iter().map(|r| r.number).collect();
     assert_eq!(removed, [3, 2, 1]);
     assert_eq!(pruned.bytes_freed(), sizes.iter().sum::<u64>());
@@ -716,7 +716,7 @@ mod model {
                             }
                             Err(e) => panic!("prune_to({keep}): {e}"),
                         };
-                        prop_assert_eq!(pruned.newest_verified, newest_verified);
+                        prop_assert_eq!(pruned.newest_restorable, newest_verified);
                         let kept = expected_kept(&present, &parents, keep, newest_verified);
                         let expected_removed: Vec<(u64, u64)> = present
                             .iter()

@@ -1,5 +1,6 @@
 //! The on-disk snapshot store: generations of a region, each a base or a
-//! delta of changed pages plus an opaque meta blob, written atomically,
+//! delta of changed pages plus a meta blob (specified in STORE.md, owned
+//! by the caller), written atomically,
 //! verified on load, pruned by retention.
 //!
 //! `STORE.md` beside this crate specifies the file format byte by byte and
@@ -8,6 +9,7 @@
 //! definition in code.
 
 mod check;
+mod damage;
 mod error;
 mod fault;
 pub mod format;
@@ -22,6 +24,7 @@ mod read;
 mod write;
 
 pub use check::{Checked, Condition};
+pub use damage::{Cause, Damage, Numbers};
 pub use error::StoreError;
 pub use fault::{FaultPlan, Faults, FaultyIo, IoOp};
 pub use format::{CHUNK_BYTES, MAX_REGION_LEN, PAGE_BYTES};

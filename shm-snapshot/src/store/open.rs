@@ -320,10 +320,10 @@ impl Store {
             .collect()
     }
 
-    /// The newest generation the store has verified, as
+    /// The generation the store last loaded or committed, as
     /// [`Store::generations`] describes it.
-    pub fn newest_verified_info(&self) -> Option<GenerationInfo> {
-        let number = self.newest_verified()?;
+    pub fn current_generation_info(&self) -> Option<GenerationInfo> {
+        let number = self.current_generation()?;
         self.entries.get(&number)?.info(number)
     }
 
@@ -336,10 +336,18 @@ impl Store {
             .collect()
     }
 
-    /// The number of the newest generation the store has verified (by
-    /// loading or committing it): the parent of the next delta.
-    pub fn newest_verified(&self) -> Option<u64> {
+    /// The number of the generation the store last loaded or committed
+    /// (and so verified): the parent of the next delta. Not to be confused
+    /// with the newest *restorable* generation, which is what a supervisor
+    /// would restore ([`crate::restore::newest_restorable`]).
+    pub fn current_generation(&self) -> Option<u64> {
         self.current.as_ref().map(|c| c.number)
+    }
+
+    /// The numbers of every generation file present, whether or not its
+    /// header verifies, as of the last open, load or commit.
+    pub fn present(&self) -> std::collections::BTreeSet<u64> {
+        self.entries.keys().copied().collect()
     }
 
     /// After [`Store::load_newest`] failed with
@@ -348,6 +356,16 @@ impl Store {
     /// (the skipped ones are in [`super::Loaded::skipped`]).
     pub fn last_load_skipped(&self) -> &[(u64, StoreError)] {
         &self.last_skipped
+    }
+
+    /// The path of generation `number`'s file, whether or not it exists.
+    pub fn generation_path(&self, number: u64) -> PathBuf {
+        self.dir.join(super::names::generation(number))
+    }
+
+    /// [`Store::last_load_skipped`], taken out of the store.
+    pub fn take_last_load_skipped(&mut self) -> Vec<(u64, StoreError)> {
+        std::mem::take(&mut self.last_skipped)
     }
 
     fn list(&mut self) -> Result<Vec<std::ffi::OsString>, StoreError> {

@@ -19,9 +19,10 @@ pub struct Removed {
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct Pruned {
-    /// The newest verified generation (that passed the acceptance, with
-    /// [`Store::prune_to_with`]), which was kept with its chain.
-    pub newest_verified: Option<u64>,
+    /// The newest generation that verifies and passes the acceptance
+    /// (with [`crate::restore::acceptance`]: the newest restorable one),
+    /// which was kept with its chain.
+    pub newest_restorable: Option<u64>,
     /// The generations removed, newest first.
     pub removed: Vec<Removed>,
     /// Files that could not be removed; they stay.
@@ -105,10 +106,10 @@ impl Store {
         }
         // Loading makes the generation found the current one, whose chain
         // prune_keeping protects.
-        let newest_verified = self.load_newest_with(accept)?.map(|loaded| loaded.number);
+        let newest_restorable = self.load_newest_with(accept)?.map(|loaded| loaded.number);
         let (removed, errors) = self.prune_keeping(keep);
         Ok(Pruned {
-            newest_verified,
+            newest_restorable,
             removed,
             errors,
         })

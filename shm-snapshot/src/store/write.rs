@@ -96,7 +96,7 @@ impl Store {
     /// failed), when `region_len` changed, when the chain already has
     /// `full_every - 1` deltas, when those deltas weigh more than the region,
     /// or when a member of the chain left the directory. Otherwise a delta
-    /// against [`Store::newest_verified`].
+    /// against [`Store::current_generation`].
     pub fn begin(&mut self, region_len: u64) -> Result<GenerationTx<'_>, StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly {

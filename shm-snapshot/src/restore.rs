@@ -1,0 +1,180 @@
+//! What a supervisor restores from a store, decided once.
+//!
+//! The supervisor at start and after a death, the take-back of a region
+//! handed back by a service manager, and every operator command that names
+//! "the generation a supervisor would restore" ask this module, so that
+//! they agree. The rule:
+//!
+//! - the newest generation whose whole chain verifies (STORE.md, "Loading
+//!   the newest generation") and whose region header and meta blob decode
+//!   against each other ([`snapshot::restorable`]) is the **newest
+//!   restorable** generation;
+//! - a newer generation that verifies but does not decode is skipped like
+//!   a damaged one;
+//! - a newest restorable generation of another region size than the one
+//!   asked for is not skipped: that is no fault of the generation, and the
+//!   caller refuses it with an error naming the size.
+//!
+//! Whatever did not restore is reported by cause ([`Damage`]).
+//!
+//! "Newest restorable" is this rule's answer; the generation a store last
+//! loaded or committed (the parent of its next delta) is
+//! [`Store::current_generation`].
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use crate::error::RegionError;
+use crate::layout::Geometry;
+use crate::snapshot::{self, Meta, Restored};
+use crate::store::{Checked, Condition, Damage, Store, StoreError};
+
+/// What a supervisor would restore from a store.
+#[derive(Debug)]
+pub enum Restorable {
+    /// The store holds no generation: the program starts on a blank region.
+    Empty,
+    /// Generations exist, and none of them verifies and restores. Nothing
+    /// was loaded.
+    Damaged(Damage),
+    /// The newest generation that verifies and restores holds a region of
+    /// `region_len` bytes, not the size asked for.
+    OtherSize {
+        /// The generation's number.
+        number: u64,
+        /// The length of the region it holds.
+        region_len: u64,
+        /// Newer generations skipped on the way, by cause.
+        skipped: Damage,
+    },
+    /// The newest restorable generation, loaded and decoded.
+    Generation(Generation),
+}
+
+/// The newest restorable generation, loaded and decoded.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Generation {
+    /// Its number.
+    pub number: u64,
+    /// The region's bytes.
+    pub image: Vec<u8>,
+    /// The layout the image's header describes.
+    pub geometry: Geometry,
+    /// Its meta blob, decoded against that layout.
+    pub meta: Meta,
+    /// Newer generations skipped on the way, by cause.
+    pub skipped: Damage,
+}
+
+impl Generation {
+    /// Puts the generation into the region in `file` (which no program may
+    /// be using, and which must be `image.len()` bytes long): its bytes,
+    /// then its unit table and counters from the meta.
+    pub fn write_to(&self, file: &File) -> Result<Restored, RegionError> {
+        file.write_all_at(&self.image, 0)
+            .map_err(|e| RegionError::io("writing the generation into the region", e))?;
+        snapshot::apply_meta(file, &self.geometry, &self.meta)?;
+        Ok(Restored {
+            number: self.number,
+            units: self.meta.units.len(),
+            bytes: self.image.len() as u64,
+        })
+    }
+}
+
+/// The acceptance a generation that verifies must pass to be restored into
+/// a region of `region_len` bytes (any length with `None`), for
+/// [`Store::load_newest_with`] and [`Store::prune_to_with`]. An image of
+/// another length passes: see [`Restorable::OtherSize`].
+pub fn acceptance(region_len: Option<u64>) -> impl FnMut(&[u8], &[u8]) -> Result<(), String> {
+    move |image, meta| {
+        if region_len.is_some_and(|len| image.len() as u64 != len) {
+            return Ok(());
+        }
+        snapshot::restorable(image, meta)
+    }
+}
+
+/// What a supervisor would restore from `store` into a region of
+/// `region_len` bytes (any length with `None`). Loads it: the store's next
+/// delta builds on it. Reads only; on a store opened read-only it works
+/// the same.
+pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<Restorable, StoreError> {
+    let loaded = match store.load_newest_with(acceptance(region_len)) {
+        Ok(Some(loaded)) => loaded,
+        Ok(None) => return Ok(Restorable::Empty),
+        Err(StoreError::NoVerifiedGeneration { .. }) => {
+            let failures = store.take_last_load_skipped();
+            return Ok(Restorable::Damaged(group(store, failures)));
+        }
+        Err(e) => return Err(e),
+    };
+    let skipped = group(store, loaded.skipped);
+    let len = loaded.image.len() as u64;
+    if region_len.is_some_and(|wanted| wanted != len) {
+        return Ok(Restorable::OtherSize {
+            number: loaded.number,
+            region_len: len,
+            skipped,
+        });
+    }
+    // Accepted above, so both decode; an error here is a store that changed
+    // under the load, reported as the generation's own damage.
+    let decoded = snapshot::image_geometry(&loaded.image)
+        .map_err(|e| e.to_string())
+        .and_then(|g| Ok((g, Meta::decode(&loaded.meta, &g).map_err(|e| e.to_string())?)));
+    let (geometry, meta) = decoded.map_err(|why| StoreError::Unrestorable {
+        path: store.generation_path(loaded.number),
+        why,
+    })?;
+    Ok(Restorable::Generation(Generation {
+        number: loaded.number,
+        image: loaded.image,
+        geometry,
+        meta,
+        skipped,
+    }))
+}
+
+fn group(store: &Store, failures: Vec<(u64, StoreError)>) -> Damage {
+    let present = store.present();
+    Damage::group(failures, |n| present.contains(&n))
+}
+
+/// Whether a supervisor would restore generation `c`, as far as
+/// [`Store::check_all`] saw it: it is intact, and its region's header and
+/// its meta pass [`snapshot::restorable`]. `Err` says why not.
+pub fn checked_restorable(c: &Checked) -> Result<(), String> {
+    let (Some(info), Some(first), Some(meta)) = (&c.info, &c.first_page, &c.meta) else {
+        return Err("it does not verify".to_owned());
+    };
+    snapshot::restorable_head(info.region_len, first, meta)
+}
+
+/// The newest restorable generation among those [`Store::check_all`]
+/// checked.
+pub fn newest_checked_restorable(checked: &[Checked]) -> Option<u64> {
+    checked
+        .iter()
+        .rev()
+        .find(|c| c.condition.is_intact() && checked_restorable(c).is_ok())
+        .map(|c| c.number)
+}
+
+/// The damage [`Store::check_all`] found, by cause.
+pub fn checked_damage(checked: Vec<Checked>) -> Damage {
+    let present: std::collections::BTreeSet<u64> = checked
+        .iter()
+        .filter(|c| !matches!(c.condition, Condition::Vanished))
+        .map(|c| c.number)
+        .collect();
+    let failures = checked
+        .into_iter()
+        .filter_map(|c| match c.condition {
+            Condition::Damaged(e) | Condition::BrokenChain(e) => Some((c.number, e)),
+            _ => None,
+        })
+        .collect();
+    Damage::group(failures, |n| present.contains(&n))
+}
