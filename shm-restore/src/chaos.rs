@@ -43,8 +43,9 @@ use shm_snapshot::layout::slot;
 use shm_snapshot::snapshot::observe_file;
 use tracing::{error, info, warn};
 
+use crate::group::Ended;
 use crate::lag::LagHistogram;
-use crate::supervise::{Ended, Left};
+use crate::restore::Left;
 
 /// Exit status in chaos mode when any run of the program failed (ended by
 /// itself, not by a chaos kill, with a status other than 0).

@@ -140,6 +140,11 @@ pub struct Args {
     pub command: Vec<OsString>,
 }
 
+use shm_snapshot::RegionError;
+use shm_snapshot::layout::Geometry;
+
+use crate::region::human;
+
 /// The smallest unit of a region's size: a page.
 const PAGE: u64 = shm_snapshot::layout::PAGE;
 
@@ -151,9 +156,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
     if bytes == 0 {
         return Err("a region needs at least one page".into());
     }
-    bytes
+    let bytes = bytes
         .checked_next_multiple_of(PAGE)
-        .ok_or_else(|| "too large".into())
+        .ok_or_else(|| "too large".to_owned())?;
+    // A region no client can lay out with the default layout is refused
+    // here rather than by every program that tries.
+    let default = shm_snapshot::Config::default();
+    match Geometry::derive(bytes, default.slots, default.ring_bytes, default.chunk_bytes) {
+        Err(RegionError::TooSmall { needed, .. }) => Err(format!(
+            "{} is too small: the default layout (header, unit table, 1 MiB ring) needs at least {} ({needed} bytes)",
+            human(bytes),
+            human(needed)
+        )),
+        // The largest size is the store's and the client's to refuse.
+        _ => Ok(bytes),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -184,8 +201,25 @@ mod tests {
     fn sizes_take_human_units_and_round_up_to_a_page() {
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("1000"), Ok(PAGE));
+        assert_eq!(parse_size("2MiB"), Ok(2 << 20));
+        assert_eq!(parse_size("2000001"), Ok(2002944), "up to the next page");
         assert!(parse_size("lots").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn a_size_below_what_the_default_layout_needs_is_refused_naming_the_minimum() {
+        let why = parse_size("1KiB").unwrap_err();
+        assert!(
+            why.contains("too small") && why.contains("1064960 bytes"),
+            "{why}"
+        );
+        assert_eq!(parse_size("1064960"), Ok(1064960));
+        assert_eq!(
+            parse_size("1064959"),
+            Ok(1064960),
+            "rounded up to a page, it fits"
+        );
+        assert!(parse_size("1060864").is_err(), "a page less does not");
     }
 }

@@ -5,11 +5,14 @@
 mod chaos;
 mod child;
 mod cli;
+mod config;
+mod group;
 mod hang;
 mod lag;
 mod leftovers;
 mod ops;
 mod region;
+mod restore;
 mod snapshotter;
 mod status;
 mod supervise;
@@ -46,7 +49,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     init_logging(args.verbose, args.quiet);
-    report(supervise::run(args))
+    report(supervise::run(config::Config::resolve(args)))
 }
 
 /// A parse result, or the exit status after printing help, the version or

@@ -8,8 +8,8 @@
 //! nothing here sends anything.
 //!
 //! - `READY=1` once the first program is running, with a `STATUS=` line.
-//! - `STATUS=running pid N, generation G, restarts R`, sent again when one
-//!   of them changes, at most every [`STATUS_SPACING`].
+//! - `STATUS=` lines from the status reporter (`crate::status`) through a
+//!   [`StatusSink`], between `READY=1` and `STOPPING=1`.
 //! - `WATCHDOG=1` every half `WATCHDOG_USEC` (when `WATCHDOG_PID` is unset or
 //!   ours), only if the lifecycle loop has gone round since the previous
 //!   ping. That loop reaps the program, forwards signals, relaunches, and
@@ -20,9 +20,9 @@
 //! - `FDSTORE=1`, `FDNAME=SHM_SHARED_FD` with the region's memfd, once the
 //!   region exists.
 //!
-//! At start, a region systemd hands back (`LISTEN_FDS`, `LISTEN_FDNAMES`,
-//! `LISTEN_PID`) is taken back only if its content verifies (see
-//! [`take_back`]). The supervisor's own `LISTEN_*`, `NOTIFY_SOCKET` and
+//! At start, the region systemd hands back (`LISTEN_FDS`, `LISTEN_FDNAMES`,
+//! `LISTEN_PID`) is taken here; whether it is trusted is the restore's
+//! decision (`crate::restore::take_back`). The supervisor's own `LISTEN_*`, `NOTIFY_SOCKET` and
 //! `WATCHDOG_*` are removed from its environment, so the program never sees
 //! them (it gets its own `LISTEN_*`).
 
@@ -40,16 +40,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-use shm_snapshot::Observer;
-use shm_snapshot::layout::{Geometry, UnitRef};
-use shm_snapshot::snapshot::{self, Meta, Outcome};
-use shm_snapshot::store::{Store, StoreError};
-use tracing::{debug, info, warn};
-
-use crate::region::{HostRegion, human};
-use crate::snapshotter::Shared;
-use crate::status::Board;
-use crate::supervise::restore_at_start;
+use tracing::{debug, warn};
 
 /// The region's name in the file descriptor store, the same the program
 /// finds it under.
@@ -62,10 +53,6 @@ const LISTEN_FDS_START: RawFd = 3;
 /// (`FileDescriptorStoreMax=1` is what the docs ask for).
 const MAX_LISTEN_FDS: u32 = 1024;
 
-/// Least time between two `STATUS=` updates: a program committing
-/// thousands of generations a second must not flood the service manager.
-pub const STATUS_SPACING: Duration = Duration::from_millis(250);
-
 /// What the supervisor took from its environment at start.
 pub struct Systemd {
     notifier: Option<Arc<Notifier>>,
@@ -74,14 +61,11 @@ pub struct Systemd {
     /// The region descriptor handed back by the service manager.
     inherited: Option<File>,
     state: Arc<State>,
-    /// The store's owner, for the newest generation's number.
-    shared: Option<Arc<Mutex<Shared>>>,
-    /// The lifecycle's report: the program's pid and restarts.
-    board: Option<Arc<Board>>,
+    /// The watchdog thread.
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the lifecycle tells the status and watchdog thread.
+/// What the lifecycle tells the watchdog thread and the status sink.
 #[derive(Default)]
 struct State {
     /// Rounds of the lifecycle loop.
@@ -158,8 +142,6 @@ impl Systemd {
             notifier,
             inherited,
             state: Arc::default(),
-            shared: None,
-            board: None,
             thread: None,
         }
     }
@@ -193,39 +175,36 @@ impl Systemd {
         notifier.send(&format!("FDSTORE=1\nFDNAME={FD_NAME}\n"), &[region.as_fd()]);
     }
 
-    /// Starts the status and watchdog thread, which reads the newest
-    /// generation from `shared` when the snapshot thread lets go of it, and
-    /// the program's pid and restarts from `board`.
-    pub fn start(&mut self, shared: Arc<Mutex<Shared>>, board: Arc<Board>) -> Result<()> {
-        let Some(notifier) = self.notifier.clone() else {
+    /// Where the status reporter sends `STATUS=` lines, when a service
+    /// manager listens.
+    pub fn status_sink(&self) -> Option<StatusSink> {
+        Some(StatusSink {
+            notifier: self.notifier.clone()?,
+            state: self.state.clone(),
+        })
+    }
+
+    /// Starts the watchdog thread, when systemd asked for pings.
+    pub fn start(&mut self) -> Result<()> {
+        let (Some(notifier), Some(every)) = (self.notifier.clone(), self.ping_every) else {
             return Ok(());
         };
-        self.shared = Some(shared.clone());
-        self.board = Some(board.clone());
         let state = self.state.clone();
-        let ping_every = self.ping_every;
         let thread = std::thread::Builder::new()
-            .name("systemd".into())
-            .spawn(move || status_loop(&notifier, &state, &shared, &board, ping_every))
-            .context("starting the systemd notification thread")?;
+            .name("watchdog".into())
+            .spawn(move || watchdog(&notifier, &state, every))
+            .context("starting the systemd watchdog thread")?;
         self.thread = Some(thread);
         Ok(())
     }
 
-    /// A program started (the status board already says so): the first
-    /// time, tells systemd the service is ready.
-    pub fn child_started(&self) {
-        if let (Some(notifier), Some(board)) = (&self.notifier, &self.board)
+    /// A program started: the first time, tells systemd the service is
+    /// ready, with `status` (the reporter's line).
+    pub fn child_started(&self, status: &str) {
+        if let Some(notifier) = &self.notifier
             && !self.state.ready_sent.swap(true, Relaxed)
         {
-            let generation = self
-                .shared
-                .as_ref()
-                .and_then(|s| s.try_lock().ok()?.store.newest_verified());
-            notifier.send(
-                &format!("READY=1\nSTATUS={}\n", status_line(board.program(), generation)),
-                &[],
-            );
+            notifier.send(&format!("READY=1\nSTATUS={status}\n"), &[]);
         }
     }
 
@@ -297,299 +276,35 @@ fn take_listen_fds(count: &OsStr, names: Option<&OsStr>) -> Option<File> {
     region
 }
 
-/// Takes back a region systemd kept in its file descriptor store, or, if
-/// it does not verify, restores the newest generation on disk into a fresh
-/// region. Returns the region and whether the handed-back one was taken.
-///
-/// Trusted only if: a memfd sealed as [`HostRegion::create`] seals one, of
-/// `--size` bytes; its header verifies; every valid unit passes the slot
-/// checks and the chain rule (nothing corrupt); at least one unit; and it
-/// descends from the store's newest generation that restores (see
-/// [`descends`]). Its old program is gone by now (the recorded group was
-/// killed; systemd kills the unit's cgroup), so every valid unit is
-/// consistent. Units newer than the store's are then persisted as a
-/// generation, as after a death, and the region is made to hold exactly it.
-///
-/// The store is read as a normal start reads it: generations that verify
-/// but do not restore are skipped. When generations exist but none
-/// verifies, a region that verifies on its own is taken back (the disk has
-/// nothing usable that it could contradict, and the region is the only
-/// state left); the damaged generations stay in place.
-///
-/// A region that is not trusted is left alone (whoever else holds it may
-/// still write it) and a fresh one takes its place.
-pub fn take_back(
-    shared: &mut Shared,
-    file: File,
-    size: u64,
-    start_empty_if_damaged: bool,
-) -> Result<(HostRegion, bool)> {
-    match adopt(shared, file, size) {
-        Ok(region) => Ok((region, true)),
-        Err(Refused::Store(e)) => Err(e),
-        Err(Refused::Region(why)) => {
-            warn!(
-                "the region in systemd's file descriptor store is not taken back: {why}; restoring the newest generation on disk"
-            );
-            let region = HostRegion::create(size)?;
-            restore_at_start(shared, &region, start_empty_if_damaged)?;
-            Ok((region, false))
+/// Where `STATUS=` lines go: sent only between `READY=1` and
+/// `STOPPING=1`.
+#[derive(Clone)]
+pub struct StatusSink {
+    notifier: Arc<Notifier>,
+    state: Arc<State>,
+}
+
+impl StatusSink {
+    /// Sends `STATUS=status`; false when it is not the time for one
+    /// (before `READY=1`, or once stopping).
+    pub fn status(&self, status: &str) -> bool {
+        if !self.state.ready_sent.load(Relaxed) || self.state.stopping_sent.load(Relaxed) {
+            return false;
         }
+        self.notifier.send(&format!("STATUS={status}\n"), &[]);
+        true
     }
 }
 
-enum Refused {
-    /// The region does not verify: why.
-    Region(String),
-    /// The store cannot say what it holds.
-    Store(anyhow::Error),
-}
-
-fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refused> {
-    let region = HostRegion::adopt(file, size).map_err(Refused::Region)?;
-    let observer = match snapshot::observe_file(region.file()) {
-        Ok(Some(observer)) => observer,
-        Ok(None) => return Err(Refused::Region("the program never laid it out".into())),
-        Err(e) => return Err(Refused::Region(format!("its header does not verify: {e}"))),
-    };
-    let (mut pre, mut kept) = (Vec::new(), Vec::new());
-    let anomalies = observer.pre(&mut pre);
-    let broken = observer.post(&pre, &mut kept);
-    if !anomalies.is_clean() || !broken.is_clean() {
-        return Err(Refused::Region(format!(
-            "its unit table has {} corrupt slots and {} units out of chain",
-            anomalies.corrupt_slots, broken.broken_chain
-        )));
-    }
-    let Some(newest) = kept.last().map(|u| u.seq()) else {
-        return Err(Refused::Region("it holds no committed unit".into()));
-    };
-    let stored = match newest_stored(&mut shared.store, size).map_err(Refused::Store)? {
-        Stored::Empty => None,
-        Stored::Damaged { tried } => {
-            warn!(
-                tried,
-                "no generation on disk verifies; the region, which does, is taken back and the damaged generations stay in place"
-            );
-            None
-        }
-        Stored::OtherSize { number, len } => {
-            // The restore that follows stops on it, as a normal start does.
-            return Err(Refused::Region(format!(
-                "generation {number} holds a region of {} but --size is {}",
-                human(len),
-                human(size)
-            )));
-        }
-        Stored::Generation(generation) => {
-            descends(&observer, &kept, &generation).map_err(Refused::Region)?;
-            Some(generation.meta.units.last().map_or(0, |u| u.seq()))
-        }
-    };
-    shared.snapshotter.forget();
-    if stored == Some(newest) {
-        info!(
-            units = kept.len(),
-            "region taken back from the fd store (the store already holds its newest unit)"
-        );
-        return Ok(region);
-    }
-    match shared.snapshotter.take(&observer, &mut shared.store) {
-        Ok(outcome @ Outcome::Persisted { .. }) => {
-            shared.stats.persisted(&outcome);
-            let Outcome::Persisted {
-                persisted,
-                units,
-                meta,
-                geometry,
-                ..
-            } = outcome
-            else {
-                unreachable!("matched above")
-            };
-            snapshot::apply_meta(region.file(), &geometry, &meta)
-                .map_err(|e| Refused::Region(format!("it cannot be rewritten: {e}")))?;
-            info!(
-                generation = persisted.number,
-                units, "region taken back from the fd store; its newer units persisted"
-            );
-        }
-        Ok(other) => {
-            return Err(Refused::Region(format!("it could not be snapshotted: {other:?}")));
-        }
-        Err(snapshot::SnapshotError::Store(e)) => {
-            // The region holds the state; the store keeps its last good
-            // generation and catches up with the next snapshot.
-            warn!(
-                units = kept.len(),
-                "region taken back from the fd store, but its units could not be persisted: {e}"
-            );
-        }
-        Err(e) => return Err(Refused::Region(format!("it could not be snapshotted: {e}"))),
-    }
-    Ok(region)
-}
-
-/// What the store holds, read as a normal start reads it.
-enum Stored {
-    /// No generation at all.
-    Empty,
-    /// Generations, none of which verifies and restores.
-    Damaged { tried: usize },
-    /// The newest generation that verifies holds a region of `len` bytes,
-    /// not `--size`.
-    OtherSize { number: u64, len: u64 },
-    /// The newest generation that verifies and restores.
-    Generation(StoredGeneration),
-}
-
-/// The store's newest generation that verifies and restores, decoded.
-struct StoredGeneration {
-    number: u64,
-    image: Vec<u8>,
-    geometry: Geometry,
-    meta: Meta,
-}
-
-/// The store's newest generation that verifies and restores, accepted as
-/// `restore_newest` (supervise.rs) accepts one, so that a generation a
-/// normal start would skip is skipped here too.
-fn newest_stored(store: &mut Store, size: u64) -> Result<Stored> {
-    let loaded = store.load_newest_with(crate::supervise::restorable_in(size));
-    let loaded = match loaded {
-        Ok(Some(loaded)) => loaded,
-        Ok(None) => return Ok(Stored::Empty),
-        Err(StoreError::NoVerifiedGeneration { tried, .. }) => {
-            for (number, why) in store.last_load_skipped() {
-                warn!(generation = number, "damaged generation: {why}");
-            }
-            return Ok(Stored::Damaged { tried });
-        }
-        Err(e) => return Err(e.into()),
-    };
-    for (number, why) in &loaded.skipped {
-        warn!(generation = number, "skipping a damaged generation: {why}");
-    }
-    if loaded.image.len() as u64 != size {
-        return Ok(Stored::OtherSize {
-            number: loaded.number,
-            len: loaded.image.len() as u64,
-        });
-    }
-    // Accepted above, so this decodes; an error is the store's to report.
-    let geometry = snapshot::image_geometry(&loaded.image)
-        .with_context(|| format!("reading generation {}", loaded.number))?;
-    let meta = Meta::decode(&loaded.meta, &geometry)
-        .with_context(|| format!("reading generation {}", loaded.number))?;
-    Ok(Stored::Generation(StoredGeneration {
-        number: loaded.number,
-        image: loaded.image,
-        geometry,
-        meta,
-    }))
-}
-
-/// Whether the region's history continues the store's newest generation
-/// `stored`, rather than some other run's: a region with as many units or
-/// more may still hold a different history (another supervisor ran on the
-/// store while this region waited in the fd store), and taking it back
-/// would replace that run's persisted units. Sequence numbers alone cannot
-/// tell; the units can.
-///
-/// - Same layout (geometry) as the generation's image.
-/// - Every unit of the generation that the region's ring still holds (same
-///   sequence number) has the same offset, length and bytes as in the
-///   generation's image.
-/// - The region holds the generation's newest unit: the one the region's
-///   newer units, if any, were written after.
-///
-/// A region whose program moved on so far that the generation's newest
-/// unit has left its ring (its slot or ring bytes reused) is refused too:
-/// nothing left in it shows that it descends from the generation, and the
-/// disk is a sound fallback. With continuous snapshots the store trails the
-/// region by far less than a ring.
-fn descends(observer: &Observer, kept: &[UnitRef], stored: &StoredGeneration) -> Result<(), String> {
-    let number = stored.number;
-    if *observer.geometry() != stored.geometry {
-        return Err(format!("its layout differs from generation {number}'s"));
-    }
-    let Some(stored_newest) = stored.meta.units.last() else {
-        return Ok(());
-    };
-    let region_newest = kept.last().map_or(0, |u| u.seq());
-    if region_newest < stored_newest.seq() {
-        return Err(format!(
-            "it is older than the store (unit {region_newest}; generation {number} has unit {})",
-            stored_newest.seq()
-        ));
-    }
-    for unit in &stored.meta.units {
-        let Some(ours) = kept.iter().find(|u| u.seq() == unit.seq()) else {
-            continue;
-        };
-        let same = ours.offset == unit.offset
-            && ours.len == unit.len
-            && image_unit(&stored.image, &stored.geometry, unit)
-                .is_some_and(|b| b == observer.copy_unit(ours));
-        if !same {
-            return Err(format!(
-                "its unit {} differs from generation {number}'s: another run wrote the store meanwhile",
-                unit.seq()
-            ));
-        }
-    }
-    if !kept.iter().any(|u| u.seq() == stored_newest.seq()) {
-        return Err(format!(
-            "generation {number}'s newest unit {} is no longer in its ring, so nothing shows it continues that generation",
-            stored_newest.seq()
-        ));
-    }
-    Ok(())
-}
-
-/// The bytes of `unit` in a generation's image, from the ring (wrapping);
-/// `None` if they do not lie inside the image.
-fn image_unit(image: &[u8], g: &Geometry, unit: &UnitRef) -> Option<Vec<u8>> {
-    let len = usize::try_from(unit.len).ok()?;
-    let at = unit.offset & (g.ring_bytes - 1);
-    let first = len.min(usize::try_from(g.ring_bytes - at).ok()?);
-    let ring = |from: u64, n: usize| -> Option<&[u8]> {
-        let from = usize::try_from(g.ring_offset.checked_add(from)?).ok()?;
-        image.get(from..from.checked_add(n)?)
-    };
-    let mut bytes = ring(at, first)?.to_vec();
-    bytes.extend_from_slice(ring(0, len - first)?);
-    Some(bytes)
-}
-
-/// The `STATUS=` text.
-fn status_line((pid, restarts): (Option<i32>, u64), generation: Option<u64>) -> String {
-    let generation = generation.map_or_else(|| "none".to_owned(), |g| g.to_string());
-    match pid {
-        None => format!("between runs, generation {generation}, restarts {restarts}"),
-        Some(pid) => format!("running pid {pid}, generation {generation}, restarts {restarts}"),
-    }
-}
-
-/// Sends `STATUS=` when it changes and `WATCHDOG=1` while the lifecycle
-/// loop goes round, until shutdown.
-fn status_loop(
-    notifier: &Notifier,
-    state: &State,
-    shared: &Mutex<Shared>,
-    board: &Board,
-    ping_every: Option<Duration>,
-) {
-    let mut next_ping = ping_every.map(|p| Instant::now() + p);
+/// Sends `WATCHDOG=1` every `every` while the lifecycle loop goes round,
+/// until shutdown.
+fn watchdog(notifier: &Notifier, state: &State, every: Duration) {
+    let mut next_ping = Instant::now() + every;
     let mut rounds_at_ping = state.rounds.load(Relaxed);
     let mut withheld = false;
-    let mut generation = None;
-    let mut last_status = String::new();
     let mut guard = state.shutdown.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        let wait = next_ping.map_or(STATUS_SPACING, |at| {
-            at.saturating_duration_since(Instant::now()).min(STATUS_SPACING)
-        });
+        let wait = next_ping.saturating_duration_since(Instant::now());
         guard = state
             .wake
             .wait_timeout_while(guard, wait, |stop| !*stop)
@@ -598,38 +313,28 @@ fn status_loop(
         if *guard {
             return;
         }
-        if let (Some(every), Some(at)) = (ping_every, next_ping)
-            && Instant::now() >= at
-        {
-            let rounds = state.rounds.load(Relaxed);
-            if rounds != rounds_at_ping {
-                notifier.send("WATCHDOG=1\n", &[]);
-                rounds_at_ping = rounds;
-                withheld = false;
-            } else if !withheld {
-                warn!(
-                    "the lifecycle loop has not gone round for {}; withholding the watchdog ping",
-                    humantime::format_duration(every)
-                );
-                withheld = true;
-            }
-            // A steady cadence; after a stall (a slow send), from now.
-            let now = Instant::now();
-            next_ping = Some(if at + every > now { at + every } else { now + every });
-        }
-        // Never waits for the store: while a snapshot holds it, the last
-        // generation known stands.
-        if let Ok(shared) = shared.try_lock() {
-            generation = shared.store.newest_verified().or(generation);
-        }
-        if !state.ready_sent.load(Relaxed) || state.stopping_sent.load(Relaxed) {
+        if Instant::now() < next_ping {
             continue;
         }
-        let status = status_line(board.program(), generation);
-        if status != last_status {
-            notifier.send(&format!("STATUS={status}\n"), &[]);
-            last_status = status;
+        let rounds = state.rounds.load(Relaxed);
+        if rounds != rounds_at_ping {
+            notifier.send("WATCHDOG=1\n", &[]);
+            rounds_at_ping = rounds;
+            withheld = false;
+        } else if !withheld {
+            warn!(
+                "the lifecycle loop has not gone round for {}; withholding the watchdog ping",
+                humantime::format_duration(every)
+            );
+            withheld = true;
         }
+        // A steady cadence; after a stall (a slow send), from now.
+        let now = Instant::now();
+        next_ping = if next_ping + every > now {
+            next_ping + every
+        } else {
+            now + every
+        };
     }
 }
 
@@ -728,39 +433,5 @@ mod tests {
     fn relative_and_unknown_socket_addresses_are_refused() {
         assert!(Notifier::connect(OsStr::new("relative/path")).is_err());
         assert!(Notifier::connect(OsStr::new("vsock:2:1234")).is_err());
-    }
-
-    #[test]
-    fn a_unit_that_wraps_the_ring_is_read_from_both_ends_of_the_image() {
-        let g = Geometry::derive(4 << 20, 256, 1 << 20, 64 << 10).unwrap();
-        let mut image = vec![0u8; g.region_len as usize];
-        let end = (g.ring_offset + g.ring_bytes) as usize;
-        image[end - 8..end].copy_from_slice(b"unit-12-");
-        image[g.ring_offset as usize..g.ring_offset as usize + 4].copy_from_slice(b"tail");
-        let unit = UnitRef {
-            slot: 3,
-            tag: shm_snapshot::layout::Tag(3 << 2),
-            // The third lap of the stream, 8 bytes before the ring's end.
-            offset: 3 * g.ring_bytes - 8,
-            len: 12,
-        };
-        assert_eq!(
-            image_unit(&image, &g, &unit).as_deref(),
-            Some(&b"unit-12-tail"[..])
-        );
-        let short = &image[..end - 1];
-        assert_eq!(image_unit(short, &g, &unit), None, "outside the image");
-    }
-
-    #[test]
-    fn status_names_pid_generation_and_restarts() {
-        assert_eq!(
-            status_line((None, 0), None),
-            "between runs, generation none, restarts 0"
-        );
-        assert_eq!(
-            status_line((Some(42), 2), Some(7)),
-            "running pid 42, generation 7, restarts 2"
-        );
     }
 }

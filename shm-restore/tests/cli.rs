@@ -42,6 +42,7 @@ fn missing_command_is_one_line_and_status_2() {
 fn malformed_size_duration_and_policy_are_one_line_and_status_2() {
     assert_usage_error(&["--snapshot=s", "--size=lots", "x"], "lots");
     assert_usage_error(&["--snapshot=s", "--size=0", "x"], "--size");
+    assert_usage_error(&["--snapshot=s", "--size=1KiB", "x"], "needs at least 1.0 MiB");
     assert_usage_error(&["--snapshot=s", "--grace=soon", "x"], "soon");
     assert_usage_error(&["--snapshot=s", "--restart=sometimes", "x"], "sometimes");
     assert_usage_error(&["--snapshot=s", "--keep=0", "x"], "--keep");

@@ -238,7 +238,13 @@ fn every_generation_damaged_stops_with_one_clear_error_and_changes_nothing() {
     ] {
         assert!(error.contains(part), "`{part}` missing from: {error}");
     }
-    for (number, why) in [(1, "chunk 0 hash"), (2, "needs generation 1"), (3, "header_hash")] {
+    // By cause: 1 and 3 are damaged themselves; 2 needs 1, so it is named
+    // on 1's line, not on a line of its own.
+    for (number, why) in [
+        (1, "chunk 0 hash"),
+        (1, "generation 2 needs it"),
+        (3, "header_hash"),
+    ] {
         let file = format!("gen-{number:020}.snap");
         assert!(
             run.lines(Stream::Err)
@@ -248,6 +254,12 @@ fn every_generation_damaged_stops_with_one_clear_error_and_changes_nothing() {
             run.transcript()
         );
     }
+    let causes = run
+        .lines(Stream::Err)
+        .iter()
+        .filter(|l| l.contains("damaged generation"))
+        .count();
+    assert_eq!(causes, 2, "one line per cause:\n{}", run.transcript());
     assert_eq!(fingerprint(&state, &["lock"]), before, "the store changed");
 }
 

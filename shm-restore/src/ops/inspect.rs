@@ -11,7 +11,9 @@ use shm_snapshot::snapshot::{self, Meta};
 use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store};
 
 use super::args::Inspect;
-use super::load::{self, TRIES, newest_restorable};
+use shm_snapshot::restore::{checked_restorable, newest_checked_restorable};
+
+use super::load::{self, TRIES};
 use super::show::{self, human};
 use super::store::open_read_only;
 
@@ -63,7 +65,7 @@ struct UnitsJson {
 /// The status word of a generation, and what is wrong with it.
 pub fn status(c: &Checked) -> (&'static str, Option<String>) {
     match &c.condition {
-        Condition::Intact => match load::restorable(c) {
+        Condition::Intact => match checked_restorable(c) {
             Ok(()) => ("ok", None),
             Err(why) => (
                 "unrestorable",
@@ -113,7 +115,7 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
             }
         })
         .collect();
-    let newest_verified = newest_restorable(&checked);
+    let newest_verified = newest_checked_restorable(&checked);
     if a.json {
         let doc = StoreJson {
             store: a.dir.display().to_string(),
@@ -282,7 +284,7 @@ fn newest_with_units(
 ) -> Result<(u64, Loaded, Vec<Checked>)> {
     let mut attempt = 1;
     loop {
-        let number = match newest_restorable(&checked) {
+        let number = match newest_checked_restorable(&checked) {
             Some(n) => n,
             None if checked.is_empty() => bail!("{} holds no generations", a.dir.display()),
             None => bail!(

@@ -4,8 +4,8 @@
 //! subcommand picks by default is the one a supervisor would restore.
 
 use anyhow::{Result, bail};
-use shm_snapshot::snapshot;
-use shm_snapshot::store::{Checked, Loaded, Store, StoreError};
+use shm_snapshot::restore;
+use shm_snapshot::store::{Loaded, Store, StoreError};
 
 /// Loads tried before a failure is reported while generations keep
 /// vanishing. A supervisor committing continuously prunes hundreds of
@@ -15,31 +15,12 @@ use shm_snapshot::store::{Checked, Loaded, Store, StoreError};
 /// than bad luck.
 pub const TRIES: usize = 10;
 
-/// Whether a supervisor would restore generation `c`, as far as `check_all`
-/// saw it: it is intact, and its region's header and its meta pass
-/// [`snapshot::restorable`]. `Err` says why not.
-pub fn restorable(c: &Checked) -> Result<(), String> {
-    let (Some(info), Some(first), Some(meta)) = (&c.info, &c.first_page, &c.meta) else {
-        return Err("it does not verify".to_owned());
-    };
-    snapshot::restorable_head(info.region_len, first, meta)
-}
-
-/// The newest generation a supervisor would restore.
-pub fn newest_restorable(checked: &[Checked]) -> Option<u64> {
-    checked
-        .iter()
-        .rev()
-        .find(|c| c.condition.is_intact() && restorable(c).is_ok())
-        .map(|c| c.number)
-}
-
 /// Loads the newest generation a supervisor would restore, `None` when the
 /// store holds none.
 pub fn newest(store: &mut Store) -> Result<Option<Loaded>> {
     let mut attempt = 1;
     loop {
-        match store.load_newest_with(snapshot::restorable) {
+        match store.load_newest_with(restore::acceptance(None)) {
             Ok(loaded) => return Ok(loaded),
             Err(_) if attempt < TRIES && !store.vanished_since_scan().is_empty() => attempt += 1,
             Err(e) => return Err(e.into()),

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use shm_snapshot::snapshot;
+use shm_snapshot::restore;
 use shm_snapshot::store::StoreOptions;
 
 use super::args::Prune;
@@ -27,14 +27,14 @@ pub fn run(a: &Prune) -> Result<ExitCode> {
     // Kept whatever --keep says: the generation a supervisor would restore,
     // judged as it judges.
     let pruned = store
-        .prune_to_with(keep, snapshot::restorable)
+        .prune_to_with(keep, restore::acceptance(None))
         .with_context(|| format!("cannot prune {} (nothing was removed)", a.dir.display()))?;
     for r in &pruned.removed {
         println!("removed generation {} ({})", r.number, human(r.bytes));
     }
     let left = store.generations().len();
     let newest = pruned
-        .newest_verified
+        .newest_restorable
         .map_or_else(|| "none".to_owned(), |n| n.to_string());
     println!(
         "removed {}, freed {}; {left} left, newest verified: {newest}",

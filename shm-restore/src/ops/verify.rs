@@ -5,17 +5,17 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use shm_snapshot::store::Condition;
+use shm_snapshot::restore::{checked_damage, checked_restorable, newest_checked_restorable};
+use shm_snapshot::store::{Condition, StoreError};
 
 use super::args::Verify;
-use super::load::{self, newest_restorable};
 use super::show::{count, human};
 use super::store::open_read_only;
 
 /// Runs `verify`: exit 0 when every generation verifies and can be
-/// restored, 1 naming each damaged one and each that verifies but a
-/// supervisor would not restore (one line each on stderr) with the summary
-/// last.
+/// restored, 1 otherwise, with one line on stderr per cause of damage
+/// (naming how many generations depend on it) and per generation that
+/// verifies but a supervisor would not restore, and the summary last.
 pub fn run(a: &Verify) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
     let checked = store.check_all()?;
@@ -26,7 +26,7 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
     let (mut bases, mut deltas, mut bytes) = (0, 0, 0);
     for c in &checked {
         match &c.condition {
-            Condition::Intact if let Err(why) = load::restorable(c) => {
+            Condition::Intact if let Err(why) = checked_restorable(c) => {
                 unrestorable += 1;
                 eprintln!(
                     "shm-restore: generation {} verifies but cannot be restored: {why}",
@@ -40,27 +40,26 @@ pub fn run(a: &Verify) -> Result<ExitCode> {
                     false => deltas += 1,
                 }
             }
-            Condition::Damaged(e) => {
-                damaged += 1;
-                eprintln!("shm-restore: generation {} is damaged: {e}", c.number);
-            }
-            Condition::BrokenChain(e) => {
-                damaged += 1;
-                eprintln!("shm-restore: generation {} cannot be restored: {e}", c.number);
-            }
+            Condition::Damaged(_) | Condition::BrokenChain(_) => damaged += 1,
             Condition::Vanished => pruned += 1,
         }
     }
-    let newest = newest_restorable(&checked).map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let newest = newest_checked_restorable(&checked).map_or_else(|| "none".to_owned(), |n| n.to_string());
+    let present = checked
+        .iter()
+        .filter(|c| !matches!(c.condition, Condition::Vanished))
+        .count();
+    for cause in checked_damage(checked).causes {
+        let what = match cause.error {
+            StoreError::BrokenChain { .. } => "cannot be restored",
+            _ => "is damaged",
+        };
+        eprintln!("shm-restore: generation {} {what}: {cause}", cause.generation);
+    }
     let pruned = match pruned {
         0 => String::new(),
         n => format!("; {n} pruned by the running supervisor while being read"),
     };
-    let present = checked.len()
-        - checked
-            .iter()
-            .filter(|c| matches!(c.condition, Condition::Vanished))
-            .count();
     if damaged + unrestorable > 0 {
         let what = match (damaged, unrestorable) {
             (d, 0) => format!("{d} of {present} generations in {dir} are damaged"),

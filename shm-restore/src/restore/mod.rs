@@ -1,0 +1,11 @@
+//! The supervisor's restores: what the region gets at start, after a death
+//! (the post-mortem generation, or the store's newest restorable one), and
+//! from a region handed back by the service manager.
+
+mod ladder;
+mod post_mortem;
+mod take_back;
+
+pub use ladder::{OnDamage, When, apply, newest, restore};
+pub use post_mortem::{Left, post_mortem};
+pub use take_back::take_back;
