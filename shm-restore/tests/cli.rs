@@ -128,3 +128,26 @@ fn a_program_named_like_a_subcommand_still_runs_in_the_run_form() {
         );
     }
 }
+
+#[test]
+fn a_store_path_that_is_a_file_is_one_line_that_says_so() {
+    let file = std::env::temp_dir().join(format!("shm-restore-cli-file-{}", std::process::id()));
+    std::fs::write(&file, b"not a store").unwrap();
+    let below = format!("--snapshot={}/state", file.display());
+    let (code, _, stderr) = run(&[&below, "--", "/bin/true"]);
+    assert_eq!((code, stderr.lines().count()), (1, 1), "{stderr}");
+    assert!(
+        stderr.contains("a part of its path is a file, not a directory"),
+        "{stderr}"
+    );
+    let snapshot = format!("--snapshot={}", file.display());
+    let (code, stdout, stderr) = run(&[&snapshot, "--", "/bin/true"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr}");
+    assert!(
+        stderr.starts_with("shm-restore: cannot use ") && stderr.contains("it is a file, not a directory"),
+        "{stderr}"
+    );
+}

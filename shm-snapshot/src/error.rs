@@ -47,14 +47,15 @@ pub enum RegionError {
         /// What it is instead.
         kind: &'static str,
     },
-    /// A system call on the region failed.
-    #[error("{op} failed: {source}")]
+    /// A system call on the region failed. (The operating system's error
+    /// is part of the message, not a separate source: a chain printed
+    /// whole would say it twice.)
+    #[error("{op} failed: {error}")]
     Io {
         /// What was being done, e.g. `"mapping the region"`.
         op: &'static str,
         /// The operating system's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The region cannot hold the sections its configuration asks for.
     #[error(
@@ -130,10 +131,10 @@ pub enum RegionError {
 }
 
 impl RegionError {
-    pub(crate) fn io(op: &'static str, source: impl Into<io::Error>) -> RegionError {
+    pub(crate) fn io(op: &'static str, error: impl Into<io::Error>) -> RegionError {
         RegionError::Io {
             op,
-            source: source.into(),
+            error: error.into(),
         }
     }
 }

@@ -160,10 +160,24 @@ impl Meta {
 pub enum SnapshotError {
     /// The region could not be read as a region.
     #[error("region: {0}")]
-    Region(#[from] RegionError),
+    Region(RegionError),
     /// The store failed.
     #[error("store: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+// Not `#[from]`: that would make the inner error a source as well as part
+// of the message, and a chain printed whole would say it twice.
+impl From<RegionError> for SnapshotError {
+    fn from(e: RegionError) -> Self {
+        SnapshotError::Region(e)
+    }
+}
+
+impl From<StoreError> for SnapshotError {
+    fn from(e: StoreError) -> Self {
+        SnapshotError::Store(e)
+    }
 }
 
 /// What one snapshot attempt did.

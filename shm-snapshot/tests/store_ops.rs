@@ -239,9 +239,9 @@ fn read_only_open_of_a_missing_directory_or_a_file_fails_and_creates_nothing() {
     let file = tmp.path().join("file");
     fs::write(&file, b"not a store").unwrap();
     match Store::open_read_only(&file) {
-        Err(StoreError::Io { path, source, .. }) => {
+        Err(StoreError::Io { path, error, .. }) => {
             assert_eq!(path, file);
-            assert_eq!(source.kind(), io::ErrorKind::NotADirectory);
+            assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
         }
         other => panic!("expected an I/O error, got {other:?}"),
     }

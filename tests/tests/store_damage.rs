@@ -242,7 +242,7 @@ fn every_generation_damaged_stops_with_one_clear_error_and_changes_nothing() {
     // on 1's line, not on a line of its own.
     for (number, why) in [
         (1, "chunk 0 hash"),
-        (1, "generation 2 needs it"),
+        (1, "generation 2 depends on it"),
         (3, "header_hash"),
     ] {
         let file = format!("gen-{number:020}.snap");
@@ -387,4 +387,54 @@ fn with_the_flag_a_death_before_the_first_generation_restarts_on_a_blank_region_
         dies.transcript()
     );
     assert_eq!(generation_files(&state).len(), 3, "nothing new was persisted");
+}
+
+#[test]
+fn a_damaged_base_is_reported_once_with_how_many_generations_depend_on_it() {
+    let dir = workdir();
+    let state = dir.path().join("state");
+    // A base and eleven deltas built on it, one per run.
+    for _ in 0..12 {
+        run(dir.path(), "1", &[]);
+    }
+    assert_eq!(generation_files(&state).len(), 12);
+    flip_byte(&generation_path(&state, 1), 104 + 56 + 10);
+    let mut start = Proc::supervise(dir.path(), "state", AT_EXIT, &[CHILD]);
+    assert_eq!(start.wait().code(), Some(1), "{}", start.transcript());
+    let err = start.lines(Stream::Err);
+    let causes: Vec<&String> = err.iter().filter(|l| l.contains("damaged generation")).collect();
+    assert_eq!(
+        causes.len(),
+        1,
+        "one line for the one cause:\n{}",
+        start.transcript()
+    );
+    let file = format!("gen-{:020}.snap", 1);
+    assert!(
+        causes[0].contains(&file) && causes[0].contains("11 newer generations depend on it (12-2)"),
+        "{}",
+        start.transcript()
+    );
+    let error = err
+        .iter()
+        .find(|l| l.starts_with("shm-restore: "))
+        .expect("an error line");
+    assert!(error.contains("(12 damaged: 12-1)"), "{error}");
+    assert!(error.contains("shm-restore verify state"), "{error}");
+
+    // verify says the same: one line for the cause, then the summary.
+    let verify = shm_snapshot_tests::ops::shm_restore(dir.path(), &["verify", "state"]);
+    let lines: Vec<&str> = verify.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", verify.stderr);
+    assert!(
+        lines[0].starts_with("shm-restore: generation 1 is damaged: ")
+            && lines[0].contains("11 newer generations depend on it (12-2)"),
+        "{}",
+        verify.stderr
+    );
+    assert!(
+        lines[1].contains("12 of 12 generations in state are damaged"),
+        "{}",
+        verify.stderr
+    );
 }

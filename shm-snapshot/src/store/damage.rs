@@ -136,14 +136,10 @@ impl fmt::Display for Cause {
         write!(f, "{}", self.error)?;
         match self.dependents.len() {
             0 => Ok(()),
-            1 => write!(
-                f,
-                "; generation {} needs it and cannot be used either",
-                self.dependents[0]
-            ),
+            1 => write!(f, "; generation {} depends on it", self.dependents[0]),
             n => write!(
                 f,
-                "; {n} more generations need it and cannot be used either ({})",
+                "; {n} newer generations depend on it ({})",
                 Numbers(&self.dependents)
             ),
         }
@@ -222,7 +218,10 @@ mod tests {
         assert_eq!(damage.generations(), 532);
         let line = cause.to_string();
         assert!(line.contains("gen-1.snap is corrupt"), "{line}");
-        assert!(line.contains("531 more generations need it (532-2)"), "{line}");
+        assert!(
+            line.contains("; 531 newer generations depend on it (532-2)"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -19,15 +19,24 @@ pub enum StoreError {
         pid: Option<u32>,
     },
     /// A file system operation failed.
-    #[error("{op} {} failed: {source}", path.display())]
+    /// (The operating system's error is part of the message, not a
+    /// separate source: a chain printed whole would say it twice.)
+    #[error("{op} {} failed: {error}", path.display())]
     Io {
         /// What was being done, e.g. `"renaming into place"`.
         op: &'static str,
         /// The file or directory it was done to.
         path: PathBuf,
         /// The operating system's error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
+    },
+    /// The store's directory is not a directory.
+    #[error("cannot use {} as the store directory: {why}", path.display())]
+    NotADirectory {
+        /// The path given for the store.
+        path: PathBuf,
+        /// What is there instead.
+        why: &'static str,
     },
     /// A generation file does not hold what the format allows.
     #[error("generation file {} is corrupt: {what}", path.display())]
@@ -144,11 +153,11 @@ fn holder(pid: Option<u32>) -> String {
 }
 
 impl StoreError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> StoreError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, error: io::Error) -> StoreError {
         StoreError::Io {
             op,
             path: path.into(),
-            source,
+            error,
         }
     }
 
@@ -156,7 +165,7 @@ impl StoreError {
     /// and is gone now: in a store an owner is writing, a generation it
     /// pruned, not a damaged one.
     pub fn is_vanished(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+        matches!(self, StoreError::Io { error, .. } if error.kind() == io::ErrorKind::NotFound)
     }
 
     pub(crate) fn corrupt(path: impl Into<PathBuf>, defect: Defect) -> StoreError {

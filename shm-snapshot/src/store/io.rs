@@ -70,6 +70,9 @@ impl StoreIo for RealIo {
         if dir.is_dir() {
             return Ok(());
         }
+        if dir.exists() {
+            return Err(io::ErrorKind::AlreadyExists.into());
+        }
         fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         // The first generation is only durable if the directory holding it
         // is: sync the entry that names it.

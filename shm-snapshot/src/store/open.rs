@@ -209,8 +209,17 @@ impl Store {
         mut io: Box<dyn StoreIo>,
     ) -> Result<Store, StoreError> {
         options.check()?;
-        io.create_dir_all(dir)
-            .map_err(|e| StoreError::io("creating the store directory", dir, e))?;
+        io.create_dir_all(dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => StoreError::NotADirectory {
+                path: dir.to_owned(),
+                why: "it is a file, not a directory",
+            },
+            std::io::ErrorKind::NotADirectory => StoreError::NotADirectory {
+                path: dir.to_owned(),
+                why: "a part of its path is a file, not a directory",
+            },
+            _ => StoreError::io("creating the store directory", dir, e),
+        })?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = match io.lock(&lock_path) {
             Ok(LockAttempt::Acquired(guard)) => guard,
