@@ -520,6 +520,10 @@ impl Supervisor<'_> {
                 warn!("the region is not usable ({e}); restoring the newest generation");
                 restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
             }
+            Err(snapshot::SnapshotError::Meta(e)) => {
+                warn!("the region is not usable ({e}); restoring the newest generation");
+                restore_after_death(shared, &self.region, start_empty).map(|()| Left::Restored)
+            }
             Err(e @ snapshot::SnapshotError::Store(_)) => {
                 // The region still holds every committed unit; the program
                 // recovers them from memory, and the store keeps its last

@@ -1,6 +1,7 @@
 //! Snapshots of a live region into a store: what is kept, what is copied.
 
-use shm_snapshot::snapshot::{self, ArenaScan, Meta, Outcome, Snapshotter};
+use shm_snapshot::meta::Meta;
+use shm_snapshot::snapshot::{self, ArenaScan, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreOptions};
 use shm_snapshot::{Client, Config, Observer, Region};
 

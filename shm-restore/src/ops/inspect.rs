@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use shm_snapshot::layout::{Geometry, UnitRef};
-use shm_snapshot::snapshot::{self, Meta};
+use shm_snapshot::meta::Meta;
+use shm_snapshot::snapshot;
 use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store};
 
 use super::args::Inspect;
