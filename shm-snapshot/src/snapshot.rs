@@ -244,11 +244,9 @@ impl Snapshotter {
         let newest_end = pre.iter().map(UnitRef::end).max().unwrap_or(0);
         let low = self.ring_done.max(newest_end.saturating_sub(g.ring_bytes));
         if low < newest_end {
-            let start = low & (g.ring_bytes - 1);
-            let len = newest_end - low;
-            let first = len.min(g.ring_bytes - start);
-            copied += self.copy(observer, g.ring_offset + start, first)?;
-            copied += self.copy(observer, g.ring_offset, len - first)?;
+            for (at, len) in g.ring_spans(low, newest_end - low) {
+                copied += self.copy(observer, at, len)?;
+            }
         }
         // Arena chunks whose counters moved; or every chunk, compared.
         let compare_all = match self.scan {

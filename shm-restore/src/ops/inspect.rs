@@ -311,13 +311,9 @@ fn newest_with_units(
 /// passed [`Meta::decode`] against the image's geometry, so its bytes lie
 /// in the ring (wrapping at its end).
 fn head(image: &[u8], g: &Geometry, u: &UnitRef) -> Vec<u8> {
-    let n = u.len.min(HEAD_BYTES);
-    let start = u.offset & (g.ring_bytes - 1);
-    let first = n.min(g.ring_bytes - start);
-    let at = (g.ring_offset + start) as usize;
-    let mut out = image[at..at + first as usize].to_vec();
-    let rest = (n - first) as usize;
-    let ring = g.ring_offset as usize;
-    out.extend_from_slice(&image[ring..ring + rest]);
-    out
+    g.ring_spans(u.offset, u.len.min(HEAD_BYTES))
+        .into_iter()
+        .flat_map(|(at, len)| &image[at as usize..(at + len) as usize])
+        .copied()
+        .collect()
 }
