@@ -384,12 +384,21 @@ impl Snapshotter {
 
 /// Maps the region in `file` read-only and observes it; `None` while it has
 /// not been laid out.
+///
+/// `file` must be a memfd sealed against shrinking, as `shm-restore`'s
+/// region and [`Region::anonymous`] are; anything else is refused with
+/// [`RegionError::NotSealed`], because a file that shrank under the mapping
+/// would fault the reader. To observe a file that cannot be sealed, map it
+/// with the unsafe [`Region::from_file_read_only`] and pass that to
+/// [`Observer::new`].
 pub fn observe_file(file: &File) -> Result<Option<Observer>, RegionError> {
+    Region::check_shrink_sealed(file)?;
     let dup = file
         .try_clone()
         .map_err(|e| RegionError::io("duplicating the region descriptor", e))?;
-    // SAFETY: the supervisor's memfd is sealed against shrinking, and a
-    // file handed to this function must not shrink while it is observed.
+    // SAFETY: `dup` is the same open file as `file`, which is sealed against
+    // shrinking (checked above; a seal is never removed), so it never
+    // shrinks while mapped.
     let region = unsafe { Region::from_file_read_only(dup)? };
     match Observer::new(region) {
         Ok(observer) => Ok(Some(observer)),
