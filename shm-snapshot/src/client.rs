@@ -248,12 +248,14 @@ impl Client {
         // one whose slot it reuses, before any of their bytes change.
         self.tail = make_room(words, &g, self.tail, seq, end);
 
-        // Step 3: copy the bytes in whole words, in at most two pieces.
-        let ring_start = start & (g.ring_bytes - 1);
-        let first = bytes.len().min((g.ring_bytes - ring_start) as usize);
-        words::store_padded(words, g.ring_offset + ring_start, &bytes[..first]);
-        if first < bytes.len() {
-            words::store_padded(words, g.ring_offset, &bytes[first..]);
+        // Step 3: copy the bytes in whole words, in at most two pieces. A
+        // first piece that wraps ends at the ring's end, a multiple of 8, so
+        // only the last piece is padded.
+        let [(at, first), (wrapped, _)] = g.ring_spans(start, len);
+        let (head, tail) = bytes.split_at(first as usize);
+        words::store_padded(words, at, head);
+        if !tail.is_empty() {
+            words::store_padded(words, wrapped, tail);
         }
 
         let mut tx = Tx {
@@ -392,10 +394,10 @@ impl Tx<'_> {
             return Err(out_of_bounds);
         }
         let g = self.geometry;
-        let at = (self.start + offset as u64) & (g.ring_bytes - 1);
-        let first = bytes.len().min((g.ring_bytes - at) as usize);
-        words::write(self.words, g.ring_offset + at, &bytes[..first]);
-        words::write(self.words, g.ring_offset, &bytes[first..]);
+        let [(at, first), (wrapped, _)] = g.ring_spans(self.start + offset as u64, bytes.len() as u64);
+        let (head, tail) = bytes.split_at(first as usize);
+        words::write(self.words, at, head);
+        words::write(self.words, wrapped, tail);
         Ok(())
     }
 }
@@ -459,10 +461,9 @@ fn valid_units(words: &[crate::sync::AtomicU64], g: &Geometry) -> Result<Vec<Uni
 /// Copies a checked unit's bytes out of the ring.
 pub(crate) fn read_unit(words: &[crate::sync::AtomicU64], g: &Geometry, u: &UnitRef) -> Vec<u8> {
     let mut bytes = vec![0u8; u.len as usize];
-    let at = u.offset & (g.ring_bytes - 1);
-    let first = bytes.len().min((g.ring_bytes - at) as usize);
-    let (head, tail) = bytes.split_at_mut(first);
-    words::read(words, g.ring_offset + at, head);
-    words::read(words, g.ring_offset, tail);
+    let [(at, first), (wrapped, _)] = g.ring_spans(u.offset, u.len);
+    let (head, tail) = bytes.split_at_mut(first as usize);
+    words::read(words, at, head);
+    words::read(words, wrapped, tail);
     bytes
 }

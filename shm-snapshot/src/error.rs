@@ -120,6 +120,16 @@ pub enum RegionError {
         /// The first non-zero byte offset.
         offset: u64,
     },
+    /// The region's file could shrink under a mapping: it is not a memfd
+    /// sealed with `F_SEAL_SHRINK`, so touching a page of a mapping could
+    /// raise SIGBUS. A regular file, which cannot be sealed, has no seals.
+    #[error(
+        "the region's file is not sealed against shrinking (its seals are {seals:#x}, which lack F_SEAL_SHRINK): only a memfd sealed so can be mapped safely"
+    )]
+    NotSealed {
+        /// The file's seals (`F_GET_SEALS`), 0 for a file without seals.
+        seals: u32,
+    },
     /// A unit-table slot holds a unit that cannot be right.
     #[error("unit-table slot {slot} is corrupt: {why}")]
     CorruptSlot {

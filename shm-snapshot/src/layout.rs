@@ -371,6 +371,20 @@ impl Geometry {
         self.ring_offset + (stream & (self.ring_bytes - 1))
     }
 
+    /// Where the `len` bytes at stream offset `stream` lie in the region:
+    /// at most two `(region offset, length)` pieces, the first from
+    /// `ring_at(stream)` up to the ring's end, the second from the ring's
+    /// start. The lengths add up to `len`; the second is 0 when the bytes do
+    /// not wrap (its offset is then the ring's start). `len` must be at
+    /// most `ring_bytes`, as every checked unit's is.
+    #[inline]
+    pub fn ring_spans(&self, stream: u64, len: u64) -> [(u64, u64); 2] {
+        debug_assert!(len <= self.ring_bytes, "{len} bytes do not fit the ring");
+        let at = stream & (self.ring_bytes - 1);
+        let first = len.min(self.ring_bytes - at);
+        [(self.ring_offset + at, first), (self.ring_offset, len - first)]
+    }
+
     /// Checks the fields of a slot read from untrusted memory: a valid unit's
     /// sequence number must belong to the slot, its offset must be a word
     /// boundary, its length must fit the ring and its stream range must not
@@ -477,6 +491,29 @@ mod tests {
             err.to_string(),
             "impossible ring bytes 3145728 in region header: not a power of two"
         );
+    }
+
+    #[test]
+    fn ring_spans_split_where_the_ring_wraps() {
+        let g = Geometry::derive(64 << 20, 256, 1 << 20, 64 << 10).unwrap();
+        let (ring, r) = (g.ring_offset, g.ring_bytes);
+        assert_eq!(g.ring_spans(16, 100), [(ring + 16, 100), (ring, 0)]);
+        // Stream offsets wrap the ring: one lap later is the same place.
+        assert_eq!(g.ring_spans(3 * r + 16, 100), [(ring + 16, 100), (ring, 0)]);
+        // Ending exactly at the ring's end does not wrap.
+        assert_eq!(g.ring_spans(r - 96, 96), [(ring + r - 96, 96), (ring, 0)]);
+        assert_eq!(g.ring_spans(r - 96, 100), [(ring + r - 96, 96), (ring, 4)]);
+        assert_eq!(g.ring_spans(5 * r - 8, 24), [(ring + r - 8, 8), (ring, 16)]);
+    }
+
+    #[test]
+    fn ring_spans_of_nothing_and_of_the_whole_ring() {
+        let g = Geometry::derive(64 << 20, 256, 1 << 20, 64 << 10).unwrap();
+        let (ring, r) = (g.ring_offset, g.ring_bytes);
+        assert_eq!(g.ring_spans(r - 8, 0), [(ring + r - 8, 0), (ring, 0)]);
+        assert_eq!(g.ring_spans(0, r), [(ring, r), (ring, 0)]);
+        assert_eq!(g.ring_spans(2 * r, r), [(ring, r), (ring, 0)]);
+        assert_eq!(g.ring_spans(r + 40, r), [(ring + 40, r - 40), (ring, 40)]);
     }
 
     #[test]

@@ -51,6 +51,10 @@ mod client;
 mod env;
 mod error;
 pub mod layout;
+// What a generation records besides the region's bytes: written by
+// snapshots, applied by restores, carried by the store.
+#[cfg(feature = "host")]
+pub mod meta;
 #[cfg(feature = "host")]
 mod observe;
 mod region;

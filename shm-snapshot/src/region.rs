@@ -122,6 +122,9 @@ impl Region {
     }
 
     /// Maps `file` read-only: the host's view of a region a child writes.
+    /// For a memfd sealed against shrinking,
+    /// [`observe_file`](crate::snapshot::observe_file) checks the seal and
+    /// needs no `unsafe`.
     ///
     /// # Safety
     ///
@@ -130,6 +133,25 @@ impl Region {
     pub unsafe fn from_file_read_only(file: File) -> Result<Region, RegionError> {
         // SAFETY: forwarded from this function's contract.
         unsafe { Region::map(file, ProtFlags::READ) }
+    }
+
+    /// Fails with [`RegionError::NotSealed`] unless `file` is sealed
+    /// against shrinking. A seal is never removed, so a file that passes
+    /// never shrinks: it meets the safety contract of the mapping
+    /// constructors for as long as it lives.
+    #[cfg(feature = "host")]
+    pub(crate) fn check_shrink_sealed(file: &File) -> Result<(), RegionError> {
+        use rustix::io::Errno;
+        let seals = match rustix::fs::fcntl_get_seals(file) {
+            Ok(seals) => seals,
+            // A file that cannot carry seals (not a memfd or tmpfs file).
+            Err(Errno::INVAL) => SealFlags::empty(),
+            Err(e) => return Err(RegionError::io("reading the region's seals", e)),
+        };
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(RegionError::NotSealed { seals: seals.bits() });
+        }
+        Ok(())
     }
 
     /// # Safety

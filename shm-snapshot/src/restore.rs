@@ -26,7 +26,8 @@ use std::os::unix::fs::FileExt;
 
 use crate::error::RegionError;
 use crate::layout::Geometry;
-use crate::snapshot::{self, Meta, Restored};
+use crate::meta::Meta;
+use crate::snapshot::{self, Restored};
 use crate::store::{Checked, Condition, Damage, Store, StoreError};
 
 /// What a supervisor would restore from a store.
@@ -101,7 +102,20 @@ pub fn acceptance(region_len: Option<u64>) -> impl FnMut(&[u8], &[u8]) -> Result
 /// delta builds on it. Reads only; on a store opened read-only it works
 /// the same.
 pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<Restorable, StoreError> {
-    let loaded = match store.load_newest_with(acceptance(region_len)) {
+    // The acceptance decodes the generation it accepts; the last one it
+    // accepted is the one loaded, so nothing is decoded twice.
+    let mut decoded: Option<(Geometry, Meta)> = None;
+    let accept = |image: &[u8], meta: &[u8]| {
+        decoded = None;
+        if region_len.is_some_and(|len| image.len() as u64 != len) {
+            return Ok(());
+        }
+        let geometry = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
+        let meta = Meta::decode(meta, &geometry).map_err(|e| e.to_string())?;
+        decoded = Some((geometry, meta));
+        Ok(())
+    };
+    let loaded = match store.load_newest_with(accept) {
         Ok(Some(loaded)) => loaded,
         Ok(None) => return Ok(Restorable::Empty),
         Err(StoreError::NoVerifiedGeneration { .. }) => {
@@ -111,30 +125,20 @@ pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<R
         Err(e) => return Err(e),
     };
     let skipped = group(store, loaded.skipped);
-    let len = loaded.image.len() as u64;
-    if region_len.is_some_and(|wanted| wanted != len) {
-        return Ok(Restorable::OtherSize {
+    match decoded {
+        Some((geometry, meta)) => Ok(Restorable::Generation(Generation {
             number: loaded.number,
-            region_len: len,
+            image: loaded.image,
+            geometry,
+            meta,
             skipped,
-        });
+        })),
+        None => Ok(Restorable::OtherSize {
+            number: loaded.number,
+            region_len: loaded.image.len() as u64,
+            skipped,
+        }),
     }
-    // Accepted above, so both decode; an error here is a store that changed
-    // under the load, reported as the generation's own damage.
-    let decoded = snapshot::image_geometry(&loaded.image)
-        .map_err(|e| e.to_string())
-        .and_then(|g| Ok((g, Meta::decode(&loaded.meta, &g).map_err(|e| e.to_string())?)));
-    let (geometry, meta) = decoded.map_err(|why| StoreError::Unrestorable {
-        path: store.generation_path(loaded.number),
-        why,
-    })?;
-    Ok(Restorable::Generation(Generation {
-        number: loaded.number,
-        image: loaded.image,
-        geometry,
-        meta,
-        skipped,
-    }))
 }
 
 fn group(store: &Store, failures: Vec<(u64, StoreError)>) -> Damage {

@@ -2,157 +2,23 @@
 //! generation back into a region.
 //!
 //! A generation is the region's chunks (copied between Pre and Post) plus a
-//! [`Meta`] blob: the units proven consistent and the header counters. The
-//! copied unit table is never trusted on restore: the table is rewritten
-//! from `Meta`, every slot empty but the kept units.
+//! [`Meta`] blob (`STORE.md`, "The meta blob"): the units proven consistent
+//! and the header counters. The copied unit table is never trusted on
+//! restore: the table is rewritten from the meta, every slot empty but the
+//! kept units.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::RegionError;
-use crate::layout::{self, Geometry, Tag, UnitRef, header, slot};
+use crate::layout::{self, Geometry, UnitRef, header, slot};
+use crate::meta::MetaError;
+// The blob's home is `crate::meta`; this name is kept for a caller that
+// still imports it from here (shm-restore's fd-store take-back).
+use crate::meta::Meta;
 use crate::observe::{Anomalies, Observer};
 use crate::region::Region;
 use crate::store::{self, Loaded, Persisted, Store, StoreError};
-
-/// What a generation records besides the region's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Meta {
-    /// The cursor to restore: the end of the newest kept unit.
-    pub cursor: u64,
-    /// The next sequence number to restore: past the newest kept unit and at
-    /// most `slots` past the oldest (what a client accepts); the live value
-    /// when it lies in that range. Ids of units lost in a crash may be
-    /// given again after a restore; no kept unit's id is.
-    pub next_seq: u64,
-    /// The commit count to restore.
-    pub commit_count: u64,
-    /// The kept units, in sequence order.
-    pub units: Vec<UnitRef>,
-}
-
-/// `SHM-META` as a little-endian u64.
-const META_MAGIC: u64 = u64::from_le_bytes(*b"SHM-META");
-const META_VERSION: u64 = 1;
-/// Magic, version, cursor, next seq, commit count, unit count.
-const META_HEADER_WORDS: usize = 6;
-/// Slot, tag, offset, len.
-const META_UNIT_WORDS: usize = 4;
-
-impl Meta {
-    /// Encodes the meta blob (little-endian u64 words).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut words = vec![
-            META_MAGIC,
-            META_VERSION,
-            self.cursor,
-            self.next_seq,
-            self.commit_count,
-            self.units.len() as u64,
-        ];
-        for u in &self.units {
-            words.extend([u.slot, u.tag.0, u.offset, u.len]);
-        }
-        words.iter().flat_map(|w| w.to_le_bytes()).collect()
-    }
-
-    /// Decodes a meta blob's shape (magic, version, unit count against its
-    /// length) without a geometry to check the units against: for showing
-    /// what a generation holds. Use [`Meta::decode`] before applying one.
-    pub fn peek(bytes: &[u8]) -> Result<Meta, RegionError> {
-        let bad = |why| RegionError::ImpossibleField {
-            field: "generation meta",
-            value: bytes.len() as u64,
-            why,
-        };
-        if !bytes.len().is_multiple_of(8) || bytes.len() < META_HEADER_WORDS * 8 {
-            return Err(bad("length is not a whole header of 8-byte words"));
-        }
-        let words: Vec<u64> = bytes
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
-            .collect();
-        if words[0] != META_MAGIC {
-            return Err(bad("foreign magic"));
-        }
-        if words[1] != META_VERSION {
-            return Err(bad("unknown version"));
-        }
-        let count = words[5];
-        if count > (words.len() / META_UNIT_WORDS) as u64
-            || words.len() != META_HEADER_WORDS + count as usize * META_UNIT_WORDS
-        {
-            return Err(bad("unit count does not match its length or the table"));
-        }
-        let units = words[META_HEADER_WORDS..]
-            .chunks_exact(META_UNIT_WORDS)
-            .map(|w| UnitRef {
-                slot: w[0],
-                tag: Tag(w[1]),
-                offset: w[2],
-                len: w[3],
-            })
-            .collect();
-        Ok(Meta {
-            cursor: words[2],
-            next_seq: words[3],
-            commit_count: words[4],
-            units,
-        })
-    }
-
-    /// Decodes and checks a meta blob against the geometry it will be
-    /// applied to: every unit must pass [`Geometry::check_unit`] and the
-    /// units must form a coherent chain.
-    pub fn decode(bytes: &[u8], g: &Geometry) -> Result<Meta, RegionError> {
-        let bad = |why| RegionError::ImpossibleField {
-            field: "generation meta",
-            value: bytes.len() as u64,
-            why,
-        };
-        let Meta {
-            cursor,
-            next_seq,
-            commit_count,
-            mut units,
-        } = Meta::peek(bytes)?;
-        if units.len() as u64 > g.slots {
-            return Err(bad("unit count does not match its length or the table"));
-        }
-        for u in &units {
-            if u.slot >= g.slots || u.tag != Tag::valid(u.tag.seq()) {
-                return Err(RegionError::CorruptSlot {
-                    slot: u.slot,
-                    why: "generation meta names a bad slot or tag",
-                });
-            }
-            g.check_unit(u.slot, u.tag, u.offset, u.len)
-                .map_err(|why| RegionError::CorruptSlot { slot: u.slot, why })?;
-        }
-        if let Some(i) = layout::sort_and_check_chain(&mut units, g.ring_bytes, g.slots) {
-            return Err(RegionError::CorruptSlot {
-                slot: units[i].slot,
-                why: "generation meta breaks the chain",
-            });
-        }
-        let newest = units.last().map_or(0, |u| u.seq());
-        let oldest = units.first().map_or(0, |u| u.seq());
-        let too_far = !units.is_empty() && next_seq.saturating_sub(oldest) > g.slots;
-        if cursor > layout::limits::MAX_COUNTER
-            || next_seq > layout::limits::MAX_COUNTER
-            || next_seq <= newest
-            || too_far
-        {
-            return Err(bad("cursor or next sequence number out of range"));
-        }
-        Ok(Meta {
-            cursor,
-            next_seq,
-            commit_count,
-            units,
-        })
-    }
-}
 
 /// Why a snapshot was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +30,12 @@ pub enum SnapshotError {
     /// The store failed.
     #[error("store: {0}")]
     Store(StoreError),
+    /// The meta built from the region's units does not decode against its
+    /// geometry, so the generation could not be restored; nothing was
+    /// written. The region's table is to blame, as for
+    /// [`SnapshotError::Region`].
+    #[error("region's units: {0}")]
+    Meta(MetaError),
 }
 
 // Not `#[from]`: that would make the inner error a source as well as part
@@ -178,6 +50,24 @@ impl From<StoreError> for SnapshotError {
     fn from(e: StoreError) -> Self {
         SnapshotError::Store(e)
     }
+}
+
+impl From<MetaError> for SnapshotError {
+    fn from(e: MetaError) -> Self {
+        SnapshotError::Meta(e)
+    }
+}
+
+/// Why a generation could not be put into a region.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// The image is not a region, or writing the region failed.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// The generation's meta blob cannot be applied to the image's geometry.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
 }
 
 /// What one snapshot attempt did.
@@ -373,11 +263,9 @@ impl Snapshotter {
         let newest_end = pre.iter().map(UnitRef::end).max().unwrap_or(0);
         let low = self.ring_done.max(newest_end.saturating_sub(g.ring_bytes));
         if low < newest_end {
-            let start = low & (g.ring_bytes - 1);
-            let len = newest_end - low;
-            let first = len.min(g.ring_bytes - start);
-            copied += self.copy(observer, g.ring_offset + start, first)?;
-            copied += self.copy(observer, g.ring_offset, len - first)?;
+            for (at, len) in g.ring_spans(low, newest_end - low) {
+                copied += self.copy(observer, at, len)?;
+            }
         }
         // Arena chunks whose counters moved; or every chunk, compared.
         let compare_all = match self.scan {
@@ -515,12 +403,21 @@ impl Snapshotter {
 
 /// Maps the region in `file` read-only and observes it; `None` while it has
 /// not been laid out.
+///
+/// `file` must be a memfd sealed against shrinking, as `shm-restore`'s
+/// region and [`Region::anonymous`] are; anything else is refused with
+/// [`RegionError::NotSealed`], because a file that shrank under the mapping
+/// would fault the reader. To observe a file that cannot be sealed, map it
+/// with the unsafe [`Region::from_file_read_only`] and pass that to
+/// [`Observer::new`].
 pub fn observe_file(file: &File) -> Result<Option<Observer>, RegionError> {
+    Region::check_shrink_sealed(file)?;
     let dup = file
         .try_clone()
         .map_err(|e| RegionError::io("duplicating the region descriptor", e))?;
-    // SAFETY: the supervisor's memfd is sealed against shrinking, and a
-    // file handed to this function must not shrink while it is observed.
+    // SAFETY: `dup` is the same open file as `file`, which is sealed against
+    // shrinking (checked above; a seal is never removed), so it never
+    // shrinks while mapped.
     let region = unsafe { Region::from_file_read_only(dup)? };
     match Observer::new(region) {
         Ok(observer) => Ok(Some(observer)),
@@ -542,7 +439,7 @@ pub struct Restored {
 
 /// Puts a loaded generation into the region in `file` (which no program may
 /// be using): its bytes, then its unit table and counters from the meta.
-pub fn restore(file: &File, loaded: &Loaded) -> Result<Restored, RegionError> {
+pub fn restore(file: &File, loaded: &Loaded) -> Result<Restored, RestoreError> {
     let g = image_geometry(&loaded.image)?;
     let meta = Meta::decode(&loaded.meta, &g)?;
     file.write_all_at(&loaded.image, 0)

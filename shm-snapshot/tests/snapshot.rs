@@ -1,8 +1,11 @@
 //! Snapshots of a live region into a store: what is kept, what is copied.
 
-use shm_snapshot::snapshot::{self, ArenaScan, Meta, Outcome, Snapshotter};
+use shm_snapshot::meta::Meta;
+use shm_snapshot::snapshot::{self, ArenaScan, Outcome, Snapshotter};
 use shm_snapshot::store::{Store, StoreOptions};
-use shm_snapshot::{Client, Config, Observer, Region};
+use shm_snapshot::{Client, Config, Observer, Region, RegionError};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 const REGION: u64 = 8 << 20;
 
@@ -19,9 +22,14 @@ fn client_and_observer() -> (Client, Observer) {
     let region = Region::anonymous(REGION).unwrap();
     let file = region.file().try_clone().unwrap();
     let client = Client::open(region, &Config::default()).unwrap();
-    // SAFETY: an anonymous region's memfd is sealed against shrinking.
-    let view = unsafe { Region::from_file_read_only(file) }.unwrap();
-    (client, Observer::new(view).unwrap())
+    (client, observe(&file))
+}
+
+/// An observer of the laid-out region in `file`, a sealed memfd.
+fn observe(file: &File) -> Observer {
+    snapshot::observe_file(file)
+        .expect("an anonymous region is sealed against shrinking")
+        .expect("laid out")
 }
 
 fn persisted_units(store: &mut Store) -> Vec<(u64, Vec<u8>)> {
@@ -61,8 +69,7 @@ fn unit_invalidated_and_rewritten_during_the_copy_is_not_persisted() {
         },
     )
     .unwrap();
-    // SAFETY: an anonymous region's memfd is sealed against shrinking.
-    let observer = Observer::new(unsafe { Region::from_file_read_only(file) }.unwrap()).unwrap();
+    let observer = observe(&file);
     for k in 1..=4u8 {
         client.commit(&[k; 100]).unwrap();
     }
@@ -287,7 +294,6 @@ fn generations_taken_while_a_child_scribbles_on_the_header_all_restore() {
 #[test]
 fn a_unit_with_the_last_sequence_number_persists_and_restores() {
     use shm_snapshot::layout::{Tag, header, limits, slot};
-    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(dir.path(), options()).unwrap();
     let (client, observer) = client_and_observer();
@@ -314,4 +320,46 @@ fn a_unit_with_the_last_sequence_number_persists_and_restores() {
         restored.commit(b"one too many").is_err(),
         "sequence numbers are used up"
     );
+}
+
+#[test]
+fn observing_a_file_that_could_shrink_is_refused() {
+    use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, memfd_create};
+    let blank = Region::anonymous(REGION).unwrap();
+    assert!(
+        snapshot::observe_file(blank.file()).unwrap().is_none(),
+        "a sealed region not laid out yet"
+    );
+    // A laid-out region's bytes, copied into files that differ in their seals.
+    let (client, _) = client_and_observer();
+    let mut image = vec![0u8; REGION as usize];
+    client.region().file().read_exact_at(&mut image, 0).unwrap();
+    let holding_image = |file: File| {
+        file.write_all_at(&image, 0).unwrap();
+        file
+    };
+    let memfd = || File::from(memfd_create("region", MemfdFlags::ALLOW_SEALING).unwrap());
+    let grow_sealed = holding_image(memfd());
+    fcntl_add_seals(&grow_sealed, SealFlags::GROW).unwrap();
+    for (file, seals, what) in [
+        (holding_image(tempfile::tempfile().unwrap()), 0, "a regular file"),
+        (holding_image(memfd()), 0, "a memfd without seals"),
+        (
+            grow_sealed.try_clone().unwrap(),
+            SealFlags::GROW.bits(),
+            "a memfd sealed only against growing",
+        ),
+    ] {
+        let err = snapshot::observe_file(&file).expect_err(what);
+        assert!(
+            matches!(err, RegionError::NotSealed { seals: s } if s == seals),
+            "{what}: {err:?}"
+        );
+        assert!(err.to_string().contains("not sealed against shrinking"), "{err}");
+    }
+    fcntl_add_seals(&grow_sealed, SealFlags::SHRINK).unwrap();
+    let observer = snapshot::observe_file(&grow_sealed)
+        .expect("sealed against shrinking now")
+        .expect("laid out");
+    assert_eq!(observer.geometry(), client.geometry());
 }

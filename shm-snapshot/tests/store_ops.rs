@@ -1029,7 +1029,7 @@ fn an_owner_committing_and_pruning_in_another_thread_never_makes_a_reader_see_da
 mod peek {
     use proptest::prelude::*;
     use shm_snapshot::layout::{Geometry, Tag, UnitRef, pad};
-    use shm_snapshot::snapshot::Meta;
+    use shm_snapshot::meta::Meta;
 
     const SLOTS: u64 = 8;
     const RING: u64 = 4096;

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use shm_snapshot::layout::{Geometry, UnitRef};
-use shm_snapshot::snapshot::{self, Meta};
+use shm_snapshot::meta::Meta;
+use shm_snapshot::snapshot;
 use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store};
 
 use super::args::Inspect;
@@ -312,13 +313,9 @@ fn newest_with_units(
 /// passed [`Meta::decode`] against the image's geometry, so its bytes lie
 /// in the ring (wrapping at its end).
 fn head(image: &[u8], g: &Geometry, u: &UnitRef) -> Vec<u8> {
-    let n = u.len.min(HEAD_BYTES);
-    let start = u.offset & (g.ring_bytes - 1);
-    let first = n.min(g.ring_bytes - start);
-    let at = (g.ring_offset + start) as usize;
-    let mut out = image[at..at + first as usize].to_vec();
-    let rest = (n - first) as usize;
-    let ring = g.ring_offset as usize;
-    out.extend_from_slice(&image[ring..ring + rest]);
-    out
+    g.ring_spans(u.offset, u.len.min(HEAD_BYTES))
+        .into_iter()
+        .flat_map(|(at, len)| &image[at as usize..(at + len) as usize])
+        .copied()
+        .collect()
 }

@@ -82,6 +82,10 @@ pub fn post_mortem(shared: &mut Shared, region: &HostRegion, on_damage: OnDamage
             warn!("the region is not usable ({e}); restoring the newest generation");
             restore(shared)
         }
+        Err(SnapshotError::Meta(e)) => {
+            warn!("the region is not usable ({e}); restoring the newest generation");
+            restore(shared)
+        }
         Err(e @ SnapshotError::Store(_)) => {
             // The region still holds every committed unit; the program
             // recovers them from memory, and the store keeps its last

@@ -214,15 +214,14 @@ fn descends(observer: &Observer, kept: &[UnitRef], stored: &Generation) -> Resul
 /// The bytes of `unit` in a generation's image, from the ring (wrapping);
 /// `None` if they do not lie inside the image.
 fn image_unit(image: &[u8], g: &Geometry, unit: &UnitRef) -> Option<Vec<u8>> {
-    let len = usize::try_from(unit.len).ok()?;
-    let at = unit.offset & (g.ring_bytes - 1);
-    let first = len.min(usize::try_from(g.ring_bytes - at).ok()?);
-    let ring = |from: u64, n: usize| -> Option<&[u8]> {
-        let from = usize::try_from(g.ring_offset.checked_add(from)?).ok()?;
-        image.get(from..from.checked_add(n)?)
-    };
-    let mut bytes = ring(at, first)?.to_vec();
-    bytes.extend_from_slice(ring(0, len - first)?);
+    if unit.len > g.ring_bytes {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(unit.len).ok()?);
+    for (at, len) in g.ring_spans(unit.offset, unit.len) {
+        let at = usize::try_from(at).ok()?;
+        bytes.extend_from_slice(image.get(at..at.checked_add(usize::try_from(len).ok()?)?)?);
+    }
     Some(bytes)
 }
 

@@ -1,7 +1,7 @@
 //! The on-disk snapshot store: generations of a region, each a base or a
-//! delta of changed pages plus a meta blob (specified in STORE.md, owned
-//! by the caller), written atomically,
-//! verified on load, pruned by retention.
+//! delta of changed pages plus a meta blob, written atomically, verified on
+//! load, pruned by retention. The store carries the meta blob without
+//! looking inside; its format belongs to [`crate::meta`].
 //!
 //! `STORE.md` beside this crate specifies the file format byte by byte and
 //! argues, step by step, why a crash at any instant leaves a store that
