@@ -30,14 +30,19 @@ impl Finished {
     }
 }
 
+/// The file in its directory that [`run_supervisor`] writes the
+/// supervisor's log to, as it goes: a supervised program may read it to
+/// learn what the supervisor has seen of the program's earlier runs.
+pub const LOG: &str = "stderr.txt";
+
 /// Runs `shm-restore` in `dir` with `args` until it exits. Its log goes to
-/// a file (a long chaos run logs a lot); the programs' stdout comes
+/// [`LOG`] (a long chaos run logs a lot); the programs' stdout comes
 /// through a pipe, where a line (one `write` of under `PIPE_BUF` bytes) is
 /// whole or absent however its writer dies: written to a regular file, a
 /// SIGKILL can cut it at a page boundary of the file. Panics, after
 /// killing it, if it is still running after `limit`.
 pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
-    let err_path = dir.join("stderr.txt");
+    let err_path = dir.join(LOG);
     let mut child = Command::new(crate::bin("shm-restore"))
         .args(args)
         .current_dir(dir)
@@ -74,6 +79,21 @@ pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
         out: reader.join().expect("the stdout reader"),
         err: std::fs::read_to_string(&err_path).expect("stderr file"),
     }
+}
+
+/// The pids of the programs the supervisor started, in order, from the
+/// `child started` lines of its log: a pid's start number (1 = the first)
+/// is its index plus one.
+pub fn started_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("child started"))
+        .map(|l| {
+            l.split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {l:?}"))
+        })
+        .collect()
 }
 
 fn tail(text: &str, lines: usize) -> String {
