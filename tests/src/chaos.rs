@@ -96,6 +96,46 @@ pub fn started_pids(log: &str) -> Vec<i32> {
         .collect()
 }
 
+/// CPU time, user and system, that the main thread of process `pid` has
+/// used so far (in clock ticks, usually 10 ms, from `/proc`).
+fn main_thread_cpu(pid: i32) -> Duration {
+    let path = format!("/proc/{pid}/task/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces; the first of them is field 3 (`state`) of proc(5), so
+    // `utime` and `stime` (fields 14 and 15) are at 11 and 12.
+    let after_name = stat.rfind(") ").map_or("", |at| &stat[at + 2..]);
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let field = |i: usize| -> u64 {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no field {} in {path}: {stat}", i + 3))
+    };
+    // SAFETY: sysconf reads a configuration value; it touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz)
+        .ok()
+        .filter(|&hz| hz > 0)
+        .expect("clock ticks per second");
+    Duration::from_millis((field(11) + field(12)) * 1000 / hz)
+}
+
+/// Waits until the main thread of the supervisor `pid` has spun for `busy`
+/// of CPU time since the call, which is where a chaos kill that waits for
+/// its moment spins; nothing else there uses a core while the program runs
+/// (it sleeps until its next event). Panics if it has not within `limit`.
+pub fn wait_until_spinning(pid: i32, busy: Duration, limit: Duration) {
+    let (before, since) = (main_thread_cpu(pid), Instant::now());
+    while main_thread_cpu(pid).saturating_sub(before) < busy {
+        assert!(
+            since.elapsed() < limit,
+            "the supervisor's main thread did not spin for {busy:?} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
