@@ -30,14 +30,19 @@ impl Finished {
     }
 }
 
+/// The file in its directory that [`run_supervisor`] writes the
+/// supervisor's log to, as it goes: a supervised program may read it to
+/// learn what the supervisor has seen of the program's earlier runs.
+pub const LOG: &str = "stderr.txt";
+
 /// Runs `shm-restore` in `dir` with `args` until it exits. Its log goes to
-/// a file (a long chaos run logs a lot); the programs' stdout comes
+/// [`LOG`] (a long chaos run logs a lot); the programs' stdout comes
 /// through a pipe, where a line (one `write` of under `PIPE_BUF` bytes) is
 /// whole or absent however its writer dies: written to a regular file, a
 /// SIGKILL can cut it at a page boundary of the file. Panics, after
 /// killing it, if it is still running after `limit`.
 pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
-    let err_path = dir.join("stderr.txt");
+    let err_path = dir.join(LOG);
     let mut child = Command::new(crate::bin("shm-restore"))
         .args(args)
         .current_dir(dir)
@@ -73,6 +78,61 @@ pub fn run_supervisor(dir: &Path, args: &[&str], limit: Duration) -> Finished {
         status,
         out: reader.join().expect("the stdout reader"),
         err: std::fs::read_to_string(&err_path).expect("stderr file"),
+    }
+}
+
+/// The pids of the programs the supervisor started, in order, from the
+/// `child started` lines of its log: a pid's start number (1 = the first)
+/// is its index plus one.
+pub fn started_pids(log: &str) -> Vec<i32> {
+    log.lines()
+        .filter(|l| l.contains("child started"))
+        .map(|l| {
+            l.split("pid=")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next()?.parse().ok())
+                .unwrap_or_else(|| panic!("no pid in {l:?}"))
+        })
+        .collect()
+}
+
+/// CPU time, user and system, that the main thread of process `pid` has
+/// used so far (in clock ticks, usually 10 ms, from `/proc`).
+fn main_thread_cpu(pid: i32) -> Duration {
+    let path = format!("/proc/{pid}/task/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces; the first of them is field 3 (`state`) of proc(5), so
+    // `utime` and `stime` (fields 14 and 15) are at 11 and 12.
+    let after_name = stat.rfind(") ").map_or("", |at| &stat[at + 2..]);
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    let field = |i: usize| -> u64 {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no field {} in {path}: {stat}", i + 3))
+    };
+    // SAFETY: sysconf reads a configuration value; it touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz)
+        .ok()
+        .filter(|&hz| hz > 0)
+        .expect("clock ticks per second");
+    Duration::from_millis((field(11) + field(12)) * 1000 / hz)
+}
+
+/// Waits until the main thread of the supervisor `pid` has spun for `busy`
+/// of CPU time since the call, which is where a chaos kill that waits for
+/// its moment spins; nothing else there uses a core while the program runs
+/// (it sleeps until its next event). Panics if it has not within `limit`.
+pub fn wait_until_spinning(pid: i32, busy: Duration, limit: Duration) {
+    let (before, since) = (main_thread_cpu(pid), Instant::now());
+    while main_thread_cpu(pid).saturating_sub(before) < busy {
+        assert!(
+            since.elapsed() < limit,
+            "the supervisor's main thread did not spin for {busy:?} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
