@@ -63,6 +63,10 @@ impl Reporter {
             sink,
             last_line: String::new(),
         };
+        // Before the first program starts (and is announced with the
+        // board's summary), the generation restored is known.
+        worker.read_figures();
+        board.set_generation(worker.figures.newest.map(|(n, _)| n));
         let thread = {
             let board = board.clone();
             std::thread::Builder::new()
