@@ -25,10 +25,13 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use crate::error::RegionError;
-use crate::layout::Geometry;
+use crate::layout::{self, Geometry};
 use crate::meta::Meta;
 use crate::snapshot::{self, Restored};
 use crate::store::{Checked, Condition, Damage, Store, StoreError};
+
+/// Bytes of the region read at a time to compare with a generation.
+const COMPARE_BYTES: usize = 1 << 20;
 
 /// What a supervisor would restore from a store.
 #[derive(Debug)]
@@ -72,14 +75,47 @@ impl Generation {
     /// Puts the generation into the region in `file` (which no program may
     /// be using, and which must be `image.len()` bytes long): its bytes,
     /// then its unit table and counters from the meta.
+    ///
+    /// Only the pages that differ from what the region holds are written
+    /// ([`Restored::bytes`] counts them): a region rebuilt from a
+    /// generation close to its content (a relaunch after a death) costs a
+    /// read of the region, not a rewrite of it, and pages the program never
+    /// touched stay unallocated.
     pub fn write_to(&self, file: &File) -> Result<Restored, RegionError> {
-        file.write_all_at(&self.image, 0)
-            .map_err(|e| RegionError::io("writing the generation into the region", e))?;
+        let io = |e| RegionError::io("writing the generation into the region", e);
+        let mut held = vec![0u8; COMPARE_BYTES.min(self.image.len())];
+        let mut written = 0u64;
+        for (index, want) in self.image.chunks(COMPARE_BYTES).enumerate() {
+            let at = (index * COMPARE_BYTES) as u64;
+            let held = &mut held[..want.len()];
+            file.read_exact_at(held, at).map_err(io)?;
+            let page = layout::PAGE as usize;
+            let mut p = 0;
+            while p < want.len() {
+                let end = (p + page).min(want.len());
+                if want[p..end] == held[p..end] {
+                    p = end;
+                    continue;
+                }
+                // A run of differing pages, written at once.
+                let mut run_end = end;
+                while run_end < want.len() {
+                    let next = (run_end + page).min(want.len());
+                    if want[run_end..next] == held[run_end..next] {
+                        break;
+                    }
+                    run_end = next;
+                }
+                file.write_all_at(&want[p..run_end], at + p as u64).map_err(io)?;
+                written += (run_end - p) as u64;
+                p = run_end;
+            }
+        }
         snapshot::apply_meta(file, &self.geometry, &self.meta)?;
         Ok(Restored {
             number: self.number,
             units: self.meta.units.len(),
-            bytes: self.image.len() as u64,
+            bytes: written,
         })
     }
 }

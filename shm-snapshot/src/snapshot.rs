@@ -95,6 +95,30 @@ pub enum Outcome {
         /// Bytes offered to the store (copied from the region and hashed).
         bytes_scanned: u64,
     },
+    /// A generation was taken into memory ([`Snapshotter::stage`]) and
+    /// waits for [`Snapshotter::persist_staged`].
+    Staged {
+        /// Units kept.
+        units: usize,
+        /// What the observer found wrong and left out.
+        anomalies: Anomalies,
+        /// The meta it will be persisted with, to make a quiet region hold
+        /// exactly this generation with [`apply_meta`].
+        meta: Meta,
+        /// The region's geometry.
+        geometry: Geometry,
+    },
+    /// The units proven are exactly those of the generation last persisted
+    /// or staged: nothing new to persist, and nothing was.
+    Unchanged {
+        /// What the observer found wrong and left out.
+        anomalies: Anomalies,
+        /// The meta of what was proven (the same units), to make a quiet
+        /// region hold exactly them with [`apply_meta`].
+        meta: Meta,
+        /// The region's geometry.
+        geometry: Geometry,
+    },
     /// No unit was proven consistent: nothing was written and the previous
     /// generation stands.
     NoConsistentUnit {
@@ -156,6 +180,21 @@ pub struct Snapshotter {
     counters: Vec<u64>,
     pre: Vec<UnitRef>,
     scratch: Vec<u8>,
+    /// A generation in the shadow waiting to be persisted.
+    staged: Option<Staged>,
+    /// The units of the generation last persisted or staged: a snapshot
+    /// that proves exactly these has nothing new to persist.
+    last_units: Option<Vec<UnitRef>>,
+}
+
+/// A generation taken into the shadow, not yet in the store.
+#[derive(Debug)]
+struct Staged {
+    geometry: Geometry,
+    meta: Meta,
+    anomalies: Anomalies,
+    covers: Option<u64>,
+    bytes_scanned: u64,
 }
 
 impl Snapshotter {
@@ -172,11 +211,21 @@ impl Snapshotter {
     /// a generation).
     pub fn forget(&mut self) {
         self.shadow_geometry = None;
+        self.staged = None;
+        self.last_units = None;
+    }
+
+    /// Whether a generation taken by [`Snapshotter::stage`] waits to be
+    /// persisted.
+    pub fn has_staged(&self) -> bool {
+        self.staged.is_some()
     }
 
     /// Takes one snapshot: Pre, copy what can have changed, Post, and
-    /// persists a generation when at least one unit is proven. Safe on a
-    /// live region: a unit that changed during the copy is not kept.
+    /// persists a generation when at least one unit is proven and the units
+    /// are not exactly those of the generation persisted last
+    /// ([`Outcome::Unchanged`]). Safe on a live region: a unit that changed
+    /// during the copy is not kept.
     pub fn take(&mut self, observer: &Observer, store: &mut Store) -> Result<Outcome, SnapshotError> {
         self.take_with(observer, store, || {})
     }
@@ -189,6 +238,35 @@ impl Snapshotter {
         store: &mut Store,
         between: impl FnOnce(),
     ) -> Result<Outcome, SnapshotError> {
+        match self.stage_with(observer, store, between)? {
+            Outcome::Staged { .. } => Ok(self.persist_staged(store)?.expect("just staged")),
+            other => Ok(other),
+        }
+    }
+
+    /// The memory half of [`Snapshotter::take`]: Pre, copy into the shadow,
+    /// Post, and keep the generation proven there for
+    /// [`Snapshotter::persist_staged`] ([`Outcome::Staged`]). Nothing is
+    /// hashed or written. A generation staged before and not persisted yet
+    /// is persisted first (the copy would overwrite its bytes in the
+    /// shadow), which is the only store access.
+    ///
+    /// Meant for a quiet region (after a death): the region can be made to
+    /// hold exactly the staged generation with [`apply_meta`] at once, and
+    /// a new program started on it before the store has it.
+    pub fn stage(&mut self, observer: &Observer, store: &mut Store) -> Result<Outcome, SnapshotError> {
+        self.stage_with(observer, store, || {})
+    }
+
+    fn stage_with(
+        &mut self,
+        observer: &Observer,
+        store: &mut Store,
+        between: impl FnOnce(),
+    ) -> Result<Outcome, SnapshotError> {
+        if self.staged.is_some() {
+            self.persist_staged(store)?;
+        }
         let g = *observer.geometry();
         observer.check_header()?;
         if self.shadow_geometry != Some(g) {
@@ -207,8 +285,7 @@ impl Snapshotter {
                     }),
                     Some((kept, bytes_scanned)) => {
                         let newest_pre = pre.iter().map(UnitRef::seq).max();
-                        self.persist(
-                            store,
+                        self.keep(
                             &g,
                             kept,
                             newest_pre,
@@ -329,11 +406,11 @@ impl Snapshotter {
         }
     }
 
-    /// After Post: writes the changed chunks of the shadow as a generation.
+    /// After Post: the meta of what was proven, kept as the staged
+    /// generation unless it proves exactly the units persisted last.
     #[allow(clippy::too_many_arguments)]
-    fn persist(
+    fn keep(
         &mut self,
-        store: &mut Store,
         g: &Geometry,
         kept: Vec<UnitRef>,
         newest_pre: Option<u64>,
@@ -353,17 +430,61 @@ impl Snapshotter {
             commit_count,
             units: kept,
         };
-        // Everything persisted must restore: the header as laid out (a child
-        // may have scribbled on it after `check_header`, during the copy),
-        // and a meta that decodes against this geometry.
+        // Everything persisted must restore: a meta that decodes against
+        // this geometry.
+        Meta::decode(&meta.encode(), g)?;
+        if self.last_units.as_ref() == Some(&meta.units) {
+            return Ok(Outcome::Unchanged {
+                anomalies,
+                meta,
+                geometry: *g,
+            });
+        }
+        self.last_units = Some(meta.units.clone());
+        self.staged = Some(Staged {
+            geometry: *g,
+            meta: meta.clone(),
+            anomalies,
+            covers,
+            bytes_scanned,
+        });
+        Ok(Outcome::Staged {
+            units: meta.units.len(),
+            anomalies,
+            meta,
+            geometry: *g,
+        })
+    }
+
+    /// Writes the generation [`Snapshotter::stage`] took as a generation of
+    /// `store`: the shadow's changed chunks and the meta. `None` when none
+    /// waits. On failure the generation is dropped (the region is ahead of
+    /// the store); the chunks it changed stay marked, so the next
+    /// generation persisted carries them.
+    pub fn persist_staged(&mut self, store: &mut Store) -> Result<Option<Outcome>, SnapshotError> {
+        let Some(staged) = self.staged.take() else {
+            return Ok(None);
+        };
+        let persisted = self.persist(store, &staged);
+        if persisted.is_err() {
+            self.last_units = None;
+        }
+        persisted.map(Some)
+    }
+
+    /// Writes the changed chunks of the shadow and `staged`'s meta as a
+    /// generation.
+    fn persist(&mut self, store: &mut Store, staged: &Staged) -> Result<Outcome, SnapshotError> {
+        let g = &staged.geometry;
+        // The header as laid out: a child may have scribbled on it after
+        // `check_header`, during the copy.
         let mut canonical = vec![(header::MAGIC, layout::MAGIC)];
         canonical.extend(g.fixed_fields());
         for (at, value) in canonical {
             self.shadow[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
         }
         self.mark(0, header::FIXED_END);
-        let encoded = meta.encode();
-        Meta::decode(&encoded, g)?;
+        let encoded = staged.meta.encode();
         let mut tx = store.begin(g.region_len)?;
         let base = tx.is_base();
         let chunks = self.dirty.len() as u64;
@@ -385,18 +506,17 @@ impl Snapshotter {
             tx.put_chunks(index, &self.shadow[at..end])?;
             index = last;
         }
-        let units = meta.units.len();
         let persisted = tx.commit(&encoded)?;
         self.dirty.iter_mut().for_each(|d| *d = false);
         self.all_dirty = false;
         Ok(Outcome::Persisted {
             persisted,
-            units,
-            anomalies,
-            meta,
+            units: staged.meta.units.len(),
+            anomalies: staged.anomalies,
+            meta: staged.meta.clone(),
             geometry: *g,
-            covers,
-            bytes_scanned,
+            covers: staged.covers,
+            bytes_scanned: staged.bytes_scanned,
         })
     }
 }
