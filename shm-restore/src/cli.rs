@@ -12,9 +12,17 @@ Examples:
   shm-restore --snapshot=/var/lib/app --size=1GiB --restart=always ./worker
 
 The program finds its region at fd 3 (LISTEN_FDS=1, LISTEN_FDNAMES=SHM_SHARED_FD,
-LISTEN_PID=<its pid>). Exit status: the program's own; 128+N if signal N killed
-it; 1 if the supervisor failed or the restart limit was reached; 2 for bad
-arguments. In chaos mode: 0 if no run failed by itself, 4 if any did.";
+LISTEN_PID=<its pid>).
+
+Relaunches: a program that committed since its start and then died (kill -9,
+OOM, crash) is started again at once, and that does not count toward
+--restart-limit; at most 20 such relaunches a second on average (bursts of 40),
+so a program that commits and dies at once does not keep a core busy. A program
+that dies without committing gets the backoff, and --restart-limit applies.
+
+Exit status: the program's own; 128+N if signal N killed it; 1 if the
+supervisor failed or the restart limit was reached; 2 for bad arguments. In
+chaos mode: 0 if no run failed by itself, 4 if any did.";
 
 /// When a program that ended is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,7 +83,7 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "POLICY", default_value_t = Restart::OnFailure)]
     pub restart: Restart,
 
-    /// Relaunches allowed within --restart-window before giving up.
+    /// Relaunches after deaths without progress (no commit since that run started) allowed within --restart-window before giving up. A death after a commit is relaunched at once and not counted.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub restart_limit: u32,
 
@@ -83,7 +91,7 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub restart_window: Duration,
 
-    /// Delay before the first relaunch; doubles after each quick death up to --backoff-max.
+    /// Delay before relaunching a program that died without committing; doubles after each such quick death up to --backoff-max.
     #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
     pub backoff: Duration,
 

@@ -11,13 +11,15 @@ use shm_snapshot::restore::Restorable;
 use tracing::{error, info};
 
 use super::events::{Event, Events};
+use super::one_run::RunEnd;
+use super::pace::{QUICK_PER_SECOND, QuickRelaunches};
 use crate::chaos::{self, Chaos};
 use crate::child::Launcher;
 use crate::cli::Restart;
 use crate::config::RestartPolicy;
 use crate::group::{Ended, reap, signal_name};
 use crate::region::HostRegion;
-use crate::restore::{self, Left, OnDamage, When};
+use crate::restore::{self, Left, OnDamage, Persist, When};
 use crate::snapshotter::SnapshotThread;
 use crate::status::Board;
 use crate::systemd::Systemd;
@@ -40,6 +42,8 @@ pub(super) struct Supervisor {
     pub stop: Option<i32>,
     /// When each recent launch happened, for the restart limit.
     pub launches: Vec<Instant>,
+    /// Pacing of relaunches after deaths with progress.
+    pub quick: QuickRelaunches,
     /// Chaos mode, with `--chaos-kill`.
     pub chaos: Option<Chaos>,
     /// Notifications to systemd, if it runs the supervisor.
@@ -54,13 +58,21 @@ impl Supervisor {
         loop {
             let started = Instant::now();
             self.launches.push(started);
-            let ended = self.run_child(launcher)?;
+            let RunEnd { ended, commits } = self.run_child(launcher)?;
             let stopping = self.stop.is_some();
             let chaos_kill =
                 (self.chaos.as_mut()).is_some_and(|c| c.ended(ended, stopping, self.region.file()));
+            // The disk stays off the relaunch's path unless the next region
+            // is to be read back from it, there is no relaunch, or no
+            // snapshot thread follows the next run to persist it.
+            let disk_next = chaos_kill && self.chaos.as_ref().is_some_and(Chaos::plans_disk_relaunch);
+            let persist = match stopping || disk_next || !self.snapshots.is_continuous() {
+                true => Persist::Now,
+                false => Persist::Later,
+            };
             let left = {
                 let mut shared = self.snapshots.pause();
-                restore::post_mortem(&mut shared, &self.region, self.on_damage)?
+                restore::post_mortem(&mut shared, &self.region, self.on_damage, persist)?
             };
             if chaos_kill && !stopping {
                 // Intentional: no restart limit, no backoff.
@@ -82,6 +94,28 @@ impl Supervisor {
                 Restart::OnFailure if success => return Ok(ExitCode::SUCCESS),
                 _ => {}
             }
+            if commits > 0 {
+                // Progress: a kill or a crash of a working program.
+                self.launches.pop();
+                quick_deaths = 0;
+                let pause = self.quick.take();
+                if pause.is_zero() {
+                    info!(
+                        commits,
+                        "the program committed since its start: relaunching at once"
+                    );
+                } else {
+                    info!(
+                        commits,
+                        after_ms = pause.as_millis() as u64,
+                        "the program committed since its start, but dies faster than {QUICK_PER_SECOND} times a second: relaunching after a pause"
+                    );
+                }
+                if !self.sleep(pause)? {
+                    return Ok(ExitCode::from(ended.code()));
+                }
+                continue;
+            }
             let window = policy.window;
             self.launches.retain(|t| t.elapsed() < window);
             if self.launches.len() > policy.limit as usize {
@@ -89,7 +123,7 @@ impl Supervisor {
                     relaunches = policy.limit,
                     window = %humantime::format_duration(window),
                     last = %ended,
-                    "restart limit reached: the program died {} times within {}; giving up",
+                    "restart limit reached: the program died {} times within {} without committing; giving up",
                     self.launches.len(),
                     humantime::format_duration(window)
                 );
@@ -104,7 +138,10 @@ impl Supervisor {
                 .backoff
                 .saturating_mul(1 << quick_deaths.saturating_sub(1).min(16))
                 .min(policy.backoff_max);
-            info!(after_ms = delay.as_millis() as u64, "relaunching");
+            info!(
+                after_ms = delay.as_millis() as u64,
+                "no commit since its start: relaunching after a backoff"
+            );
             if !self.sleep(delay)? {
                 return Ok(ExitCode::from(ended.code()));
             }

@@ -5,6 +5,7 @@
 mod events;
 mod lifecycle;
 mod one_run;
+mod pace;
 mod run;
 
 pub use run::run;

@@ -19,6 +19,14 @@ use crate::group::{Ended, kill_group, reap, signal_group, signal_name};
 use crate::hang::HangWatch;
 use crate::leftovers;
 
+/// The region's commit count: 0 while it is not laid out.
+fn commit_count(region: &std::fs::File) -> u64 {
+    shm_snapshot::snapshot::observe_file(region)
+        .ok()
+        .flatten()
+        .map_or(0, |o| o.commit_count())
+}
+
 /// What the loop waits for besides signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Due {
@@ -32,9 +40,21 @@ enum Due {
     WatchdogRound,
 }
 
+/// How a run ended, and whether it made progress.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunEnd {
+    /// How the program ended.
+    pub ended: Ended,
+    /// Commits the region shows since the run started (untrusted: the
+    /// program writes the count; only used to pace relaunches).
+    pub commits: u64,
+}
+
 /// The state of one run.
 struct Run {
     pid: libc::pid_t,
+    /// The region's commit count when the run started.
+    commits_at_start: u64,
     /// Watching the heartbeat, with `--hang-timeout`, until the program is
     /// killed or stopped.
     hang: Option<HangWatch>,
@@ -55,7 +75,7 @@ impl Run {
 
 impl Supervisor {
     /// Starts the program and waits for it to end.
-    pub(super) fn run_child(&mut self, launcher: &mut Launcher) -> Result<Ended> {
+    pub(super) fn run_child(&mut self, launcher: &mut Launcher) -> Result<RunEnd> {
         let mut run = self.start_run(launcher)?;
         loop {
             self.systemd.round();
@@ -88,6 +108,7 @@ impl Supervisor {
         if let Some(chaos) = &mut self.chaos {
             chaos.launching(self.region.file());
         }
+        let commits_at_start = commit_count(self.region.file());
         let pid = launcher.spawn(self.region.file().as_fd())?;
         if let Some(chaos) = &mut self.chaos {
             chaos.started(pid);
@@ -105,6 +126,7 @@ impl Supervisor {
         };
         Ok(Run {
             pid,
+            commits_at_start,
             hang,
             grace_over: None,
             hung: None,
@@ -112,12 +134,15 @@ impl Supervisor {
     }
 
     /// The program ended: its group goes too, so the region is quiet.
-    fn run_ended(&mut self, run: &Run, ended: Ended) -> Ended {
+    fn run_ended(&mut self, run: &Run, ended: Ended) -> RunEnd {
         info!(pid = run.pid, status = %ended, "child ended");
         kill_group(run.pid);
         leftovers::clear(&self.store_dir);
         self.status.child_ended();
-        ended
+        RunEnd {
+            ended,
+            commits: commit_count(self.region.file()).saturating_sub(run.commits_at_start),
+        }
     }
 
     /// The earliest deadline, and what it is for.
