@@ -231,6 +231,12 @@ impl SnapshotThread {
         })
     }
 
+    /// Whether snapshots are taken while the program runs (not only after
+    /// it ends, by the lifecycle).
+    pub fn is_continuous(&self) -> bool {
+        self.thread.is_some()
+    }
+
     /// Lets the thread snapshot a newly started program.
     pub fn resume(&mut self) {
         self.runs += 1;
@@ -336,6 +342,7 @@ impl Worker {
 
     /// Snapshots run `run` of the program until it ends.
     fn follow(&mut self, run: u64) {
+        self.persist_staged(run);
         let still_running = |control: &Control| control.get() == Phase::Running(run);
         // The program lays the region out when it opens it; until then there
         // is nothing to observe.
@@ -424,6 +431,37 @@ impl Worker {
             let _ = observer.stop_waiting();
         }
         self.control.sleeping_on(None);
+    }
+
+    /// Persists the generation the post-mortem took into the shadow, now
+    /// that the next run has started on a region that holds it.
+    fn persist_staged(&mut self, run: u64) {
+        let shared = self.shared.clone();
+        let mut shared = lock(&shared);
+        if self.control.get() != Phase::Running(run) || !shared.snapshotter.has_staged() {
+            return;
+        }
+        let started = Instant::now();
+        let Shared {
+            store,
+            snapshotter,
+            stats,
+        } = &mut *shared;
+        match persist_staged(snapshotter, store, stats) {
+            Ok(Some(generation)) => info!(
+                generation,
+                ms = started.elapsed().as_millis() as u64,
+                "generation persisted (taken after the death, persisted after the relaunch)"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                error!(
+                    "could not persist the generation taken after the death: {e}; the region is ahead of the store (nothing is lost while the supervisor runs)"
+                );
+                self.store_failing = true;
+                self.failing_after = stats.generations;
+            }
+        }
     }
 
     fn snapshot(&mut self, observer: &Observer, run: u64) -> Attempt {
@@ -552,6 +590,23 @@ impl Worker {
             self.region_failing = true;
         }
     }
+}
+
+/// Persists the generation staged in `snapshotter`, if any, counting it:
+/// its number.
+pub fn persist_staged(
+    snapshotter: &mut Snapshotter,
+    store: &mut Store,
+    stats: &mut Stats,
+) -> Result<Option<u64>, SnapshotError> {
+    let Some(outcome) = snapshotter.persist_staged(store)? else {
+        return Ok(None);
+    };
+    stats.persisted(&outcome);
+    Ok(match outcome {
+        Outcome::Persisted { persisted, .. } => Some(persisted.number),
+        _ => None,
+    })
 }
 
 /// Most commit counts awaiting a generation that are remembered one by one.

@@ -245,13 +245,22 @@ impl Chaos {
                 self.next_source = Some(Relaunched::Memory);
                 None
             }
-            (Source::Disk, Left::Ahead) => {
+            (Source::Disk, Left::Ahead | Left::Staged | Left::Unchanged(None)) => {
                 self.refused();
                 None
             }
-            (Source::Disk, Left::Persisted(number)) => Some(Some(number)),
+            (Source::Disk, Left::Persisted(number) | Left::Unchanged(Some(number))) => Some(Some(number)),
             (Source::Disk, Left::Restored) => Some(None),
         }
+    }
+
+    /// Before the post-mortem of the run that just ended by a chaos kill:
+    /// whether the next run's region is planned to come from disk, so the
+    /// post-mortem generation must be persisted before the relaunch, not
+    /// after.
+    pub fn plans_disk_relaunch(&self) -> bool {
+        let plan = self.schedule.peek(self.tally.kills.saturating_sub(1) as usize);
+        plan.is_some_and(|p| p.restore == Source::Disk)
     }
 
     /// After a relaunch planned from disk: whether the region was replaced

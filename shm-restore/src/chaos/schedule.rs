@@ -67,6 +67,11 @@ impl Schedule {
         }
     }
 
+    /// Kill `index`, if it has been planned.
+    pub(super) fn peek(&self, index: usize) -> Option<Planned> {
+        self.planned.get(index).copied()
+    }
+
     /// Kill `index` (0 = the first), drawn with those before it if not yet.
     pub(super) fn get(&mut self, index: usize) -> Planned {
         while self.planned.len() <= index {

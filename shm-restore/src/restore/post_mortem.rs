@@ -1,11 +1,17 @@
 //! After a death: the program's group is gone, so every valid unit in the
-//! region is consistent. They are persisted as a generation and the region
-//! is made to hold exactly it; when there is nothing to persist, the
-//! region gets what the store holds.
+//! region is consistent. They are taken as a generation and the region is
+//! made to hold exactly it; when there is nothing to persist, the region
+//! gets what the store holds.
+//!
+//! The generation is taken into the snapshotter's shadow (memory copies
+//! only) and, unless the caller needs it on disk first, persisted by the
+//! snapshot thread once the next run has started: the region already holds
+//! exactly what the program needs, so the disk is off the relaunch's path.
 
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use shm_snapshot::Anomalies;
 use shm_snapshot::snapshot::{self, Outcome, SnapshotError};
 use tracing::{error, info, warn};
 
@@ -13,11 +19,26 @@ use super::ladder::{self, OnDamage, When};
 use crate::region::HostRegion;
 use crate::snapshotter::Shared;
 
+/// When the post-mortem generation is written to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Before the post-mortem returns.
+    Now,
+    /// By the snapshot thread, first thing when it follows the next run
+    /// (or by the supervisor's shutdown).
+    Later,
+}
+
 /// What a post-mortem left in the region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Left {
     /// Exactly this generation, just persisted.
     Persisted(u64),
+    /// Exactly the generation staged in the shadow, persisted later.
+    Staged,
+    /// Exactly the units of the generation persisted last (this one, if the
+    /// store knows it): nothing new to persist.
+    Unchanged(Option<u64>),
     /// What restoring the newest generation gave (or a blank region).
     Restored,
     /// The region as the program left it, ahead of the store: persisting
@@ -27,13 +48,21 @@ pub enum Left {
 
 /// Takes the post-mortem generation of the quiet region (the snapshot
 /// thread must be paused: `shared` is its state).
-pub fn post_mortem(shared: &mut Shared, region: &HostRegion, on_damage: OnDamage) -> Result<Left> {
+pub fn post_mortem(
+    shared: &mut Shared,
+    region: &HostRegion,
+    on_damage: OnDamage,
+    persist: Persist,
+) -> Result<Left> {
     let started = Instant::now();
     let restore = |shared: &mut Shared| {
         ladder::restore(shared, region, on_damage, When::AfterDeath).map(|()| Left::Restored)
     };
     let taken = match snapshot::observe_file(region.file()) {
-        Ok(Some(observer)) => shared.snapshotter.take(&observer, &mut shared.store),
+        Ok(Some(observer)) => match persist {
+            Persist::Now => shared.snapshotter.take(&observer, &mut shared.store),
+            Persist::Later => shared.snapshotter.stage(&observer, &mut shared.store),
+        },
         Ok(None) => {
             info!("the program never laid out the region: nothing to persist");
             return restore(shared);
@@ -60,15 +89,41 @@ pub fn post_mortem(shared: &mut Shared, region: &HostRegion, on_damage: OnDamage
                 ms = started.elapsed().as_millis() as u64,
                 "generation persisted"
             );
-            if !anomalies.is_clean() {
-                warn!(
-                    ?anomalies,
-                    "the region's unit table had corrupt entries; they were not persisted"
-                );
-            }
+            table_anomalies(&anomalies);
             snapshot::apply_meta(region.file(), &geometry, &meta)
                 .context("making the region hold the persisted generation")?;
             Ok(Left::Persisted(persisted.number))
+        }
+        Ok(Outcome::Staged {
+            units,
+            anomalies,
+            meta,
+            geometry,
+        }) => {
+            info!(
+                units,
+                ms = started.elapsed().as_millis() as u64,
+                "generation taken; it is persisted once the program runs again"
+            );
+            table_anomalies(&anomalies);
+            snapshot::apply_meta(region.file(), &geometry, &meta)
+                .context("making the region hold the generation taken")?;
+            Ok(Left::Staged)
+        }
+        Ok(Outcome::Unchanged {
+            anomalies,
+            meta,
+            geometry,
+        }) => {
+            let current = shared.store.current_generation();
+            info!(
+                generation = current,
+                "nothing committed since the last generation: nothing new to persist"
+            );
+            table_anomalies(&anomalies);
+            snapshot::apply_meta(region.file(), &geometry, &meta)
+                .context("making the region hold the last generation's units")?;
+            Ok(Left::Unchanged(current))
         }
         Ok(Outcome::NoConsistentUnit { anomalies, .. }) => {
             if !anomalies.is_clean() {
@@ -94,5 +149,14 @@ pub fn post_mortem(shared: &mut Shared, region: &HostRegion, on_damage: OnDamage
             Ok(Left::Ahead)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn table_anomalies(anomalies: &Anomalies) {
+    if !anomalies.is_clean() {
+        warn!(
+            ?anomalies,
+            "the region's unit table had corrupt entries; they were not persisted"
+        );
     }
 }
