@@ -1,8 +1,9 @@
 //! bench-child: the synthetic program of the end-to-end benchmark
 //! (BENCHMARKS.md, "End-to-end"). Under `shm-restore` it commits at a fixed
 //! rate; each commit writes fresh bytes into the arena and publishes a unit
-//! that describes them. It prints nothing while it runs, only an error line
-//! (`bench-child: <what>`) if something fails.
+//! that describes them. It prints nothing while it runs (unless asked to
+//! `--announce`, below), only an error line (`bench-child: <what>`) if
+//! something fails.
 //!
 //! A unit is four little-endian u64s, then zeros up to `--unit-bytes`: the
 //! commit number, the arena offset of its write, the write's length, and the
@@ -13,12 +14,22 @@
 //!
 //! It stops when `--for` has elapsed (status 0) or when a signal kills it
 //! (SIGTERM from the supervisor: the default action).
+//!
+//! With `--announce` it prints two lines on stdout, each flushed at once, for
+//! the relaunch benchmark (BENCHMARKS.md, "Relaunch after a kill"):
+//!
+//! - `started <ns> <pid>`: the CLOCK_MONOTONIC reading taken first thing in
+//!   `main`, before the flags are parsed or the region opened, and its pid;
+//! - `committed <ns>`: the clock once its first commit of this run is made
+//!   (never, with `--rate 0`).
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
+use rustix::time::{ClockId, clock_gettime};
 use shm_snapshot::{Client, CommitWithError, Config, Region};
 
 /// Bytes from the end of one write to the start of the next. A multiple of 8,
@@ -57,11 +68,25 @@ struct Args {
     /// Exit with status 0 after this long (e.g. 10s, 2m). [default: run until killed]
     #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
+
+    /// Print `started <CLOCK_MONOTONIC ns> <pid>` on stdout at start and `committed <ns>` after the first commit. [default: print nothing]
+    #[arg(long)]
+    announce: bool,
 }
 
 fn main() -> ExitCode {
+    // Read before anything else: the relaunch benchmark measures up to here.
+    let started = monotonic_ns();
     let args = Args::parse();
-    match run(&args) {
+    let announced = if args.announce {
+        announce(&format!(
+            "started {started} {}",
+            rustix::process::getpid().as_raw_nonzero()
+        ))
+    } else {
+        Ok(())
+    };
+    match announced.and_then(|()| run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench-child: {e:#}");
@@ -82,13 +107,35 @@ fn run(args: &Args) -> Result<()> {
     }
     let mut writer = Writer::new(&client, args.unit_bytes, args.arena_write)?;
     let mut schedule = Schedule::new(args.rate);
+    let mut first = true;
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
         }
         writer.commit(&mut client)?;
+        if first && args.announce {
+            announce(&format!("committed {}", monotonic_ns()))?;
+        }
+        first = false;
         schedule.wait_for_next();
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock the relaunch benchmark's runner
+/// reads too, the same for every process on the machine.
+fn monotonic_ns() -> u64 {
+    let t = clock_gettime(ClockId::Monotonic);
+    // The monotonic clock counts from boot: never negative.
+    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+}
+
+/// Prints `line` on stdout and flushes it, so a reader sees it at once even
+/// through a pipe.
+fn announce(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .context("printing to stdout (--announce)")
 }
 
 /// Sleeps until `stop_at`, or forever.

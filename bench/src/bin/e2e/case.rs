@@ -11,9 +11,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use shm_snapshot_bench::disk;
 
+use crate::cpu;
 use crate::summary::Summary;
-use crate::{cpu, disk};
 
 /// What each case runs.
 #[derive(Debug)]

@@ -13,16 +13,17 @@
 
 mod case;
 mod cpu;
-mod disk;
 mod summary;
 mod table;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use clap::Parser;
+use shm_snapshot_bench::disk;
+use shm_snapshot_bench::locate::{binary, release_dir};
 
 use crate::case::{CASES, Settings};
 
@@ -120,25 +121,4 @@ fn run(args: &Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// `<target>/release`, beside the profile directory this executable runs
-/// from (`<target>/<profile>/e2e`), whichever profile built it.
-fn release_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating this executable")?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("{} is not inside <target>/<profile>/", exe.display()))?;
-    Ok(target.join("release"))
-}
-
-fn binary(release: &Path, name: &str) -> Result<PathBuf> {
-    let path = release.join(name);
-    ensure!(
-        path.is_file(),
-        "{} is missing: build it first with `cargo build --release --workspace`",
-        path.display()
-    );
-    Ok(path)
 }

@@ -1,0 +1,90 @@
+//! Percentiles of the measured times, and the seeded intervals between kills.
+
+use std::time::Duration;
+
+/// p50, p99 and maximum of a set of times, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    /// Median (nearest rank).
+    pub p50: f64,
+    /// 99th percentile (nearest rank: of 200 samples, the 198th smallest).
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `samples` (nanoseconds), or `None` for none.
+    pub fn of_nanos(samples: &[u64]) -> Option<Spread> {
+        let mut sorted = samples.to_vec();
+        sorted.sort_unstable();
+        let max = *sorted.last()?;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let rank = |p: f64| {
+            // Nearest rank: the smallest sample at or above p of them.
+            let r = (p * sorted.len() as f64).ceil() as usize;
+            ms(sorted[r.clamp(1, sorted.len()) - 1])
+        };
+        Some(Spread {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: ms(max),
+        })
+    }
+}
+
+/// Seeded pseudo-random durations: xorshift64, its state set from the seed
+/// by one splitmix64 step (so seed 0, xorshift's fixed point, works too).
+pub struct Intervals {
+    state: u64,
+}
+
+impl Intervals {
+    /// The sequence for `seed`: the same seed gives the same intervals.
+    pub fn new(seed: u64) -> Intervals {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        Intervals { state: z.max(1) }
+    }
+
+    /// A duration in `min..=max`, to the microsecond.
+    pub fn between(&mut self, min: Duration, max: Duration) -> Duration {
+        let mut x = self.state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state = x;
+        let span = u64::try_from((max - min).as_micros()).unwrap_or(u64::MAX);
+        min + Duration::from_micros(x % span.saturating_add(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let samples: Vec<u64> = (1..=200).map(|i| i * 1_000_000).collect();
+        let s = Spread::of_nanos(&samples).expect("samples");
+        assert_eq!((s.p50, s.p99, s.max), (100.0, 198.0, 200.0));
+        let one = Spread::of_nanos(&[2_500_000]).expect("a sample");
+        assert_eq!((one.p50, one.p99, one.max), (2.5, 2.5, 2.5));
+        assert!(Spread::of_nanos(&[]).is_none());
+    }
+
+    #[test]
+    fn intervals_stay_in_range_and_repeat_with_the_seed() {
+        let (min, max) = (Duration::from_millis(10), Duration::from_millis(100));
+        let draw = |seed| {
+            let mut i = Intervals::new(seed);
+            (0..1000).map(|_| i.between(min, max)).collect::<Vec<_>>()
+        };
+        let a = draw(0);
+        assert!(a.iter().all(|d| (min..=max).contains(d)));
+        assert_eq!(a, draw(0));
+        assert_ne!(a, draw(1));
+    }
+}
