@@ -1,13 +1,16 @@
 //! Starting the program: its own process group, the region at fd 3, the
 //! hand-over variables, death with its supervisor.
 //!
-//! `LISTEN_PID` must be the child's own pid, known only after fork, so the
-//! child is started with fork and execve rather than `std::process::Command`
-//! (which builds the environment before forking). Everything the child does
-//! between fork and exec is an async-signal-safe system call on memory
-//! prepared before the fork: the supervisor is multi-threaded, and a fork
-//! copies only the calling thread, so a lock held by another thread (the
-//! allocator's, say) would never be released in the child.
+//! `LISTEN_PID` must be the child's own pid, known only once it exists, so
+//! the child is started with clone(CLONE_VM | CLONE_VFORK) and execve rather
+//! than `std::process::Command` (which builds the environment before
+//! starting it). The child shares the supervisor's memory until it execs,
+//! so nothing of the supervisor's is copied (a fork's page-table copy grows
+//! with the region's shadow). Everything the child does before exec is an
+//! async-signal-safe system call on memory prepared before the clone, and it
+//! writes nothing shared but its own pid's digits: the supervisor is
+//! multi-threaded, so a lock held by another thread (the allocator's, say)
+//! would never be released in the child.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -94,7 +97,7 @@ impl Launcher {
         &self.display
     }
 
-    /// Forks and execs the program with `region` at fd 3, in its own process
+    /// Starts the program with `region` at fd 3, in its own process
     /// group (pgid = its pid), killed by SIGKILL if the supervisor dies.
     /// Returns its pid once it has exec'd, or the step that failed.
     pub fn spawn(&mut self, region: BorrowedFd<'_>) -> Result<libc::pid_t> {
@@ -122,8 +125,9 @@ impl Launcher {
             supervisor: unsafe { libc::getpid() },
         };
 
-        // Block every signal across the fork so no handler of the
-        // supervisor's runs in the child before it resets them.
+        // Block every signal across the clone so no handler of the
+        // supervisor's runs in the child (on the shared memory) before it
+        // resets them.
         let mut all: libc::sigset_t = unsafe_zeroed_sigset();
         let mut old: libc::sigset_t = unsafe_zeroed_sigset();
         // SAFETY: both sets are valid, initialised sigset_t values.
@@ -131,20 +135,36 @@ impl Launcher {
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
-        // SAFETY: the child runs only `ChildSetup::run`, which makes
-        // async-signal-safe system calls on memory prepared above and never
-        // returns. The parent continues normally.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            // SAFETY: we are the child of a fork; see `run`.
-            unsafe { child.run() }
-        }
+        // The child shares the supervisor's memory until it execs
+        // (CLONE_VM | CLONE_VFORK, as posix_spawn does): a fork would copy
+        // the page tables of the supervisor's memory, which with a shadow of
+        // a large region costs tens of milliseconds per relaunch, all thrown
+        // away by the exec. The supervisor's calling thread waits meanwhile.
+        let mut stack = vec![0u8; CHILD_STACK];
+        let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK);
+        let top = top.wrapping_sub(top as usize % 16);
+        // SAFETY: the child runs only `child_main`, which runs
+        // `ChildSetup::run`: async-signal-safe system calls on memory
+        // prepared above, writing nothing shared but the pid digits (which
+        // the parent does not read while it waits), and never returns. It
+        // runs on `stack`, which outlives it: CLONE_VFORK suspends this
+        // thread until the child has exec'd or exited, and `stack` is
+        // dropped after that.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                top.cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                std::ptr::from_ref(&child).cast_mut().cast(),
+            )
+        };
         let fork_error = io::Error::last_os_error();
+        drop(stack);
         // SAFETY: `old` is the mask saved above.
         unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
         drop(write_end);
         if pid < 0 {
-            return Err(fork_error).context("forking the supervisor");
+            return Err(fork_error).context("starting a process for the program");
         }
         // The child closes its copy of the pipe by exec'ing (CLOEXEC), or
         // writes [step, errno] and exits.
@@ -181,8 +201,19 @@ fn unsafe_zeroed_sigset() -> libc::sigset_t {
     unsafe { std::mem::zeroed() }
 }
 
-/// What the child needs after fork: raw pointers into buffers the parent
-/// built, valid in the child's copy of the address space.
+/// Stack of the child between clone and exec: `run` and the system calls
+/// it makes need a few kilobytes.
+const CHILD_STACK: usize = 64 << 10;
+
+/// The child's entry point after clone.
+extern "C" fn child_main(setup: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `setup` is the `ChildSetup` the parent passed to clone, alive
+    // while the parent waits for the exec; we are the child; see `run`.
+    unsafe { (*setup.cast::<ChildSetup>()).run() }
+}
+
+/// What the child needs after clone: raw pointers into buffers the parent
+/// built, in the address space the child shares with it until exec.
 struct ChildSetup {
     path: *const libc::c_char,
     argv: *const *const libc::c_char,
@@ -198,13 +229,16 @@ struct ChildSetup {
 impl ChildSetup {
     /// # Safety
     ///
-    /// Must be called only in the child of a fork, with every pointer valid
-    /// (they point into the parent's buffers, copied by the fork). Makes only
-    /// async-signal-safe calls and never returns.
+    /// Must be called only in the child of a clone(CLONE_VM | CLONE_VFORK),
+    /// with every pointer valid (they point into the parent's buffers, which
+    /// the child shares). Makes only async-signal-safe calls, writes no
+    /// shared memory but `digits`, and never returns.
     unsafe fn run(&self) -> ! {
         // SAFETY: every call below is an async-signal-safe system call
         // (POSIX's list, plus Linux's prctl/dup3) on valid arguments; the
-        // buffers behind the pointers were built before the fork.
+        // buffers behind the pointers were built before the clone. Signal
+        // dispositions and the descriptor table are the child's own (no
+        // CLONE_SIGHAND, no CLONE_FILES).
         unsafe {
             if libc::setpgid(0, 0) != 0 {
                 self.fail(0);
@@ -270,7 +304,7 @@ impl ChildSetup {
 ///
 /// # Safety
 ///
-/// Only in the child between fork and exec: it closes descriptors other
+/// Only in the child between clone and exec: it closes descriptors other
 /// code may own.
 unsafe fn close_from(first: libc::c_int, keep: libc::c_int) {
     let ranges = [(first, keep - 1), (keep + 1, libc::c_int::MAX)];
