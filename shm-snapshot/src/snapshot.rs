@@ -215,6 +215,14 @@ impl Snapshotter {
         self.last_units = None;
     }
 
+    /// After the region was rewritten with a generation of the store whose
+    /// meta is `meta` (a restore): [`Snapshotter::forget`], and a snapshot
+    /// that proves exactly `meta`'s units has nothing new to persist.
+    pub fn restored(&mut self, meta: &Meta) {
+        self.forget();
+        self.last_units = Some(meta.units.clone());
+    }
+
     /// Whether a generation taken by [`Snapshotter::stage`] waits to be
     /// persisted.
     pub fn has_staged(&self) -> bool {

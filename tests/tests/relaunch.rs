@@ -224,3 +224,46 @@ fn tail(sup: &Proc) -> String {
     let lines: Vec<&str> = all.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
+
+#[test]
+fn a_restart_that_commits_nothing_writes_no_generation() {
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let flags = ["--fsync=never", "--size=4MiB"];
+    let mut first = Proc::supervise(
+        dir.path(),
+        "state",
+        &flags,
+        &[CHILD, "--commit", "2", "--then", "sleep"],
+    );
+    first.expect_out("done");
+    first.signal(libc::SIGTERM);
+    first.wait();
+    let before = generation_files(&state);
+    assert!(!before.is_empty(), "{}", first.transcript());
+    // The same units again: restored, proven by the snapshot thread and by
+    // the stop's post-mortem, and never persisted a second time.
+    let mut second = Proc::supervise(dir.path(), "state", &flags, &[CHILD, "--then", "sleep"]);
+    second.expect_out("done");
+    second.signal(libc::SIGTERM);
+    second.wait();
+    assert_eq!(
+        second
+            .lines(Stream::Out)
+            .iter()
+            .filter(|l| l.starts_with("recovered "))
+            .count(),
+        2,
+        "{}",
+        second.transcript()
+    );
+    assert!(
+        second
+            .lines(Stream::Err)
+            .iter()
+            .any(|l| l.contains("nothing committed since the last generation")),
+        "{}",
+        second.transcript()
+    );
+    assert_eq!(generation_files(&state), before, "{}", second.transcript());
+}

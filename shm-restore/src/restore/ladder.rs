@@ -51,14 +51,14 @@ pub fn newest(shared: &mut Shared, region: &HostRegion) -> Result<Restorable> {
 /// empty store, and for a damaged one what `on_damage` says. An image of
 /// another size stops with an error naming `--size`.
 pub fn apply(
-    shared: &Shared,
+    shared: &mut Shared,
     restorable: Restorable,
     region: &HostRegion,
     on_damage: OnDamage,
     when: When,
 ) -> Result<()> {
     let started = Instant::now();
-    let dir = shared.store.dir();
+    let dir = shared.store.dir().to_owned();
     match restorable {
         Restorable::Empty => {
             if when == When::AtStart {
@@ -75,6 +75,7 @@ pub fn apply(
             let restored = generation
                 .write_to(region.file())
                 .with_context(|| format!("restoring generation {}", generation.number))?;
+            shared.snapshotter.restored(&generation.meta);
             info!(
                 generation = restored.number,
                 units = restored.units,

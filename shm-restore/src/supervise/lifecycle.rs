@@ -169,7 +169,7 @@ impl Supervisor {
         };
         if replace {
             restore::apply(
-                &shared,
+                &mut shared,
                 restorable,
                 &self.region,
                 self.on_damage,
