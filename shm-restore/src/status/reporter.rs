@@ -227,7 +227,6 @@ mod tests {
     use shm_snapshot::store::{LOCK_FILE, Store, StoreOptions};
 
     use super::*;
-    use crate::snapshotter::Stats;
     use crate::status::file::STATUS_FILE;
 
     /// A fresh directory under the system's temporary directory, removed
@@ -255,7 +254,7 @@ mod tests {
             let shared = Arc::new(Mutex::new(Shared {
                 store: Store::open(&dir.0, options).unwrap(),
                 snapshotter: Snapshotter::new(ArenaScan::Hash),
-                stats: Stats::default(),
+                stats: Default::default(),
             }));
             // The reporter gets the only reference, as in the supervisor
             // once the snapshot thread has ended.

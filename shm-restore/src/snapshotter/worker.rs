@@ -1,274 +1,16 @@
-//! Continuous snapshots while the program runs: a thread that waits for
-//! the program to commit, then persists a generation of the live region
-//! (Pre, copy what changed, Post), at most one per `--interval`.
-//!
-//! The thread never makes the program wait. It polls the region's commit
-//! count, backing off from 50 µs while nothing moves, and after about a
-//! millisecond of quiet sleeps on a futex the program wakes after its next
-//! commit (it makes that system call only while the header says the host
-//! sleeps). An idle program costs the supervisor a wake-up every
-//! [`IDLE_WAIT`]; a commit after a quiet spell is noticed at once.
-//!
-//! Lag is measured from the moment the thread first sees a commit count to
-//! the moment a generation covering it is durable (synced, renamed, and
-//! its directory synced): it undercounts the true commit-to-durable time by
-//! at most the polling delay, and keeps clock reads off the program's path.
+//! The snapshot thread: following each run of the program.
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shm_snapshot::snapshot::{self, Outcome, SnapshotError, Snapshotter};
-use shm_snapshot::store::Store;
+use shm_snapshot::snapshot::{self, Outcome, SnapshotError};
 use shm_snapshot::{Anomalies, Observer};
 use tracing::{debug, error, info, warn};
 
-use crate::lag::LagHistogram;
-
-/// What the lifecycle and the snapshot thread share: one owner of the store
-/// at a time.
-pub struct Shared {
-    /// The store.
-    pub store: Store,
-    /// The incremental snapshotter (what the newest generation covers).
-    pub snapshotter: Snapshotter,
-    /// Counters for the summary.
-    pub stats: Stats,
-}
-
-/// Totals for the summary at exit.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Generations persisted (while running and after deaths).
-    pub generations: u64,
-    /// Bytes the store wrote.
-    pub bytes_written: u64,
-    /// Bytes of data the store found changed and wrote.
-    pub bytes_changed: u64,
-    /// Attempts in which every unit changed during the copy.
-    pub skipped: u64,
-    /// Commit-to-durable lag, weighted by commits.
-    lags: LagHistogram,
-    started: Option<Instant>,
-}
-
-impl Stats {
-    /// Counts a persisted generation.
-    pub fn persisted(&mut self, outcome: &Outcome) {
-        if let Outcome::Persisted { persisted, .. } = outcome {
-            self.generations += 1;
-            self.bytes_written += persisted.bytes_written;
-            self.bytes_changed += persisted.pages_written * shm_snapshot::store::PAGE_BYTES;
-        }
-    }
-
-    /// Commit-to-durable lags so far.
-    pub fn lags(&self) -> &LagHistogram {
-        &self.lags
-    }
-
-    /// Logs the summary line.
-    pub fn log_summary(&self) {
-        let elapsed = self
-            .started
-            .map_or(Duration::ZERO, |t| t.elapsed())
-            .as_secs_f64()
-            .max(1e-9);
-        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
-        let (p50, p99, max) = if self.lags.is_empty() {
-            ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned())
-        } else {
-            (
-                ms(self.lags.quantile(0.50)),
-                ms(self.lags.quantile(0.99)),
-                ms(self.lags.max()),
-            )
-        };
-        info!(
-            generations = self.generations,
-            per_second = format!("{:.1}", self.generations as f64 / elapsed),
-            lag_p50_ms = p50,
-            lag_p99_ms = p99,
-            lag_max_ms = max,
-            bytes_written = self.bytes_written,
-            bytes_changed = self.bytes_changed,
-            skipped = self.skipped,
-            "snapshot summary"
-        );
-    }
-}
-
-/// Whether the snapshot thread may snapshot, and for which run of the
-/// program.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// No program runs, or the lifecycle is working on the region.
-    Paused,
-    /// A program runs; the number tells runs apart.
-    Running(u64),
-    /// The supervisor is ending.
-    Shutdown,
-}
-
-/// Starts, pauses and stops the snapshot thread.
-pub struct Control {
-    phase: Mutex<Phase>,
-    changed: Condvar,
-    /// Set while `set` waits for the phase lock: the thread does not start
-    /// another sleep under it, so a pause waits for one sleep at most
-    /// instead of losing the lock to the thread again and again.
-    leaving: AtomicBool,
-    /// The observer the thread sleeps on while it follows a run, so `set`
-    /// can end that sleep at once.
-    sleeper: Mutex<Option<Arc<Observer>>>,
-}
-
-impl Control {
-    fn set(&self, phase: Phase) {
-        // ORDERING: SeqCst store, read under the phase lock by
-        // `while_running`; the lock itself orders the rest.
-        self.leaving.store(true, Ordering::SeqCst);
-        if let Some(observer) = &*self.sleeper.lock().unwrap_or_else(|e| e.into_inner()) {
-            // A wake that comes just before the thread's futex wait is lost;
-            // that sleep then ends by its own timeout (IDLE_WAIT).
-            observer.interrupt_wait();
-        }
-        let mut guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        *guard = phase;
-        self.leaving.store(false, Ordering::SeqCst);
-        drop(guard);
-        self.changed.notify_all();
-    }
-
-    /// Makes `observer` the one `set` wakes (`None` when the run ends).
-    fn sleeping_on(&self, observer: Option<Arc<Observer>>) {
-        *self.sleeper.lock().unwrap_or_else(|e| e.into_inner()) = observer;
-    }
-
-    fn get(&self) -> Phase {
-        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` while the phase is still `Running(run)`, holding the phase
-    /// lock throughout: once `pause` has returned, nothing run this way can
-    /// still touch the region. (The thread's `stop_waiting` after such a
-    /// sleep runs outside the lock and may still clear the host's flag word
-    /// after `pause` returned; clear is what a restore leaves there anyway.)
-    /// `None` if the run has ended.
-    fn while_running<T>(&self, run: u64, f: impl FnOnce() -> T) -> Option<T> {
-        let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        (*guard == Phase::Running(run) && !self.leaving.load(Ordering::SeqCst)).then(f)
-    }
-
-    /// Sleeps `duration` unless the phase leaves `Running(run)` first.
-    fn sleep_while_running(&self, run: u64, duration: Duration) {
-        let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .changed
-            .wait_timeout_while(guard, duration, |p| *p == Phase::Running(run))
-            .unwrap_or_else(|e| e.into_inner());
-    }
-
-    /// Waits until the phase is not `Paused`, or `timeout` passes.
-    fn wait_unpaused(&self, timeout: Duration) -> Phase {
-        let guard = self.phase.lock().unwrap_or_else(|e| e.into_inner());
-        let (guard, _) = self
-            .changed
-            .wait_timeout_while(guard, timeout, |p| *p == Phase::Paused)
-            .unwrap_or_else(|e| e.into_inner());
-        *guard
-    }
-}
-
-/// The snapshot thread's handle.
-pub struct SnapshotThread {
-    control: Arc<Control>,
-    shared: Arc<Mutex<Shared>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    runs: u64,
-}
-
-/// Locks the shared state, surviving a panic of the other holder (the
-/// state stays usable: the store is only ever changed by whole generations).
-pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl SnapshotThread {
-    /// Starts the thread, paused, on the region in `file`.
-    pub fn start(
-        file: File,
-        shared: Arc<Mutex<Shared>>,
-        interval: Duration,
-        enabled: bool,
-    ) -> std::io::Result<Self> {
-        lock(&shared).stats.started = Some(Instant::now());
-        let control = Arc::new(Control {
-            phase: Mutex::new(Phase::Paused),
-            changed: Condvar::new(),
-            leaving: AtomicBool::new(false),
-            sleeper: Mutex::new(None),
-        });
-        let thread = if enabled {
-            let (control, shared) = (control.clone(), shared.clone());
-            Some(
-                std::thread::Builder::new()
-                    .name("snapshots".into())
-                    .spawn(move || {
-                        Worker::new(file, shared, control, interval).run();
-                    })?,
-            )
-        } else {
-            None
-        };
-        Ok(SnapshotThread {
-            control,
-            shared,
-            thread,
-            runs: 0,
-        })
-    }
-
-    /// Whether snapshots are taken while the program runs (not only after
-    /// it ends, by the lifecycle).
-    pub fn is_continuous(&self) -> bool {
-        self.thread.is_some()
-    }
-
-    /// Lets the thread snapshot a newly started program.
-    pub fn resume(&mut self) {
-        self.runs += 1;
-        self.control.set(Phase::Running(self.runs));
-    }
-
-    /// Stops snapshotting and returns the shared state once any snapshot in
-    /// progress has finished.
-    pub fn pause(&self) -> MutexGuard<'_, Shared> {
-        self.control.set(Phase::Paused);
-        lock(&self.shared)
-    }
-
-    /// The shared state.
-    pub fn shared(&self) -> Arc<Mutex<Shared>> {
-        self.shared.clone()
-    }
-
-    /// Stops the thread for good.
-    pub fn shutdown(&mut self) {
-        self.control.set(Phase::Shutdown);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for SnapshotThread {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+use super::control::{Control, Phase};
+use super::shared::{Shared, lock, persist_staged};
 
 /// Polling delays while the commit count stands still: start short so a
 /// burst of commits is followed closely; past `POLL_MAX` of quiet, sleep on
@@ -283,7 +25,7 @@ const STORE_RETRY: Duration = Duration::from_secs(1);
 /// Wait before looking again at a region whose header is unusable.
 const REGION_RETRY: Duration = Duration::from_millis(100);
 
-struct Worker {
+pub(super) struct Worker {
     file: File,
     shared: Arc<Mutex<Shared>>,
     control: Arc<Control>,
@@ -308,7 +50,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(file: File, shared: Arc<Mutex<Shared>>, control: Arc<Control>, interval: Duration) -> Worker {
+    pub(super) fn new(
+        file: File,
+        shared: Arc<Mutex<Shared>>,
+        control: Arc<Control>,
+        interval: Duration,
+    ) -> Worker {
         Worker {
             file,
             shared,
@@ -324,7 +71,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self) {
+    pub(super) fn run(mut self) {
         loop {
             let run = match self.control.wait_unpaused(Duration::from_secs(3600)) {
                 Phase::Shutdown => return,
@@ -590,23 +337,6 @@ impl Worker {
             self.region_failing = true;
         }
     }
-}
-
-/// Persists the generation staged in `snapshotter`, if any, counting it:
-/// its number.
-pub fn persist_staged(
-    snapshotter: &mut Snapshotter,
-    store: &mut Store,
-    stats: &mut Stats,
-) -> Result<Option<u64>, SnapshotError> {
-    let Some(outcome) = snapshotter.persist_staged(store)? else {
-        return Ok(None);
-    };
-    stats.persisted(&outcome);
-    Ok(match outcome {
-        Outcome::Persisted { persisted, .. } => Some(persisted.number),
-        _ => None,
-    })
 }
 
 /// Most commit counts awaiting a generation that are remembered one by one.

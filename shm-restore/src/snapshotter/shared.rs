@@ -1,0 +1,105 @@
+//! What the lifecycle and the snapshot thread share, and the totals kept
+//! for the summary.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use shm_snapshot::snapshot::{Outcome, SnapshotError, Snapshotter};
+use shm_snapshot::store::Store;
+use tracing::info;
+
+use crate::lag::LagHistogram;
+
+/// What the lifecycle and the snapshot thread share: one owner of the store
+/// at a time.
+pub struct Shared {
+    /// The store.
+    pub store: Store,
+    /// The incremental snapshotter (what the newest generation covers).
+    pub snapshotter: Snapshotter,
+    /// Counters for the summary.
+    pub stats: Stats,
+}
+
+/// Totals for the summary at exit.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Generations persisted (while running and after deaths).
+    pub generations: u64,
+    /// Bytes the store wrote.
+    pub bytes_written: u64,
+    /// Bytes of data the store found changed and wrote.
+    pub bytes_changed: u64,
+    /// Attempts in which every unit changed during the copy.
+    pub skipped: u64,
+    /// Commit-to-durable lag, weighted by commits.
+    pub(super) lags: LagHistogram,
+    pub(super) started: Option<Instant>,
+}
+
+impl Stats {
+    /// Counts a persisted generation.
+    pub fn persisted(&mut self, outcome: &Outcome) {
+        if let Outcome::Persisted { persisted, .. } = outcome {
+            self.generations += 1;
+            self.bytes_written += persisted.bytes_written;
+            self.bytes_changed += persisted.pages_written * shm_snapshot::store::PAGE_BYTES;
+        }
+    }
+
+    /// Commit-to-durable lags so far.
+    pub fn lags(&self) -> &LagHistogram {
+        &self.lags
+    }
+
+    /// Logs the summary line.
+    pub fn log_summary(&self) {
+        let elapsed = self
+            .started
+            .map_or(Duration::ZERO, |t| t.elapsed())
+            .as_secs_f64()
+            .max(1e-9);
+        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
+        let (p50, p99, max) = if self.lags.is_empty() {
+            ("n/a".to_owned(), "n/a".to_owned(), "n/a".to_owned())
+        } else {
+            (
+                ms(self.lags.quantile(0.50)),
+                ms(self.lags.quantile(0.99)),
+                ms(self.lags.max()),
+            )
+        };
+        info!(
+            generations = self.generations,
+            per_second = format!("{:.1}", self.generations as f64 / elapsed),
+            lag_p50_ms = p50,
+            lag_p99_ms = p99,
+            lag_max_ms = max,
+            bytes_written = self.bytes_written,
+            bytes_changed = self.bytes_changed,
+            skipped = self.skipped,
+            "snapshot summary"
+        );
+    }
+}
+/// Locks the shared state, surviving a panic of the other holder (the
+/// state stays usable: the store is only ever changed by whole generations).
+pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+/// Persists the generation staged in `snapshotter`, if any, counting it:
+/// its number.
+pub fn persist_staged(
+    snapshotter: &mut Snapshotter,
+    store: &mut Store,
+    stats: &mut Stats,
+) -> Result<Option<u64>, SnapshotError> {
+    let Some(outcome) = snapshotter.persist_staged(store)? else {
+        return Ok(None);
+    };
+    stats.persisted(&outcome);
+    Ok(match outcome {
+        Outcome::Persisted { persisted, .. } => Some(persisted.number),
+        _ => None,
+    })
+}
