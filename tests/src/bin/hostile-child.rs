@@ -255,10 +255,13 @@ impl Forgeries {
     /// The forgeries left with neither neighbour in number once unit `losing`
     /// (if any) is lost and units `1..=units` are committed, oldest first;
     /// each is counted as withdrawn, and the caller withdraws it before the
-    /// neighbour goes.
+    /// neighbour goes. A forgery that is itself `losing` goes with its slot.
     fn orphaned(&mut self, losing: Option<u64>, units: u64) -> Vec<u64> {
         let mut orphans = Vec::new();
         for seq in self.live.clone() {
+            if Some(seq) == losing {
+                continue;
+            }
             let gone =
                 |s: u64| s == 0 || Some(s) == losing || s + self.slots <= units || self.lost.contains(&s);
             if gone(seq - 1) && gone(seq + 1) {
