@@ -68,9 +68,11 @@ impl LagHistogram {
     /// The lag at quantile `q` (0..=1), to within 1/16.
     pub fn quantile(&self, q: f64) -> Duration {
         let target = (q * self.total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
+        let mut seen = 0u64;
         for (b, count) in self.buckets.iter().enumerate() {
-            seen += count;
+            // Saturating, as the counts are: two weights near 2^64 (a
+            // scribbled commit count) must not overflow the running sum.
+            seen = seen.saturating_add(*count);
             if seen >= target {
                 return Duration::from_micros(lower_bound(b)).min(self.max);
             }
@@ -131,6 +133,20 @@ mod tests {
         );
         assert_eq!(h.max(), Duration::from_millis(150));
         assert!(LagHistogram::default().is_empty());
+    }
+
+    #[test]
+    fn quantiles_of_weights_that_saturate_do_not_overflow() {
+        // Weights come from a commit count the program may scribble.
+        let mut h = LagHistogram::default();
+        h.record(Duration::from_micros(10), u64::MAX - 1);
+        h.record(Duration::from_millis(3), u64::MAX - 1);
+        assert_eq!(h.quantile(0.5), Duration::from_micros(10));
+        assert_eq!(
+            h.quantile(1.0),
+            Duration::from_micros(2944),
+            "3 ms, within 1/16 below"
+        );
     }
 
     #[test]

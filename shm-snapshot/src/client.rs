@@ -135,7 +135,9 @@ impl Client {
         if let Some(bad) = layout::sort_and_check_chain(&mut units, g.ring_bytes, g.slots) {
             return Err(RegionError::CorruptSlot {
                 slot: units[bad].slot,
-                why: "unit overlaps a newer one or was overwritten by it",
+                why: "unit contradicts the one before it (their stream ranges overlap, or \
+                      it does not start where that one ends), or a newer one overwrote it \
+                      or reused its slot",
             });
         }
         let newest_end = units.last().map_or(0, UnitRef::end);

@@ -441,25 +441,38 @@ impl UnitRef {
     }
 }
 
-/// Puts `units` in sequence order and finds the first one that breaks the
-/// ring's invariants: units in sequence order have distinct sequence numbers
-/// less than `slots` apart (an older one's slot was reused) and increasing,
-/// non-overlapping stream ranges, all within the `ring_bytes` that end at
-/// the newest unit's end (anything older was overwritten). Returns the
-/// index (after sorting) of the first unit that does not fit, scanning from
-/// the newest, so a caller may keep the coherent newest ones.
+/// Puts `units` in sequence order and applies the chain rule (FORMAT.md,
+/// "The chain rule"): returns the index (after sorting) of the newest unit
+/// that cannot be kept, so a caller drops it and every older one and keeps
+/// the coherent newest ones; `None` when every unit fits.
+///
+/// Two units next to each other in sequence order contradict each other
+/// when they share a sequence number, when the older one's stream range
+/// runs into the newer one's, or when their numbers are consecutive and the
+/// newer one does not start exactly where the older one ends (a client
+/// writes each unit right after the one before it). Nothing in a region
+/// tells which of the two is false, so neither is kept. A unit that lies
+/// where the newest unit's bytes have since wrapped over (more than
+/// `ring_bytes` before its end), or whose slot the newest unit's number has
+/// reused (`slots` or more below it), is dropped on its own.
 pub fn sort_and_check_chain(units: &mut [UnitRef], ring_bytes: u64, slots: u64) -> Option<usize> {
     units.sort_unstable_by_key(|u| u.seq());
-    let newest = units.last()?;
+    let newest = *units.last()?;
     let floor = newest.end().saturating_sub(ring_bytes);
-    let mut limit = newest.offset;
     for i in (0..units.len() - 1).rev() {
-        let u = &units[i];
-        let too_old = newest.seq() - u.seq() >= slots;
-        if u.end() > limit || u.offset < floor || u.seq() == units[i + 1].seq() || too_old {
+        let (older, newer) = (&units[i], &units[i + 1]);
+        // A tag holds at most 62 bits of sequence number: `+ 1` cannot wrap.
+        let meets = if older.seq() + 1 == newer.seq() {
+            older.end() == newer.offset
+        } else {
+            older.seq() < newer.seq() && older.end() <= newer.offset
+        };
+        if !meets {
+            return Some(i + 1);
+        }
+        if older.offset < floor || newest.seq() - older.seq() >= slots {
             return Some(i);
         }
-        limit = u.offset;
     }
     None
 }
@@ -526,22 +539,74 @@ mod tests {
         assert_eq!(Tag(3).state(), None);
     }
 
-    #[test]
-    fn chain_check_finds_overlapping_older_unit() {
-        let u = |seq, offset, len| UnitRef {
+    /// A unit in slot `seq & 7` of an eight-slot table.
+    fn unit(seq: u64, offset: u64, len: u64) -> UnitRef {
+        UnitRef {
             slot: seq & 7,
             tag: Tag::valid(seq),
             offset,
             len,
-        };
+        }
+    }
+
+    #[test]
+    fn chain_check_finds_overlapping_older_unit() {
+        let u = unit;
         let mut good = [u(3, 16, 8), u(1, 0, 8), u(2, 8, 8)];
         assert_eq!(sort_and_check_chain(&mut good, 4096, 8), None);
         assert_eq!(good.map(|u| u.seq()), [1, 2, 3]);
+        // Two units that contradict each other: neither is kept.
         let mut overlapping = [u(1, 0, 16), u(2, 8, 8)];
-        assert_eq!(sort_and_check_chain(&mut overlapping, 4096, 8), Some(0));
-        let mut overwritten = [u(1, 0, 8), u(2, 8192, 8)];
+        assert_eq!(sort_and_check_chain(&mut overlapping, 4096, 8), Some(1));
+        let mut overlapping_across_a_gap = [u(1, 0, 16), u(3, 8, 8), u(4, 16, 8)];
+        assert_eq!(
+            sort_and_check_chain(&mut overlapping_across_a_gap, 4096, 8),
+            Some(1)
+        );
+        let mut overwritten = [u(1, 0, 8), u(3, 8192, 8)];
         assert_eq!(sort_and_check_chain(&mut overwritten, 4096, 8), Some(0));
+        let mut overwritten_by_a_whole_ring = [u(1, 0, 8), u(2, 8, 4096)];
+        assert_eq!(
+            sort_and_check_chain(&mut overwritten_by_a_whole_ring, 4096, 8),
+            Some(0)
+        );
         let mut slot_reused = [u(1, 0, 8), u(9, 8, 8)];
         assert_eq!(sort_and_check_chain(&mut slot_reused, 4096, 8), Some(0));
+    }
+
+    #[test]
+    fn consecutive_units_that_do_not_meet_in_the_stream_are_both_dropped() {
+        let u = unit;
+        // Unit 2 starts a word past unit 1's end: one of the two is false.
+        let mut apart = [u(1, 0, 8), u(2, 16, 8), u(3, 24, 8)];
+        assert_eq!(sort_and_check_chain(&mut apart, 4096, 8), Some(1));
+        // The same when the newer one is the newest unit: nothing is kept.
+        let mut apart_newest = [u(1, 0, 8), u(2, 16, 8)];
+        assert_eq!(sort_and_check_chain(&mut apart_newest, 4096, 8), Some(1));
+        // A unit moved into the next one's bytes after that one was lost:
+        // it overlaps nothing, but does not meet the unit before it.
+        let mut moved = [u(1, 0, 32), u(2, 32, 32), u(3, 72, 24), u(5, 128, 32)];
+        assert_eq!(sort_and_check_chain(&mut moved, 4096, 8), Some(2));
+    }
+
+    #[test]
+    fn chain_check_accepts_every_table_a_client_leaves() {
+        let u = unit;
+        let tables: [&mut [UnitRef]; 5] = [
+            // Zero-length units take no stream bytes.
+            &mut [u(1, 0, 0), u(2, 0, 5), u(3, 8, 0), u(4, 8, 0), u(5, 8, 8)],
+            // Numbers skipped by a restore, or a unit between two that was
+            // lost or not read: any length may have lain in the gap.
+            &mut [u(5, 40, 8), u(9, 48, 8), u(11, 4000, 8)],
+            // Far into the stream, across the ring's end.
+            &mut [u(700, 5 * 4096 + 4080, 24), u(701, 6 * 4096 + 8, 8)],
+            // A whole ring's unit right after a zero-length one.
+            &mut [u(1, 16, 0), u(2, 16, 4096)],
+            // The oldest unit exactly a ring before the newest's end.
+            &mut [u(2, 8, 8), u(3, 16, 4088)],
+        ];
+        for table in tables {
+            assert_eq!(sort_and_check_chain(table, 4096, 8), None, "{table:?}");
+        }
     }
 }

@@ -29,8 +29,11 @@ pub struct Anomalies {
     /// Slots whose tag has undefined state bits or whose valid unit fails
     /// [`Geometry::check_unit`].
     pub corrupt_slots: u64,
-    /// Valid units dropped because they break the ring's chain (overlap a
-    /// newer unit, or lie where a newer unit has overwritten them).
+    /// Valid units dropped by the chain rule ([`layout::sort_and_check_chain`]):
+    /// a unit that contradicts the next one in sequence order (overlaps it,
+    /// or is numbered right before it and does not end where it starts), the
+    /// other unit of that pair, and every older unit; or a unit the newest
+    /// one has overwritten or whose slot it reused, and every older unit.
     pub broken_chain: u64,
 }
 
@@ -260,8 +263,9 @@ impl Observer {
     /// Post: which of the `pre` units are still valid with the same sequence
     /// number, after everything copied since `pre`. Those are consistent in
     /// this snapshot. Units that break the ring's chain are dropped too,
-    /// oldest first, so what is kept is a table a client accepts. `out` is
-    /// cleared and filled in sequence order.
+    /// with every older one, so what is kept is a table a client accepts;
+    /// when the newest unit is one of two that contradict each other,
+    /// nothing is kept. `out` is cleared and filled in sequence order.
     pub fn post(&self, pre: &[UnitRef], out: &mut Vec<UnitRef>) -> Anomalies {
         // ORDERING: acquire fence; pairs with the client's release fence
         // after invalidating (client.rs, `make_room`): if any byte copied

@@ -1032,7 +1032,7 @@ fn slots_holding_impossible_units_are_corrupt() {
         ("length exceeds the ring", |g| {
             (g.slot_field(1, slot::LEN), g.ring_bytes + 1)
         }),
-        ("overlaps a newer one", |g| {
+        ("contradicts the one before it", |g| {
             (g.slot_field(1, slot::LEN), g.ring_bytes)
         }),
     ];

@@ -186,7 +186,8 @@ struct Observation {
 /// - `copy_range` succeeds exactly for ranges inside the region;
 /// - `chunk_counters` has one counter per arena chunk;
 /// - Post keeps a subset of Pre, in increasing sequence order with
-///   non-overlapping stream ranges, each still tagged as in Pre.
+///   non-overlapping stream ranges, consecutive units meeting exactly, each
+///   still tagged as in Pre.
 fn exercise(
     observer: &Observer,
     file: &File,
@@ -240,6 +241,10 @@ fn exercise(
         assert!(
             pair[0].end() <= pair[1].offset,
             "Post kept overlapping units: {pair:?}"
+        );
+        assert!(
+            pair[0].seq() + 1 != pair[1].seq() || pair[0].end() == pair[1].offset,
+            "Post kept consecutive units that do not meet: {pair:?}"
         );
     }
     let _ = observer.check_header();
@@ -511,6 +516,10 @@ fn observer_survives_a_child_scribbling_while_it_snapshots() {
                     pair[0].seq() < pair[1].seq() && pair[0].end() <= pair[1].offset,
                     "{pair:?}"
                 );
+                assert!(
+                    pair[0].seq() + 1 != pair[1].seq() || pair[0].end() == pair[1].offset,
+                    "{pair:?}"
+                );
             }
             let _ = observer.check_header();
             snapshots += 1;
@@ -572,4 +581,103 @@ fn client_never_publishes_a_unit_its_own_table_then_rejects() {
         Client::open(client.into_region(), &CONFIG).is_ok(),
         "the region reopens"
     );
+}
+
+// Forgeries of a unit-table slot with every field in bounds and the
+// sequence number in its own slot, as the hostile child makes them: only
+// the chain rule (FORMAT.md) can tell them from a commit. Units of one
+// length from a blank region: unit `s` lies at stream offset `(s - 1) * len`.
+
+/// Bytes of each unit in the forgery tests.
+const UNIT: u64 = 32;
+
+/// Rewrites unit `seq`'s slot with its own valid tag over a range 8 bytes
+/// into the next unit (so its bytes are the next unit's last `UNIT - 8`),
+/// in the order the hostile child writes: offset, length, tag.
+fn forge_into_next_unit(file: &File, g: &Geometry, seq: u64) {
+    let index = g.slot_of(seq);
+    write_word(file, g.slot_field(index, slot::OFFSET), seq * UNIT + 8);
+    write_word(file, g.slot_field(index, slot::LEN), UNIT - 8);
+    write_word(file, g.slot_field(index, slot::TAG), layout::Tag::valid(seq).0);
+}
+
+/// Overwrites unit `seq`'s whole slot with bytes whose tag has undefined
+/// state bits, as a table attack may.
+fn destroy_slot(file: &File, g: &Geometry, seq: u64) {
+    for (i, field) in SLOT_FIELDS.into_iter().enumerate() {
+        write_word(file, g.slot_field(g.slot_of(seq), field), mix(seq ^ i as u64) | 3);
+    }
+}
+
+/// Observes a region no one writes: Pre, the copy of every Pre unit, Post.
+/// Returns the sequence numbers kept and the units dropped by the chain
+/// rule, after checking that every kept unit's bytes are the ones the
+/// client committed (unit `s` is `seeded_bytes(s - 1, UNIT)`).
+fn observe_units(file: &File) -> (Vec<u64>, u64) {
+    let observer = observe_read_only(file).expect("laid-out region is observable");
+    let mut pre = Vec::new();
+    observer.pre(&mut pre);
+    let copies: Vec<(UnitRef, Vec<u8>)> = pre.iter().map(|u| (*u, observer.copy_unit(u))).collect();
+    let mut kept = Vec::new();
+    let post = observer.post(&pre, &mut kept);
+    for u in &kept {
+        let (_, bytes) = copies
+            .iter()
+            .find(|(p, _)| p == u)
+            .expect("kept units come from Pre");
+        assert_eq!(
+            *bytes,
+            seeded_bytes(u.seq() - 1, UNIT),
+            "kept {u:?}, a unit the client never committed"
+        );
+    }
+    (kept.iter().map(UnitRef::seq).collect(), post.broken_chain)
+}
+
+#[test]
+fn forged_unit_whose_newer_neighbour_was_destroyed_is_not_kept() {
+    // Unit 4 forged 8 bytes into unit 5, unit 5's slot destroyed, unit 6
+    // committed: the forgery overlaps no unit, but it does not start where
+    // unit 3, the one before it, ends.
+    let (mut client, file) = committed_region(&[UNIT as usize; 5]);
+    let g = *client.geometry();
+    forge_into_next_unit(&file, &g, 4);
+    destroy_slot(&file, &g, 5);
+    client.commit(&seeded_bytes(5, UNIT)).expect("unit fits the ring");
+    assert_eq!(observe_units(&file), (vec![6], 4));
+}
+
+#[test]
+fn forged_newest_unit_is_not_kept() {
+    // As above without unit 6: the forgery is the newest unit left, as it
+    // is to a host whose Pre read unit 5's slot before unit 5 was
+    // published. Unit 3 contradicts it, and neither is kept.
+    let (client, file) = committed_region(&[UNIT as usize; 5]);
+    let g = *client.geometry();
+    forge_into_next_unit(&file, &g, 4);
+    destroy_slot(&file, &g, 5);
+    assert_eq!(observe_units(&file), (vec![], 4));
+}
+
+#[test]
+fn forged_unit_overlapping_the_unit_it_lies_in_is_not_kept() {
+    // Unit 4 forged 8 bytes into unit 5, which is intact: the two
+    // contradict each other, so neither is kept; unit 6 is.
+    let (mut client, file) = committed_region(&[UNIT as usize; 5]);
+    let g = *client.geometry();
+    forge_into_next_unit(&file, &g, 4);
+    assert_eq!(observe_units(&file), (vec![], 5));
+    client.commit(&seeded_bytes(5, UNIT)).expect("unit fits the ring");
+    assert_eq!(observe_units(&file), (vec![6], 5));
+}
+
+#[test]
+fn unit_moved_within_its_own_range_to_end_where_the_next_begins_is_not_kept() {
+    // Unit 4 rewritten as its own last 24 bytes: it still ends where unit 5
+    // begins, but no longer begins where unit 3 ends.
+    let (client, file) = committed_region(&[UNIT as usize; 5]);
+    let g = *client.geometry();
+    forge_into_next_unit(&file, &g, 4);
+    write_word(&file, g.slot_field(g.slot_of(4), slot::OFFSET), 3 * UNIT + 8);
+    assert_eq!(observe_units(&file), (vec![5], 4));
 }

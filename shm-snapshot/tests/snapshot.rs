@@ -292,6 +292,30 @@ fn generations_taken_while_a_child_scribbles_on_the_header_all_restore() {
 }
 
 #[test]
+fn generation_taken_while_a_child_scribbles_on_its_commit_count_restores() {
+    use shm_snapshot::layout::header;
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    client.commit(b"kept").unwrap();
+    // The count is only checked by a client attaching, never by the
+    // header check a snapshot makes: a generation must not carry it over.
+    client
+        .region()
+        .file()
+        .write_all_at(&u64::MAX.to_le_bytes(), header::COMMIT_COUNT)
+        .unwrap();
+    let outcome = Snapshotter::default().take(&observer, &mut store).unwrap();
+    assert!(
+        matches!(outcome, Outcome::Persisted { units: 1, .. }),
+        "{outcome:?}"
+    );
+    let restored = restore_and_open(&mut store);
+    assert_eq!(restored.recover().unwrap().last().unwrap().bytes, b"kept");
+}
+
+#[test]
 fn a_unit_with_the_last_sequence_number_persists_and_restores() {
     use shm_snapshot::layout::{Tag, header, limits, slot};
     let dir = tempfile::tempdir().unwrap();

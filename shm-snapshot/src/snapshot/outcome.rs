@@ -111,7 +111,9 @@ pub enum Outcome {
         /// What the observer found wrong.
         anomalies: Anomalies,
         /// Units valid at Pre; non-zero means every one of them changed
-        /// during the copy (a starved attempt).
+        /// during the copy (a starved attempt), or, when
+        /// `anomalies.broken_chain` is non-zero, that the chain rule dropped
+        /// the ones that did not.
         pre_units: usize,
     },
 }

@@ -301,7 +301,8 @@ impl Snapshotter {
         let meta = Meta {
             cursor: newest.end(),
             next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
-            commit_count,
+            // Untrusted too: above 2^62 a client refuses the restored region.
+            commit_count: commit_count.min(layout::limits::MAX_COUNTER),
             units: kept,
         };
         // Everything persisted must restore: a meta that decodes against
