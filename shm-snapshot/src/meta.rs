@@ -402,9 +402,11 @@ mod tests {
             }
         );
 
+        // Units 3 and 4 no longer meet: neither can be trusted, and the
+        // refusal names the newer of the pair (the chain rule drops both).
         let mut m = three_units();
         m.units[1].len = 20;
-        assert_eq!(refusal(&m), MetaError::BrokenChain { slot: 3, seq: 3 });
+        assert_eq!(refusal(&m), MetaError::BrokenChain { slot: 4, seq: 4 });
     }
 
     #[test]
