@@ -151,6 +151,12 @@ pub enum MetaError {
         /// The cursor found.
         cursor: u64,
     },
+    /// The commit count is above the largest a client accepts.
+    #[error("generation meta's commit count {commit_count} is above 2^62")]
+    CommitCountOutOfRange {
+        /// The commit count found.
+        commit_count: u64,
+    },
     /// The next sequence number is not past the newest unit, or is further
     /// past the oldest than the table holds, or above 2^62.
     #[error("generation meta's next sequence number {next_seq} is outside {min}..={max}")]
@@ -271,6 +277,11 @@ impl Meta {
         }
         if meta.cursor > layout::limits::MAX_COUNTER {
             return Err(MetaError::CursorOutOfRange { cursor: meta.cursor });
+        }
+        if meta.commit_count > layout::limits::MAX_COUNTER {
+            return Err(MetaError::CommitCountOutOfRange {
+                commit_count: meta.commit_count,
+            });
         }
         // `check_unit` keeps every seq below 2^62, so neither bound overflows.
         let min = units.last().map_or(1, |u| u.seq() + 1);
@@ -417,6 +428,14 @@ mod tests {
             refusal(&m),
             MetaError::CursorOutOfRange {
                 cursor: layout::limits::MAX_COUNTER + 1
+            }
+        );
+        let mut m = three_units();
+        m.commit_count = layout::limits::MAX_COUNTER + 1;
+        assert_eq!(
+            refusal(&m),
+            MetaError::CommitCountOutOfRange {
+                commit_count: layout::limits::MAX_COUNTER + 1
             }
         );
         let out_of_range = |next_seq| MetaError::NextSeqOutOfRange {
