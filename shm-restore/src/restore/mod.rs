@@ -7,5 +7,5 @@ mod post_mortem;
 mod take_back;
 
 pub use ladder::{OnDamage, When, apply, newest, restore};
-pub use post_mortem::{Left, Persist, post_mortem};
+pub use post_mortem::{Left, Persist, post_mortem, post_mortem_while_busy};
 pub use take_back::take_back;

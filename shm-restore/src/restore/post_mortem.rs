@@ -160,3 +160,27 @@ fn table_anomalies(anomalies: &Anomalies) {
         );
     }
 }
+
+/// The post-mortem while the snapshot thread is busy writing a generation
+/// (a base of a large region takes seconds): the region is made to hold
+/// exactly the units it proves, without the snapshotter, so the program
+/// can start again at once; the units reach the store with the thread's
+/// next generation, and until then the region is ahead of the store
+/// ([`Left::Ahead`]). `None` when the region proves no unit or cannot be
+/// read: that case needs the store, so the caller waits for it.
+pub fn post_mortem_while_busy(region: &HostRegion) -> Result<Option<Left>> {
+    let Ok(Some(observer)) = snapshot::observe_file(region.file()) else {
+        return Ok(None);
+    };
+    let Ok((Some(meta), anomalies)) = snapshot::quiet_meta(&observer) else {
+        return Ok(None);
+    };
+    table_anomalies(&anomalies);
+    snapshot::apply_meta(region.file(), observer.geometry(), &meta)
+        .context("making the region hold the units it proves")?;
+    info!(
+        units = meta.units.len(),
+        "the snapshot thread is writing a generation: relaunching now; these units reach the store with its next one"
+    );
+    Ok(Some(Left::Ahead))
+}

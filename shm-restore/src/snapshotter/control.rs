@@ -153,6 +153,18 @@ impl SnapshotThread {
         lock(&self.shared)
     }
 
+    /// [`SnapshotThread::pause`], unless the thread is in the middle of a
+    /// snapshot: then `None` at once (the thread still stops following the
+    /// run once that snapshot is done).
+    pub fn try_pause(&self) -> Option<MutexGuard<'_, Shared>> {
+        self.control.set(Phase::Paused);
+        match self.shared.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The shared state.
     pub fn shared(&self) -> Arc<Mutex<Shared>> {
         self.shared.clone()

@@ -70,10 +70,7 @@ impl Supervisor {
                 true => Persist::Now,
                 false => Persist::Later,
             };
-            let left = {
-                let mut shared = self.snapshots.pause();
-                restore::post_mortem(&mut shared, &self.region, self.on_damage, persist)?
-            };
+            let left = self.post_mortem(persist)?;
             if chaos_kill && !stopping {
                 // Intentional: no restart limit, no backoff.
                 self.launches.pop();
@@ -146,6 +143,28 @@ impl Supervisor {
                 return Ok(ExitCode::from(ended.code()));
             }
         }
+    }
+
+    /// The post-mortem of the run that just ended. When it may be persisted
+    /// later and the snapshot thread is in the middle of a generation, it
+    /// does not wait for that generation (a base of a large region takes
+    /// seconds): the region is made to hold what it proves and the units
+    /// reach the store with the thread's next generation.
+    fn post_mortem(&mut self, persist: Persist) -> Result<Left> {
+        if persist == Persist::Later {
+            match self.snapshots.try_pause() {
+                Some(mut shared) => {
+                    return restore::post_mortem(&mut shared, &self.region, self.on_damage, persist);
+                }
+                None => {
+                    if let Some(left) = restore::post_mortem_while_busy(&self.region)? {
+                        return Ok(left);
+                    }
+                }
+            }
+        }
+        let mut shared = self.snapshots.pause();
+        restore::post_mortem(&mut shared, &self.region, self.on_damage, persist)
     }
 
     /// After a chaos kill's post-mortem: rebuilds the region from the

@@ -12,4 +12,4 @@ mod snapshotter;
 
 pub use image::{Restored, apply_meta, image_geometry, observe_file, restorable, restorable_head, restore};
 pub use outcome::{ArenaScan, Outcome, RestoreError, SnapshotError};
-pub use snapshotter::Snapshotter;
+pub use snapshotter::{Snapshotter, quiet_meta};

@@ -295,19 +295,7 @@ impl Snapshotter {
     ) -> Result<Outcome, SnapshotError> {
         let newest = *kept.last().expect("kept is not empty");
         let covers = (newest_pre == Some(newest.seq())).then_some(commit_count);
-        // The live next sequence number is untrusted: keep it within what a
-        // client accepts (past the newest unit, at most `slots` past the oldest).
-        let oldest = kept[0].seq();
-        let meta = Meta {
-            cursor: newest.end(),
-            next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
-            // Untrusted too: above 2^62 a client refuses the restored region.
-            commit_count: commit_count.min(layout::limits::MAX_COUNTER),
-            units: kept,
-        };
-        // Everything persisted must restore: a meta that decodes against
-        // this geometry.
-        Meta::decode(&meta.encode(), g)?;
+        let meta = meta_of(g, kept, commit_count, next_seq)?;
         if self.last_units.as_ref() == Some(&meta.units) {
             return Ok(Outcome::Unchanged {
                 anomalies,
@@ -394,4 +382,50 @@ impl Snapshotter {
             bytes_scanned: staged.bytes_scanned,
         })
     }
+}
+
+/// The meta of a generation proving `kept` (not empty, in sequence order),
+/// with the region's counters read before Pre, checked as a restore checks
+/// it.
+fn meta_of(
+    g: &Geometry,
+    kept: Vec<UnitRef>,
+    commit_count: u64,
+    next_seq: u64,
+) -> Result<Meta, SnapshotError> {
+    let newest = *kept.last().expect("kept is not empty");
+    // The live next sequence number is untrusted: keep it within what a
+    // client accepts (past the newest unit, at most `slots` past the oldest).
+    let oldest = kept[0].seq();
+    let meta = Meta {
+        cursor: newest.end(),
+        next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
+        // Untrusted too: above 2^62 a client refuses the restored region.
+        commit_count: commit_count.min(layout::limits::MAX_COUNTER),
+        units: kept,
+    };
+    // Everything persisted must restore: a meta that decodes against this
+    // geometry.
+    Meta::decode(&meta.encode(), g)?;
+    Ok(meta)
+}
+
+/// What a quiet region (no program running on it) proves, without a
+/// snapshotter: the meta of its valid units that pass the checks and the
+/// chain rule, and what was wrong. `None` when no unit is proven. Copies
+/// nothing: for a supervisor that must make a dead program's region hold
+/// exactly its proven units while the snapshotter is busy elsewhere; the
+/// units reach the store with the snapshotter's next generation.
+pub fn quiet_meta(observer: &Observer) -> Result<(Option<Meta>, Anomalies), SnapshotError> {
+    let g = *observer.geometry();
+    observer.check_header()?;
+    let commit_count = observer.commit_count();
+    let next_seq = observer.next_seq();
+    let (mut pre, mut kept) = (Vec::new(), Vec::new());
+    let mut anomalies = observer.pre(&mut pre);
+    anomalies.broken_chain += observer.post(&pre, &mut kept).broken_chain;
+    if kept.is_empty() {
+        return Ok((None, anomalies));
+    }
+    Ok((Some(meta_of(&g, kept, commit_count, next_seq)?), anomalies))
 }
