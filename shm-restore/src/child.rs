@@ -7,10 +7,11 @@
 //! starting it). The child shares the supervisor's memory until it execs,
 //! so nothing of the supervisor's is copied (a fork's page-table copy grows
 //! with the region's shadow). Everything the child does before exec is an
-//! async-signal-safe system call on memory prepared before the clone, and it
-//! writes nothing shared but its own pid's digits: the supervisor is
-//! multi-threaded, so a lock held by another thread (the allocator's, say)
-//! would never be released in the child.
+//! async-signal-safe system call on memory prepared before the clone, and of
+//! the shared memory it writes only its own pid's digits, its stack and the
+//! calling thread's `errno`: the supervisor is multi-threaded, so a lock held
+//! by another thread (the allocator's, say) would never be released in the
+//! child.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -109,10 +110,13 @@ impl Launcher {
             .context("moving the start-up pipe above fd 3")?;
         drop(low_write_end);
         // Every pointer the child uses, taken while allocation is still fine.
+        // Both pointers into `listen_pid` come from one mutable pointer, so
+        // neither invalidates the other.
+        let listen_pid = self.listen_pid.as_mut_ptr();
         let mut envp: Vec<*const libc::c_char> = self.env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(self.listen_pid.as_ptr().cast());
+        envp.push(listen_pid.cast_const().cast());
         envp.push(std::ptr::null());
-        let digits = self.listen_pid[b"LISTEN_PID=".len()..].as_mut_ptr();
+        let digits = listen_pid.wrapping_add(b"LISTEN_PID=".len());
         let child = ChildSetup {
             path: self.path.as_ptr(),
             argv: self.argv.as_ptr(),
@@ -145,11 +149,14 @@ impl Launcher {
         let top = top.wrapping_sub(top as usize % 16);
         // SAFETY: the child runs only `child_main`, which runs
         // `ChildSetup::run`: async-signal-safe system calls on memory
-        // prepared above, writing nothing shared but the pid digits (which
-        // the parent does not read while it waits), and never returns. It
-        // runs on `stack`, which outlives it: CLONE_VFORK suspends this
-        // thread until the child has exec'd or exited, and `stack` is
-        // dropped after that.
+        // prepared above, and never returns. Of the memory it shares with
+        // this process it writes only the pid digits, its stack (`stack`,
+        // ours, unused by anything else) and, through libc, this thread's
+        // `errno` (it has no thread pointer of its own); none of them is
+        // read by this thread while it waits, and `errno` is read below
+        // only when the clone itself failed, when no child ran. CLONE_VFORK
+        // suspends this thread until the child has exec'd or exited, so
+        // `stack` and every buffer the child reads outlive it.
         let pid = unsafe {
             libc::clone(
                 child_main,
@@ -232,7 +239,8 @@ impl ChildSetup {
     /// Must be called only in the child of a clone(CLONE_VM | CLONE_VFORK),
     /// with every pointer valid (they point into the parent's buffers, which
     /// the child shares). Makes only async-signal-safe calls, writes no
-    /// shared memory but `digits`, and never returns.
+    /// shared memory but `digits`, its stack and the caller's `errno`, and
+    /// never returns.
     unsafe fn run(&self) -> ! {
         // SAFETY: every call below is an async-signal-safe system call
         // (POSIX's list, plus Linux's prctl/dup3) on valid arguments; the

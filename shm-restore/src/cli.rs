@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use shm_snapshot::RegionError;
+use shm_snapshot::layout::Geometry;
+
+use crate::region::human;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -147,11 +151,6 @@ pub struct Args {
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
-
-use shm_snapshot::RegionError;
-use shm_snapshot::layout::Geometry;
-
-use crate::region::human;
 
 /// The smallest unit of a region's size: a page.
 const PAGE: u64 = shm_snapshot::layout::PAGE;

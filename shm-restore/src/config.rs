@@ -10,6 +10,7 @@ use shm_snapshot::store::StoreOptions;
 
 use crate::chaos::Chaos;
 use crate::cli::{Args, Fsync, Restart};
+use crate::group::Ended;
 use crate::restore::OnDamage;
 
 /// Everything the supervisor's run needs, resolved from [`Args`].
@@ -61,6 +62,17 @@ pub struct Snapshots {
     pub continuous: bool,
     /// How changed arena chunks are found.
     pub arena_scan: ArenaScan,
+}
+
+impl RestartPolicy {
+    /// Whether a program that ended so is started again (the limit aside).
+    pub fn relaunches(&self, ended: Ended) -> bool {
+        match self.when {
+            Restart::Never => false,
+            Restart::OnFailure => ended != Ended::Exited(0),
+            Restart::Always => true,
+        }
+    }
 }
 
 impl Config {

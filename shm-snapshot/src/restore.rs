@@ -125,12 +125,19 @@ impl Generation {
 /// [`Store::load_newest_with`] and [`Store::prune_to_with`]. An image of
 /// another length passes: see [`Restorable::OtherSize`].
 pub fn acceptance(region_len: Option<u64>) -> impl FnMut(&[u8], &[u8]) -> Result<(), String> {
-    move |image, meta| {
-        if region_len.is_some_and(|len| image.len() as u64 != len) {
-            return Ok(());
-        }
-        snapshot::restorable(image, meta)
+    move |image, meta| accepted(image, meta, region_len).map(drop)
+}
+
+/// The rule behind [`acceptance`]: `Ok(None)` for an image of another
+/// length than `region_len`, else the image's geometry and its meta decoded
+/// against it ([`snapshot::restorable`]'s checks), or why not.
+fn accepted(image: &[u8], meta: &[u8], region_len: Option<u64>) -> Result<Option<(Geometry, Meta)>, String> {
+    if region_len.is_some_and(|len| image.len() as u64 != len) {
+        return Ok(None);
     }
+    let geometry = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
+    let meta = Meta::decode(meta, &geometry).map_err(|e| e.to_string())?;
+    Ok(Some((geometry, meta)))
 }
 
 /// What a supervisor would restore from `store` into a region of
@@ -142,14 +149,9 @@ pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<R
     // accepted is the one loaded, so nothing is decoded twice.
     let mut decoded: Option<(Geometry, Meta)> = None;
     let accept = |image: &[u8], meta: &[u8]| {
-        decoded = None;
-        if region_len.is_some_and(|len| image.len() as u64 != len) {
-            return Ok(());
-        }
-        let geometry = snapshot::image_geometry(image).map_err(|e| e.to_string())?;
-        let meta = Meta::decode(meta, &geometry).map_err(|e| e.to_string())?;
-        decoded = Some((geometry, meta));
-        Ok(())
+        let result = accepted(image, meta, region_len);
+        decoded = result.as_ref().ok().cloned().flatten();
+        result.map(drop)
     };
     let loaded = match store.load_newest_with(accept) {
         Ok(Some(loaded)) => loaded,

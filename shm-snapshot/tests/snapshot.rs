@@ -439,3 +439,95 @@ fn a_restore_writes_only_the_pages_that_differ_and_leaves_what_a_full_rewrite_wo
     );
     assert!(read(region.file()) == read(full.file()));
 }
+
+/// The payloads a client recovers from the newest generation in `store`.
+fn newest_payloads(store: &mut Store) -> Vec<Vec<u8>> {
+    persisted_units(store)
+        .into_iter()
+        .map(|(_, bytes)| bytes)
+        .collect()
+}
+
+#[test]
+fn a_staged_generation_is_persisted_as_it_was_staged_though_the_region_moved_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::default();
+    client.commit(b"first").unwrap();
+    let staged = snapshotter.stage(&observer, &mut store).unwrap();
+    assert!(matches!(staged, Outcome::Staged { units: 1, .. }), "{staged:?}");
+    assert!(snapshotter.has_staged());
+    assert!(store.generations().is_empty(), "staging writes nothing");
+    client.commit(b"second").unwrap();
+    let persisted = snapshotter.persist_staged(&mut store).unwrap();
+    assert!(
+        matches!(persisted, Some(Outcome::Persisted { units: 1, .. })),
+        "{persisted:?}"
+    );
+    assert!(!snapshotter.has_staged());
+    assert_eq!(newest_payloads(&mut store), [b"first".to_vec()]);
+    assert!(
+        snapshotter.persist_staged(&mut store).unwrap().is_none(),
+        "nothing waits"
+    );
+}
+
+#[test]
+fn a_snapshot_proving_the_units_persisted_last_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::default();
+    client.commit(b"one").unwrap();
+    assert!(matches!(
+        snapshotter.take(&observer, &mut store).unwrap(),
+        Outcome::Persisted { .. }
+    ));
+    let unchanged = snapshotter.take(&observer, &mut store).unwrap();
+    assert!(matches!(unchanged, Outcome::Unchanged { .. }), "{unchanged:?}");
+    assert_eq!(store.generations().len(), 1);
+    client.commit(b"two").unwrap();
+    assert!(matches!(
+        snapshotter.take(&observer, &mut store).unwrap(),
+        Outcome::Persisted { .. }
+    ));
+    assert_eq!(store.generations().len(), 2);
+
+    // A restore tells the snapshotter what the region holds: the same
+    // units proven again are nothing new either.
+    let region = Region::anonymous(REGION).unwrap();
+    let loaded = store.load_newest().unwrap().expect("a generation");
+    snapshot::restore(region.file(), &loaded).unwrap();
+    let g = snapshot::image_geometry(&loaded.image).unwrap();
+    let mut fresh = Snapshotter::default();
+    fresh.restored(&Meta::decode(&loaded.meta, &g).unwrap());
+    let again = fresh.take(&observe(region.file()), &mut store).unwrap();
+    assert!(matches!(again, Outcome::Unchanged { .. }), "{again:?}");
+    assert_eq!(store.generations().len(), 2);
+}
+
+#[test]
+fn after_a_failed_persist_the_same_units_are_persisted_again() {
+    use shm_snapshot::store::{FaultPlan, FaultyIo, IoOp, RealIo};
+    let dir = tempfile::tempdir().unwrap();
+    let (io, faults) = FaultyIo::new(Box::new(RealIo));
+    let mut store = Store::open_with_io(dir.path(), options(), Box::new(io)).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::default();
+    client.commit(b"kept").unwrap();
+    assert!(matches!(
+        snapshotter.stage(&observer, &mut store).unwrap(),
+        Outcome::Staged { .. }
+    ));
+    faults.arm(FaultPlan::once(&[IoOp::Write], 0));
+    assert!(snapshotter.persist_staged(&mut store).is_err());
+    assert!(!snapshotter.has_staged(), "a failed generation is dropped");
+    faults.heal();
+    let retried = snapshotter.take(&observer, &mut store).unwrap();
+    assert!(
+        matches!(retried, Outcome::Persisted { units: 1, .. }),
+        "{retried:?}"
+    );
+    assert_eq!(newest_payloads(&mut store), [b"kept".to_vec()]);
+}

@@ -84,6 +84,16 @@ fn killed_child_is_relaunched_and_recovers_every_committed_unit() {
     sup.signal(libc::SIGTERM);
     let status = sup.wait();
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{}", sup.transcript());
+    // The store, not only the region, holds every unit committed.
+    let loaded = shm_snapshot_tests::torture::open_store(&dir.path().join("state"))
+        .load_newest()
+        .unwrap()
+        .expect("a generation");
+    let stored: Vec<String> = shm_snapshot_tests::torture::units_of(&loaded)
+        .iter()
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .collect();
+    assert_eq!(stored, committed(&sup), "{}", sup.transcript());
 }
 
 #[test]

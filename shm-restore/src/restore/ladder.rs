@@ -36,6 +36,9 @@ pub enum When {
 /// Reads what a supervisor would restore into `region`, reporting by cause
 /// every newer generation skipped on the way. The region is not touched.
 pub fn newest(shared: &mut Shared, region: &HostRegion) -> Result<Restorable> {
+    // What the shadow holds for the store goes there first: the restore
+    // must see it, and the shadow is about to be forgotten.
+    super::post_mortem::persist_pending(shared);
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
     let restorable = restore::newest_restorable(&mut shared.store, Some(region.len()))?;

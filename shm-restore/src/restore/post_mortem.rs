@@ -55,6 +55,11 @@ pub fn post_mortem(
     persist: Persist,
 ) -> Result<Left> {
     let started = Instant::now();
+    // A generation the last post-mortem took and the snapshot thread has
+    // not persisted yet (the program died again first) goes to the store
+    // before anything else: a new window would overwrite its bytes in the
+    // shadow, and a restore from disk must find it.
+    persist_pending(shared);
     let restore = |shared: &mut Shared| {
         ladder::restore(shared, region, on_damage, When::AfterDeath).map(|()| Left::Restored)
     };
@@ -183,4 +188,26 @@ pub fn post_mortem_while_busy(region: &HostRegion) -> Result<Option<Left>> {
         "the snapshot thread is writing a generation: relaunching now; these units reach the store with its next one"
     );
     Ok(Some(Left::Ahead))
+}
+
+/// Persists the generation staged in the shadow, if one waits, logging and
+/// counting it like any other.
+pub fn persist_pending(shared: &mut Shared) {
+    let started = Instant::now();
+    let Shared {
+        store,
+        snapshotter,
+        stats,
+    } = shared;
+    match crate::snapshotter::persist_staged(snapshotter, store, stats) {
+        Ok(Some(generation)) => info!(
+            generation,
+            ms = started.elapsed().as_millis() as u64,
+            "generation persisted (taken after an earlier death)"
+        ),
+        Ok(None) => {}
+        Err(e) => error!(
+            "could not persist the generation taken after an earlier death: {e}; the region is ahead of the store"
+        ),
+    }
 }

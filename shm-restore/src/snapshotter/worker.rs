@@ -195,11 +195,14 @@ impl Worker {
             stats,
         } = &mut *shared;
         match persist_staged(snapshotter, store, stats) {
-            Ok(Some(generation)) => info!(
-                generation,
-                ms = started.elapsed().as_millis() as u64,
-                "generation persisted (taken after the death, persisted after the relaunch)"
-            ),
+            Ok(Some(generation)) => {
+                info!(
+                    generation,
+                    ms = started.elapsed().as_millis() as u64,
+                    "generation persisted (taken after the death, persisted after the relaunch)"
+                );
+                self.store_failing = false;
+            }
             Ok(None) => {}
             Err(e) => {
                 error!(

@@ -15,7 +15,6 @@ use super::one_run::RunEnd;
 use super::pace::{QUICK_PER_SECOND, QuickRelaunches};
 use crate::chaos::{self, Chaos};
 use crate::child::Launcher;
-use crate::cli::Restart;
 use crate::config::RestartPolicy;
 use crate::group::{Ended, reap, signal_name};
 use crate::region::HostRegion;
@@ -62,13 +61,19 @@ impl Supervisor {
             let stopping = self.stop.is_some();
             let chaos_kill =
                 (self.chaos.as_mut()).is_some_and(|c| c.ended(ended, stopping, self.region.file()));
-            // The disk stays off the relaunch's path unless the next region
-            // is to be read back from it, there is no relaunch, or no
-            // snapshot thread follows the next run to persist it.
-            let disk_next = chaos_kill && self.chaos.as_ref().is_some_and(Chaos::plans_disk_relaunch);
-            let persist = match stopping || disk_next || !self.snapshots.is_continuous() {
-                true => Persist::Now,
-                false => Persist::Later,
+            // The disk stays off the relaunch's path when a relaunch follows
+            // at once (a chaos kill, or a death after progress that the
+            // policy relaunches) and the snapshot thread will follow it to
+            // persist the generation. Otherwise (a stop, a backoff, the end,
+            // chaos mode reading the next region back from disk, no
+            // snapshot thread) it is persisted now.
+            let relaunch_at_once = match chaos_kill {
+                true => !self.chaos.as_ref().is_some_and(Chaos::plans_disk_relaunch),
+                false => commits > 0 && policy.relaunches(ended),
+            };
+            let persist = match !stopping && relaunch_at_once && self.snapshots.is_continuous() {
+                true => Persist::Later,
+                false => Persist::Now,
             };
             let left = self.post_mortem(persist)?;
             if chaos_kill && !stopping {
@@ -86,10 +91,8 @@ impl Supervisor {
                 return Ok(ExitCode::from(ended.code()));
             }
             let success = ended == Ended::Exited(0);
-            match policy.when {
-                Restart::Never => return Ok(ExitCode::from(ended.code())),
-                Restart::OnFailure if success => return Ok(ExitCode::SUCCESS),
-                _ => {}
+            if !policy.relaunches(ended) {
+                return Ok(ExitCode::from(ended.code()));
             }
             if commits > 0 {
                 // Progress: a kill or a crash of a working program.

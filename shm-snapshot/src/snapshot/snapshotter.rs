@@ -76,6 +76,10 @@ impl Snapshotter {
     /// and offers every chunk. Call it after rewriting the region (restoring
     /// a generation).
     pub fn forget(&mut self) {
+        debug_assert!(
+            self.staged.is_none(),
+            "a staged generation is persisted (persist_staged) before the shadow is forgotten"
+        );
         self.shadow_geometry = None;
         self.staged = None;
         self.last_units = None;
@@ -399,7 +403,11 @@ fn meta_of(
     let oldest = kept[0].seq();
     let meta = Meta {
         cursor: newest.end(),
-        next_seq: next_seq.clamp(newest.seq() + 1, oldest + g.slots),
+        // (`check_unit` keeps every seq below 2^62, so the bounds are in order.)
+        next_seq: next_seq.clamp(
+            newest.seq() + 1,
+            (oldest + g.slots).min(layout::limits::MAX_COUNTER),
+        ),
         // Untrusted too: above 2^62 a client refuses the restored region.
         commit_count: commit_count.min(layout::limits::MAX_COUNTER),
         units: kept,

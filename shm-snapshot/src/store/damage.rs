@@ -47,7 +47,7 @@ impl Damage {
     /// is damaged, or its chain is inconsistent with a sound parent) it is
     /// a cause.
     pub fn group(failures: Vec<(u64, StoreError)>, present: impl Fn(u64) -> bool) -> Damage {
-        use std::collections::BTreeMap;
+        use std::collections::{BTreeMap, BTreeSet};
         let needs: BTreeMap<u64, u64> = failures
             .iter()
             .filter_map(|(n, e)| match e {
@@ -55,16 +55,16 @@ impl Damage {
                 _ => None,
             })
             .collect();
-        let failed: BTreeMap<u64, ()> = failures.iter().map(|(n, _)| (*n, ())).collect();
+        let failed: BTreeSet<u64> = failures.iter().map(|(n, _)| *n).collect();
         // Which needed generation is unusable: a failure, or not there.
-        let unusable = |n: u64| failed.contains_key(&n) || !present(n);
+        let unusable = |n: u64| failed.contains(&n) || !present(n);
         // The cause behind `n`: follow what it needs while that is
         // unusable. Chains only point to older generations, so this ends;
         // the step bound guards against a malformed cycle all the same.
         let root = |mut n: u64| {
             for _ in 0..=failures.len() {
                 match needs.get(&n) {
-                    Some(&parent) if unusable(parent) && failed.contains_key(&parent) => n = parent,
+                    Some(&parent) if unusable(parent) && failed.contains(&parent) => n = parent,
                     Some(&parent) if unusable(parent) => return (n, Some(parent)),
                     _ => return (n, None),
                 }
