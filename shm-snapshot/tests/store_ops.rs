@@ -1046,7 +1046,8 @@ mod peek {
             1..1000u64,
             0..1000u64,
             proptest::collection::vec((0..300u64, any::<u64>()), 0..=SLOTS as usize),
-            any::<u64>(),
+            // Any count a client accepts (at most 2^62).
+            0..=shm_snapshot::layout::limits::MAX_COUNTER,
             any::<u64>(),
         )
             .prop_map(|(first_seq, start, units, commit_count, order)| {
