@@ -41,13 +41,30 @@ fn child_that_stops_committing_is_killed_after_the_timeout_and_recovers_its_unit
         quiet_since.elapsed()
     );
     assert!(hung.contains("heartbeat unchanged for"), "{hung}");
-    sup.expect_err("killed by SIGKILL");
-    let second = child_pid(&sup.expect_out("pid "));
+    sup.seen_or_expect(Stream::Err, |l| l.contains("killed by SIGKILL"), "the kill");
+    // The second run (stdout is one ordered stream; on a loaded machine
+    // later runs' lines may have been read already while waiting for the
+    // log, so they are picked out of what was seen).
+    let first_line = format!("pid {first}");
+    let second = child_pid(&sup.seen_or_expect(
+        Stream::Out,
+        |l| l.starts_with("pid ") && l != first_line,
+        "the second run's pid",
+    ));
     assert_ne!(second, first);
     assert!(is_gone(first));
-    sup.expect_out("ready");
-    let recovered: Vec<String> = sup
-        .lines(Stream::Out)
+    let second_line = format!("pid {second}");
+    let second_run = |sup: &Proc| -> Option<Vec<String>> {
+        let out = sup.lines(Stream::Out);
+        let start = out.iter().position(|l| *l == second_line)?;
+        let end = start + out[start..].iter().position(|l| l == "ready")?;
+        Some(out[start..end].to_vec())
+    };
+    while second_run(&sup).is_none() {
+        sup.expect_out("ready");
+    }
+    let recovered: Vec<String> = second_run(&sup)
+        .expect("seen")
         .iter()
         .filter_map(|l| l.strip_prefix("recovered "))
         .map(|r| r.split_once(' ').expect("id payload").1.to_owned())
