@@ -303,3 +303,13 @@ pub fn generation_files(store: &Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// Whether a supervisor's log line says the units a program committed
+/// before its death are in the store or on their way there: a generation
+/// persisted, nothing new since the last one, or (while the snapshot thread
+/// was writing one) units that come with its next generation.
+pub fn units_in_store_after_death(line: &str) -> bool {
+    line.contains("generation persisted")
+        || line.contains("nothing committed since the last generation")
+        || line.contains("these units reach the store with its next one")
+}

@@ -68,11 +68,7 @@ fn killed_child_is_relaunched_and_recovers_every_committed_unit() {
     assert_ne!(second, pid);
     sup.seen_or_expect(
         Stream::Err,
-        |l| {
-            l.contains("generation persisted")
-                || l.contains("nothing committed since the last generation")
-                || l.contains("these units reach the store with its next one")
-        },
+        shm_snapshot_tests::units_in_store_after_death,
         "the units committed before the death in the store",
     );
     while sup.lines(Stream::Out).iter().filter(|l| *l == "done").count() < 2 {

@@ -263,11 +263,7 @@ fn memory_ahead_of_disk_by(dir: &std::path::Path, commits: u32) -> File {
     // Persisted by the snapshot thread once the relaunched program runs.
     sup.seen_or_expect(
         Stream::Err,
-        |l| {
-            l.contains("generation persisted")
-                || l.contains("nothing committed since the last generation")
-                || l.contains("these units reach the store with its next one")
-        },
+        shm_snapshot_tests::units_in_store_after_death,
         "the units committed before the death in the store",
     );
     assert_eq!(recovered(&sup).last(), Some(&format!("unit-{}", commits - 1)));

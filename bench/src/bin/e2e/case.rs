@@ -62,8 +62,6 @@ const START_PATIENCE: Duration = Duration::from_secs(60);
 const EXIT_PATIENCE: Duration = Duration::from_secs(60);
 /// How long to wait for the rest of its log once it has exited.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
-/// Log lines quoted when a case fails.
-const TAIL_LINES: usize = 20;
 
 /// The supervisor's log line announcing that the program runs.
 const CHILD_STARTED: &str = "child started";
@@ -286,13 +284,7 @@ impl Supervisor {
     /// The last log lines, for a failure message.
     fn tail(&mut self) -> String {
         self.drain(Duration::from_millis(100));
-        let from = self.seen.len().saturating_sub(TAIL_LINES);
-        let lines: Vec<String> = self.seen[from..].iter().map(|l| format!("  | {l}")).collect();
-        if lines.is_empty() {
-            "  (shm-restore logged nothing)".into()
-        } else {
-            format!("shm-restore's last log lines:\n{}", lines.join("\n"))
-        }
+        shm_snapshot_bench::log::tail(&self.seen)
     }
 }
 

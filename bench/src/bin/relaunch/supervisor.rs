@@ -13,8 +13,6 @@ use rustix::process::{Pid, Signal, kill_process};
 
 /// How long the supervisor may take to exit once both its pipes closed.
 const EXIT_AFTER_EOF: Duration = Duration::from_secs(5);
-/// Log lines quoted when a case fails.
-const TAIL_LINES: usize = 20;
 /// The supervisor's log line when it stops relaunching (`shm-restore/src/supervise/lifecycle.rs`).
 const RESTART_LIMIT: &str = "restart limit reached";
 
@@ -145,13 +143,7 @@ impl Supervisor {
                 self.log.push(line);
             }
         }
-        let from = self.log.len().saturating_sub(TAIL_LINES);
-        let lines: Vec<String> = self.log[from..].iter().map(|l| format!("  | {l}")).collect();
-        if lines.is_empty() {
-            "  (shm-restore logged nothing)".into()
-        } else {
-            format!("shm-restore's last log lines:\n{}", lines.join("\n"))
-        }
+        shm_snapshot_bench::log::tail(&self.log)
     }
 }
 
