@@ -147,16 +147,17 @@ impl Launcher {
         let mut stack = vec![0u8; CHILD_STACK];
         let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK);
         let top = top.wrapping_sub(top as usize % 16);
-        // SAFETY: the child runs only `child_main`, which runs
-        // `ChildSetup::run`: async-signal-safe system calls on memory
-        // prepared above, and never returns. Of the memory it shares with
-        // this process it writes only the pid digits, its stack (`stack`,
-        // ours, unused by anything else) and, through libc, this thread's
-        // `errno` (it has no thread pointer of its own); none of them is
-        // read by this thread while it waits, and `errno` is read below
-        // only when the clone itself failed, when no child ran. CLONE_VFORK
-        // suspends this thread until the child has exec'd or exited, so
-        // `stack` and every buffer the child reads outlive it.
+        // The child runs only `child_main`, which runs `ChildSetup::run`:
+        // async-signal-safe system calls on memory prepared above, and never
+        // returns. Of the memory it shares with this process it writes only
+        // the pid digits, its stack (`stack`, ours, unused by anything else)
+        // and, through libc, this thread's `errno` (it has no thread pointer
+        // of its own); none of them is read by this thread while it waits,
+        // and `errno` is read below only when the clone itself failed, when
+        // no child ran.
+        // SAFETY: as argued above; CLONE_VFORK suspends this thread until the
+        // child has exec'd or exited, so `stack` and every buffer it reads
+        // outlive it.
         let pid = unsafe {
             libc::clone(
                 child_main,
@@ -242,11 +243,11 @@ impl ChildSetup {
     /// shared memory but `digits`, its stack and the caller's `errno`, and
     /// never returns.
     unsafe fn run(&self) -> ! {
+        // Signal dispositions and the descriptor table changed below are the
+        // child's own (no CLONE_SIGHAND, no CLONE_FILES).
         // SAFETY: every call below is an async-signal-safe system call
         // (POSIX's list, plus Linux's prctl/dup3) on valid arguments; the
-        // buffers behind the pointers were built before the clone. Signal
-        // dispositions and the descriptor table are the child's own (no
-        // CLONE_SIGHAND, no CLONE_FILES).
+        // buffers behind the pointers were built before the clone.
         unsafe {
             if libc::setpgid(0, 0) != 0 {
                 self.fail(0);
