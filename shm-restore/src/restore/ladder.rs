@@ -38,7 +38,7 @@ pub enum When {
 pub fn newest(shared: &mut Shared, region: &HostRegion) -> Result<Restorable> {
     // What the shadow holds for the store goes there first: the restore
     // must see it, and the shadow is about to be forgotten.
-    super::post_mortem::persist_pending(shared);
+    shared.persist_staged();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
     let restorable = restore::newest_restorable(&mut shared.store, Some(region.len()))?;

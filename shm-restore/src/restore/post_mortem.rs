@@ -59,7 +59,7 @@ pub fn post_mortem(
     // not persisted yet (the program died again first) goes to the store
     // before anything else: a new window would overwrite its bytes in the
     // shadow, and a restore from disk must find it.
-    persist_pending(shared);
+    shared.persist_staged();
     let restore = |shared: &mut Shared| {
         ladder::restore(shared, region, on_damage, When::AfterDeath).map(|()| Left::Restored)
     };
@@ -77,7 +77,8 @@ pub fn post_mortem(
     if let Ok(outcome) = &taken {
         shared.stats.persisted(outcome);
     }
-    match taken {
+    // What the region is to hold exactly, and what that leaves.
+    let (left, anomalies, meta, geometry) = match taken {
         Ok(Outcome::Persisted {
             persisted,
             units,
@@ -94,10 +95,7 @@ pub fn post_mortem(
                 ms = started.elapsed().as_millis() as u64,
                 "generation persisted"
             );
-            table_anomalies(&anomalies);
-            snapshot::apply_meta(region.file(), &geometry, &meta)
-                .context("making the region hold the persisted generation")?;
-            Ok(Left::Persisted(persisted.number))
+            (Left::Persisted(persisted.number), anomalies, meta, geometry)
         }
         Ok(Outcome::Staged {
             units,
@@ -110,10 +108,7 @@ pub fn post_mortem(
                 ms = started.elapsed().as_millis() as u64,
                 "generation taken; it is persisted once the program runs again"
             );
-            table_anomalies(&anomalies);
-            snapshot::apply_meta(region.file(), &geometry, &meta)
-                .context("making the region hold the generation taken")?;
-            Ok(Left::Staged)
+            (Left::Staged, anomalies, meta, geometry)
         }
         Ok(Outcome::Unchanged {
             anomalies,
@@ -125,36 +120,37 @@ pub fn post_mortem(
                 generation = current,
                 "nothing committed since the last generation: nothing new to persist"
             );
-            table_anomalies(&anomalies);
-            snapshot::apply_meta(region.file(), &geometry, &meta)
-                .context("making the region hold the last generation's units")?;
-            Ok(Left::Unchanged(current))
+            (Left::Unchanged(current), anomalies, meta, geometry)
         }
         Ok(Outcome::NoConsistentUnit { anomalies, .. }) => {
             if !anomalies.is_clean() {
                 warn!(?anomalies, "the region's unit table had corrupt entries");
             }
             info!("no committed unit in the region: nothing new to persist");
-            restore(shared)
+            return restore(shared);
         }
         Ok(other) => bail!("unexpected snapshot outcome {other:?}"),
         Err(SnapshotError::Region(e)) => {
             warn!("the region is not usable ({e}); restoring the newest generation");
-            restore(shared)
+            return restore(shared);
         }
         Err(SnapshotError::Meta(e)) => {
             warn!("the region is not usable ({e}); restoring the newest generation");
-            restore(shared)
+            return restore(shared);
         }
         Err(e @ SnapshotError::Store(_)) => {
             // The region still holds every committed unit; the program
             // recovers them from memory, and the store keeps its last
             // good generation.
             error!("could not persist a generation: {e}; the region is kept as it is");
-            Ok(Left::Ahead)
+            return Ok(Left::Ahead);
         }
-        Err(e) => Err(e.into()),
-    }
+        Err(e) => return Err(e.into()),
+    };
+    table_anomalies(&anomalies);
+    snapshot::apply_meta(region.file(), &geometry, &meta)
+        .context("making the region hold exactly the units it proves")?;
+    Ok(left)
 }
 
 fn table_anomalies(anomalies: &Anomalies) {
@@ -188,26 +184,4 @@ pub fn post_mortem_while_busy(region: &HostRegion) -> Result<Option<Left>> {
         "the snapshot thread is writing a generation: relaunching now; these units reach the store with its next one"
     );
     Ok(Some(Left::Ahead))
-}
-
-/// Persists the generation staged in the shadow, if one waits, logging and
-/// counting it like any other.
-pub fn persist_pending(shared: &mut Shared) {
-    let started = Instant::now();
-    let Shared {
-        store,
-        snapshotter,
-        stats,
-    } = shared;
-    match crate::snapshotter::persist_staged(snapshotter, store, stats) {
-        Ok(Some(generation)) => info!(
-            generation,
-            ms = started.elapsed().as_millis() as u64,
-            "generation persisted (taken after an earlier death)"
-        ),
-        Ok(None) => {}
-        Err(e) => error!(
-            "could not persist the generation taken after an earlier death: {e}; the region is ahead of the store"
-        ),
-    }
 }

@@ -18,4 +18,4 @@ mod shared;
 mod worker;
 
 pub use control::SnapshotThread;
-pub use shared::{Shared, lock, persist_staged};
+pub use shared::{Shared, lock};

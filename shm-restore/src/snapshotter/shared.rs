@@ -4,9 +4,9 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shm_snapshot::snapshot::{Outcome, SnapshotError, Snapshotter};
+use shm_snapshot::snapshot::{Outcome, Snapshotter};
 use shm_snapshot::store::Store;
-use tracing::info;
+use tracing::{error, info};
 
 use crate::lag::LagHistogram;
 
@@ -87,19 +87,42 @@ impl Stats {
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
-/// Persists the generation staged in `snapshotter`, if any, counting it:
-/// its number.
-pub fn persist_staged(
-    snapshotter: &mut Snapshotter,
-    store: &mut Store,
-    stats: &mut Stats,
-) -> Result<Option<u64>, SnapshotError> {
-    let Some(outcome) = snapshotter.persist_staged(store)? else {
-        return Ok(None);
-    };
-    stats.persisted(&outcome);
-    Ok(match outcome {
-        Outcome::Persisted { persisted, .. } => Some(persisted.number),
-        _ => None,
-    })
+/// What [`Shared::persist_staged`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagedPersist {
+    /// No generation was staged.
+    Nothing,
+    /// The staged generation is in the store.
+    Persisted,
+    /// Writing it failed (logged); the region is ahead of the store.
+    Failed,
+}
+
+impl Shared {
+    /// Persists the generation a post-mortem staged in the shadow, if one
+    /// waits: counted and logged like any generation, a failure logged as
+    /// the region being ahead of the store.
+    pub fn persist_staged(&mut self) -> StagedPersist {
+        let started = Instant::now();
+        match self.snapshotter.persist_staged(&mut self.store) {
+            Ok(None) => StagedPersist::Nothing,
+            Ok(Some(outcome)) => {
+                self.stats.persisted(&outcome);
+                if let Outcome::Persisted { persisted, .. } = &outcome {
+                    info!(
+                        generation = persisted.number,
+                        ms = started.elapsed().as_millis() as u64,
+                        "generation persisted (taken after a death)"
+                    );
+                }
+                StagedPersist::Persisted
+            }
+            Err(e) => {
+                error!(
+                    "could not persist the generation taken after a death: {e}; the region is ahead of the store (nothing is lost while the supervisor runs)"
+                );
+                StagedPersist::Failed
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use shm_snapshot::{Anomalies, Observer};
 use tracing::{debug, error, info, warn};
 
 use super::control::{Control, Phase};
-use super::shared::{Shared, lock, persist_staged};
+use super::shared::{Shared, StagedPersist, lock};
 
 /// Polling delays while the commit count stands still: start short so a
 /// burst of commits is followed closely; past `POLL_MAX` of quiet, sleep on
@@ -188,29 +188,13 @@ impl Worker {
         if self.control.get() != Phase::Running(run) || !shared.snapshotter.has_staged() {
             return;
         }
-        let started = Instant::now();
-        let Shared {
-            store,
-            snapshotter,
-            stats,
-        } = &mut *shared;
-        match persist_staged(snapshotter, store, stats) {
-            Ok(Some(generation)) => {
-                info!(
-                    generation,
-                    ms = started.elapsed().as_millis() as u64,
-                    "generation persisted (taken after the death, persisted after the relaunch)"
-                );
-                self.store_failing = false;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                error!(
-                    "could not persist the generation taken after the death: {e}; the region is ahead of the store (nothing is lost while the supervisor runs)"
-                );
+        match shared.persist_staged() {
+            StagedPersist::Persisted => self.store_failing = false,
+            StagedPersist::Failed => {
                 self.store_failing = true;
-                self.failing_after = stats.generations;
+                self.failing_after = shared.stats.generations;
             }
+            StagedPersist::Nothing => {}
         }
     }
 

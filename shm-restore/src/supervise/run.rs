@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use shm_snapshot::snapshot::Snapshotter;
 use shm_snapshot::store::Store;
-use tracing::{error, info};
 
 use super::events::Events;
 use super::lifecycle::Supervisor;
@@ -89,16 +88,7 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         let shared = supervisor.snapshots.shared();
         let mut shared = snapshotter::lock(&shared);
         // A generation the last post-mortem took and no run followed.
-        let Shared {
-            store,
-            snapshotter,
-            stats,
-        } = &mut *shared;
-        match snapshotter::persist_staged(snapshotter, store, stats) {
-            Ok(Some(generation)) => info!(generation, "generation persisted"),
-            Ok(None) => {}
-            Err(e) => error!("could not persist the last generation: {e}; the store keeps its last good one"),
-        }
+        shared.persist_staged();
         shared.stats.log_summary();
         shared.stats.generations
     };
