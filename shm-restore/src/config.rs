@@ -82,11 +82,11 @@ impl Config {
             store: StoreOptions {
                 keep: usize::try_from(args.keep).unwrap_or(usize::MAX),
                 fsync: args.fsync == Fsync::Always,
-                // Bases come from the chain's weight (the store writes one
-                // when the deltas since the last outweigh the region), not
-                // from a count: at hundreds of generations a second a count
-                // would mean a full copy every few milliseconds.
-                full_every: u32::MAX,
+                // The snapshot thread appends and goes on; the store's sync
+                // thread makes generations durable in groups, and the
+                // snapshot thread learns when from `take_synced`.
+                wait_for_sync: false,
+                ..StoreOptions::default()
             },
             store_dir: args.snapshot,
             size: args.size,

@@ -28,8 +28,9 @@ struct GenerationJson {
     created_ms: Option<u64>,
     created: Option<String>,
     kind: Option<&'static str>,
-    base: Option<u64>,
     parent: Option<u64>,
+    /// The file holding it: its base file, or its segment.
+    file: Option<String>,
     units: Option<usize>,
     region_bytes: Option<u64>,
     bytes_on_disk: u64,
@@ -106,8 +107,10 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
                 created_ms: info.map(|i| i.created_ms),
                 created: info.map(|i| show::time(i.created_ms)),
                 kind,
-                base: info.map(|i| i.base()),
                 parent,
+                file: info
+                    .and_then(|i| i.path.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
                 units: units_of(c).map(|m| m.units.len()),
                 region_bytes: info.map(|i| i.region_len),
                 bytes_on_disk: c.bytes,

@@ -30,7 +30,12 @@ pub fn run(a: &Prune) -> Result<ExitCode> {
         .prune_to_with(keep, restore::acceptance(None))
         .with_context(|| format!("cannot prune {} (nothing was removed)", a.dir.display()))?;
     for r in &pruned.removed {
-        println!("removed generation {} ({})", r.number, human(r.bytes));
+        println!(
+            "removed {} ({}, {})",
+            r.path.display(),
+            count(r.generations, "generation"),
+            human(r.bytes)
+        );
     }
     let left = store.generations().len();
     let newest = pruned
@@ -38,7 +43,7 @@ pub fn run(a: &Prune) -> Result<ExitCode> {
         .map_or_else(|| "none".to_owned(), |n| n.to_string());
     println!(
         "removed {}, freed {}; {left} left, newest verified: {newest}",
-        count(pruned.removed.len(), "generation"),
+        count(pruned.generations_removed(), "generation"),
         human(pruned.bytes_freed())
     );
     for e in &pruned.errors {

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shm_snapshot::snapshot::{self, Outcome, SnapshotError};
+use shm_snapshot::store::Store;
 use shm_snapshot::{Anomalies, Observer};
 use tracing::{debug, error, info, warn};
 
 use super::control::{Control, Phase};
-use super::shared::{Shared, StagedPersist, lock};
+use super::shared::{Shared, StagedPersist, Stats, lock};
 
 /// Polling delays while the commit count stands still: start short so a
 /// burst of commits is followed closely; past `POLL_MAX` of quiet, sleep on
@@ -47,6 +48,10 @@ pub(super) struct Worker {
     starved: u64,
     /// The last commit count whose lag was recorded.
     last_counted: Option<u64>,
+    /// Generations appended and not yet known durable, with the commit
+    /// count each covers: their commits' lag ends when the store's sync
+    /// covering them returns.
+    awaiting: VecDeque<(u64, u64)>,
 }
 
 impl Worker {
@@ -68,6 +73,7 @@ impl Worker {
             table_failing: false,
             starved: 0,
             last_counted: None,
+            awaiting: VecDeque::new(),
         }
     }
 
@@ -79,6 +85,7 @@ impl Worker {
                 Phase::Running(run) => run,
             };
             self.pending.clear();
+            self.awaiting.clear();
             self.last_counted = None;
             // A new program: its region and table problems are its own.
             self.region_failing = false;
@@ -118,6 +125,12 @@ impl Worker {
         // one snapshot straight away.
         let mut due = true;
         while still_running(&self.control) {
+            if !self.awaiting.is_empty() {
+                let shared = self.shared.clone();
+                let mut shared = lock(&shared);
+                let Shared { store, stats, .. } = &mut *shared;
+                self.record_durable(store, stats);
+            }
             let count = observer.commit_count();
             if count != seen {
                 // Bounded while generations fail (a full disk): past the
@@ -213,7 +226,6 @@ impl Worker {
         } = &mut *shared;
         match snapshotter.take(observer, store) {
             Ok(outcome @ Outcome::Persisted { .. }) => {
-                let durable = Instant::now();
                 stats.persisted(&outcome);
                 let Outcome::Persisted {
                     persisted,
@@ -226,22 +238,15 @@ impl Worker {
                 else {
                     unreachable!("matched above")
                 };
-                let mut lag = None;
                 if let Some(covered) = covers {
-                    while let Some(&(count, seen_at)) = self.pending.front() {
-                        if count > *covered {
-                            break;
-                        }
-                        self.pending.pop_front();
-                        // The commits this sighting stands for: those since the
-                        // previous one (one, for the first of a run).
-                        let weight = self.last_counted.map_or(1, |p| count.saturating_sub(p)).max(1);
-                        self.last_counted = Some(count);
-                        let l = durable.saturating_duration_since(seen_at);
-                        lag = Some(lag.map_or(l, |m: Duration| m.max(l)));
-                        stats.lags.record(l, weight);
-                    }
+                    self.awaiting.push_back((persisted.number, *covered));
                 }
+                for e in persisted.base_errors.iter().chain(&persisted.prune_errors) {
+                    warn!(
+                        "{e}; the generations written go on, the store may hold more files until this clears"
+                    );
+                }
+                let lag = self.record_durable(store, stats);
                 if self.store_failing {
                     info!(generation = persisted.number, "snapshots are persisted again");
                     self.store_failing = false;
@@ -262,8 +267,9 @@ impl Worker {
                     bytes_scanned,
                     base = persisted.base,
                     ms = started.elapsed().as_millis() as u64,
+                    durable = persisted.durable,
                     lag_ms = lag.map(|l| format!("{:.3}", l.as_secs_f64() * 1000.0)),
-                    "generation persisted"
+                    "generation appended"
                 );
                 Attempt::Persisted
             }
@@ -302,6 +308,36 @@ impl Worker {
                 Attempt::RetryLater(REGION_RETRY)
             }
         }
+    }
+
+    /// Records the lag of the commits covered by generations the store has
+    /// made durable since the last call: from when each commit count was
+    /// first seen to when the sync covering its generation returned.
+    /// Returns the largest lag recorded.
+    fn record_durable(&mut self, store: &mut Store, stats: &mut Stats) -> Option<Duration> {
+        let mut lag: Option<Duration> = None;
+        for synced in store.take_synced() {
+            while let Some(&(number, covered)) = self.awaiting.front() {
+                if number > synced.number {
+                    break;
+                }
+                self.awaiting.pop_front();
+                while let Some(&(count, seen_at)) = self.pending.front() {
+                    if count > covered {
+                        break;
+                    }
+                    self.pending.pop_front();
+                    // The commits this sighting stands for: those since the
+                    // previous one (one, for the first of a run).
+                    let weight = self.last_counted.map_or(1, |p| count.saturating_sub(p)).max(1);
+                    self.last_counted = Some(count);
+                    let l = synced.at.saturating_duration_since(seen_at);
+                    lag = Some(lag.map_or(l, |m| m.max(l)));
+                    stats.lags.record(l, weight);
+                }
+            }
+        }
+        lag
     }
 
     /// Reports corrupt unit-table entries (left out of any generation)

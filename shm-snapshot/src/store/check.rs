@@ -3,11 +3,12 @@
 //! reads, so it works on a store another process owns and writes.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::error::StoreError;
 use super::format::PAGE_BYTES;
 use super::open::{GenerationInfo, Store};
-use super::read::{ChunkSink, read_generation, read_header};
+use super::read::{ChunkSink, read_header, read_record};
 
 /// What [`Store::check_all`] found of one generation.
 #[derive(Debug)]
@@ -64,7 +65,7 @@ struct Discard {
 }
 
 impl ChunkSink for Discard {
-    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
+    fn page(&mut self, index: u64, page: u64, len: usize, _at: u64) -> &mut [u8] {
         // The reader never asks for more than a page.
         if (index, page) == (0, 0) {
             self.first_read.resize(len, 0);
@@ -100,21 +101,69 @@ impl Store {
         for number in numbers {
             let entry = &self.entries[&number];
             let info = entry.info(number);
-            let path = entry.path.clone();
-            let (bytes, header) = (entry.size, entry.header);
-            discard.first = None;
-            let read = match header {
-                Some(h) => read_generation(self.io.as_mut(), &path, &h, &mut discard),
-                // Read it again: it may have vanished since the scan.
-                None => match read_header(self.io.as_mut(), &path) {
-                    Err(e) => Err(e),
-                    Ok(_) => Err(self.entry_problem(number)),
-                },
+            let (full, delta) = (entry.full.clone(), entry.delta.clone());
+            let problem_path = entry.problem.as_ref().map(|(p, size, _)| (p.clone(), *size));
+            let bytes = entry
+                .place()
+                .map_or_else(|| problem_path.as_ref().map_or(0, |p| p.1), |p| p.len);
+            // A base file, if it verifies, is the generation whole.
+            let mut full_error = None;
+            if let Some(place) = &full {
+                discard.first = None;
+                match read_record(self.io.as_mut(), place, &mut discard) {
+                    Ok(meta) => {
+                        let len = place.header.region_len.min(PAGE_BYTES) as usize;
+                        let first_page = Some(discard.first.take().unwrap_or_else(|| vec![0; len]));
+                        checked.insert(
+                            number,
+                            Checked {
+                                number,
+                                info,
+                                bytes,
+                                meta: Some(meta),
+                                first_page,
+                                condition: Condition::Intact,
+                            },
+                        );
+                        continue;
+                    }
+                    Err(e) => full_error = Some(e),
+                }
+            }
+            let Some(place) = delta else {
+                let error = match (full_error, problem_path) {
+                    (Some(e), _) => e,
+                    // Read it again: it may have vanished since the scan.
+                    (None, Some((path, _))) => match read_header(self.io.as_mut(), &path) {
+                        Err(e) => e,
+                        Ok(_) => self.entry_problem(number),
+                    },
+                    (None, None) => unreachable!("an entry has a place or a problem"),
+                };
+                let condition = if error.is_vanished() {
+                    Condition::Vanished
+                } else {
+                    Condition::Damaged(error)
+                };
+                checked.insert(
+                    number,
+                    Checked {
+                        number,
+                        info,
+                        bytes,
+                        meta: None,
+                        first_page: None,
+                        condition,
+                    },
+                );
+                continue;
             };
+            discard.first = None;
+            let read = read_record(self.io.as_mut(), &place, &mut discard);
             let (meta, condition) = match read {
                 Ok(meta) => (Some(meta), Condition::Intact),
                 Err(e) if e.is_vanished() => (None, Condition::Vanished),
-                Err(e) => (None, Condition::Damaged(e)),
+                Err(e) => (None, Condition::Damaged(full_error.unwrap_or(e))),
             };
             let first_page = discard.first.take();
             let mut c = Checked {
@@ -125,12 +174,11 @@ impl Store {
                 first_page,
                 condition,
             };
-            if let (Condition::Intact, Some(h)) = (&c.condition, header)
-                && !h.is_base()
-            {
+            let h = place.header;
+            if matches!(c.condition, Condition::Intact) {
                 let broken = |why: String| {
                     Condition::BrokenChain(StoreError::BrokenChain {
-                        path: path.clone(),
+                        path: place.path.clone(),
                         needs: h.parent,
                         why,
                     })
@@ -138,11 +186,6 @@ impl Store {
                 c.condition = match checked.get(&h.parent) {
                     None => broken("is missing".to_owned()),
                     Some(p) => match (&p.condition, &p.info) {
-                        (Condition::Intact, Some(pi)) if pi.base() != h.base => broken(format!(
-                            "belongs to the chain of base {}, not of base {}",
-                            pi.base(),
-                            h.base
-                        )),
                         (Condition::Intact, Some(pi)) if pi.region_len != h.region_len => broken(format!(
                             "holds a region of {} bytes, not {}",
                             pi.region_len, h.region_len
@@ -155,14 +198,10 @@ impl Store {
                     },
                 };
             }
-            c.first_page = match (&c.condition, header) {
-                (Condition::Intact, Some(h)) => {
-                    // A page a file does not hold is the parent's (a delta)
-                    // or zeros (a base, which leaves out zero pages).
-                    let inherited = match h.is_base() {
-                        true => None,
-                        false => checked.get(&h.parent).and_then(|p| p.first_page.clone()),
-                    };
+            c.first_page = match &c.condition {
+                Condition::Intact => {
+                    // A page a delta does not hold is its parent's.
+                    let inherited = checked.get(&h.parent).and_then(|p| p.first_page.clone());
                     let len = h.region_len.min(PAGE_BYTES) as usize;
                     Some(c.first_page.take().or(inherited).unwrap_or_else(|| vec![0; len]))
                 }
@@ -176,10 +215,10 @@ impl Store {
         // which is the only file system the store knows.
         for c in checked.values_mut() {
             if !c.condition.is_intact()
-                && let Some(e) = self.entries.get(&c.number)
+                && let Some(path) = self.entries.get(&c.number).and_then(|e| e.path())
                 && self
                     .io
-                    .open_read(&e.path)
+                    .open_read(path)
                     .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
             {
                 c.condition = Condition::Vanished;
@@ -197,9 +236,12 @@ impl Store {
             .entries
             .get_mut(&number)
             .expect("numbers come from the entries");
-        e.problem.take().unwrap_or_else(|| StoreError::Corrupt {
-            path: e.path.clone(),
-            what: "header did not verify".to_owned(),
-        })
+        match e.problem.take() {
+            Some((_, _, problem)) => problem,
+            None => StoreError::Corrupt {
+                path: e.path().map(Path::to_owned).unwrap_or_default(),
+                what: "header did not verify".to_owned(),
+            },
+        }
     }
 }

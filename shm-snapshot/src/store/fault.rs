@@ -25,6 +25,10 @@ pub enum IoOp {
     Write,
     /// [`StoreFile::sync`].
     SyncFile,
+    /// [`StoreFile::sync_data`].
+    SyncData,
+    /// [`StoreFile::truncate`].
+    Truncate,
     /// [`StoreIo::open_read`].
     Open,
     /// [`StoreIo::rename`].
@@ -42,6 +46,8 @@ impl IoOp {
         IoOp::Create,
         IoOp::Write,
         IoOp::SyncFile,
+        IoOp::SyncData,
+        IoOp::Truncate,
         IoOp::Rename,
         IoOp::SyncDir,
         IoOp::Remove,
@@ -217,6 +223,13 @@ impl StoreIo for FaultyIo {
         self.faults.check(IoOp::Remove)?;
         self.inner.remove(path)
     }
+
+    fn fork(&self) -> Box<dyn StoreIo> {
+        Box::new(FaultyIo {
+            inner: self.inner.fork(),
+            faults: self.faults.clone(),
+        })
+    }
 }
 
 struct FaultyFile {
@@ -237,6 +250,23 @@ impl StoreFile for FaultyFile {
     fn sync(&mut self) -> io::Result<()> {
         self.faults.check(IoOp::SyncFile)?;
         self.inner.sync()
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.faults.check(IoOp::SyncData)?;
+        self.inner.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.faults.check(IoOp::Truncate)?;
+        self.inner.truncate(len)
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StoreFile>> {
+        Ok(Box::new(FaultyFile {
+            inner: self.inner.try_clone()?,
+            faults: self.faults.clone(),
+        }))
     }
 }
 

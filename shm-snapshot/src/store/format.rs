@@ -1,4 +1,4 @@
-//! The generation file format, v2: every offset, tag and size in one place.
+//! The store's file format, v3: every offset, tag and size in one place.
 //!
 //! `STORE.md` beside this crate describes the format byte by byte and argues
 //! its crash safety; this module is its only definition in code. Offsets are
@@ -35,12 +35,20 @@ const _: () = assert!(PAGES_PER_CHUNK >= 1 && PAGES_PER_CHUNK <= 16);
 /// cannot ask for an absurd buffer.
 pub const MAX_REGION_LEN: u64 = 1 << 40;
 
-/// The first eight bytes of every generation file.
+/// The first eight bytes of every generation record.
 pub const MAGIC: [u8; 8] = *b"SHM-GENS";
 
-/// The format version this build writes and the only one it reads. Version
-/// 1 stored whole chunks; version 2 stores changed pages (STORE.md).
-pub const VERSION: u64 = 2;
+/// The format version this build writes. Version 1 stored whole chunks and
+/// was never deployed; version 2 kept one file per generation; version 3
+/// appends generations to segments (STORE.md).
+pub const VERSION: u64 = 3;
+
+/// The older version this build still reads: a `gen-<number>.snap` file of
+/// version 2 is one generation record in a file of its own.
+pub const LEGACY_VERSION: u64 = 2;
+
+/// The first eight bytes of every segment.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SHM-SEGS";
 
 /// Length of a BLAKE3 hash.
 pub const HASH_LEN: usize = 32;
@@ -61,9 +69,10 @@ pub mod header {
     pub const VERSION: usize = MAGIC + 8;
     /// This generation's number.
     pub const NUMBER: usize = VERSION + 8;
-    /// The base of the chain: the number itself for a base.
+    /// Version 3: reserved, 0. Version 2: the base of the chain, the
+    /// number itself for a base.
     pub const BASE: usize = NUMBER + 8;
-    /// The generation a delta changes; 0 for a base.
+    /// The generation a delta changes; 0 in a full record (a base).
     pub const PARENT: usize = BASE + 8;
     /// The region's length in bytes.
     pub const REGION_LEN: usize = PARENT + 8;
@@ -114,36 +123,59 @@ pub mod meta {
     const _: () = assert!(DESCRIPTOR == 48);
 }
 
-/// Byte offsets of the trailer, the last bytes of the file.
+/// Byte offsets of the trailer, the last bytes of a record.
 pub mod trailer {
     use super::HASH_LEN;
     /// [`super::END_TAG`].
     pub const TAG: usize = 0;
-    /// Number of chunk records in the file.
+    /// Number of chunk records in the generation.
     pub const CHUNK_COUNT: usize = TAG + 8;
-    /// Length of the whole file.
-    pub const FILE_LEN: usize = CHUNK_COUNT + 8;
+    /// Length of the whole record, header to trailer (version 2: of the
+    /// file, which is the same thing there).
+    pub const RECORD_LEN: usize = CHUNK_COUNT + 8;
     /// BLAKE3 of the skeleton: every byte before this field that is not chunk
     /// or meta payload.
-    pub const HASH: usize = FILE_LEN + 8;
+    pub const HASH: usize = RECORD_LEN + 8;
     /// Length of the trailer.
     pub const LEN: usize = HASH + HASH_LEN;
 
     const _: () = assert!(LEN == 56);
 }
 
-/// The smallest possible generation file: a header, an empty meta record and
-/// the trailer.
-pub const MIN_FILE_LEN: u64 = (header::LEN + meta::DESCRIPTOR + trailer::LEN) as u64;
+/// Byte offsets of a segment's header, the first bytes of the file.
+pub mod segment {
+    use super::HASH_LEN;
+    /// [`super::SEGMENT_MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// [`super::VERSION`].
+    pub const VERSION: usize = MAGIC + 8;
+    /// The segment's sequence number.
+    pub const SEQ: usize = VERSION + 8;
+    /// Creation time, milliseconds since the Unix epoch.
+    pub const CREATED_MS: usize = SEQ + 8;
+    /// BLAKE3 of the bytes before it.
+    pub const HASH: usize = CREATED_MS + 8;
+    /// Length of the header; the first record starts here.
+    pub const LEN: usize = HASH + HASH_LEN;
 
-/// The decoded header of a generation file.
+    const _: () = assert!(LEN == 64);
+}
+
+/// The smallest possible generation record: a header, an empty meta record
+/// and the trailer.
+pub const MIN_RECORD_LEN: u64 = (header::LEN + meta::DESCRIPTOR + trailer::LEN) as u64;
+
+/// The decoded header of a generation record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// [`VERSION`], or [`LEGACY_VERSION`] for a file written by version 2.
+    pub version: u64,
     /// This generation's number.
     pub number: u64,
-    /// The base of its chain (its own number for a base).
+    /// Version 2 only: the base of its chain (its own number for a base).
+    /// 0 in version 3.
     pub base: u64,
-    /// The generation a delta changes; 0 for a base.
+    /// The generation a delta changes; 0 in a full record (a base).
     pub parent: u64,
     /// The region's length in bytes.
     pub region_len: u64,
@@ -194,9 +226,21 @@ impl fmt::Display for Defect {
 }
 
 impl Header {
-    /// Whether this generation is a base.
+    /// The header of a version 3 record.
+    pub fn new(number: u64, parent: u64, region_len: u64, created_ms: u64) -> Header {
+        Header {
+            version: VERSION,
+            number,
+            base: 0,
+            parent,
+            region_len,
+            created_ms,
+        }
+    }
+
+    /// Whether this is a full record (a base): applied to an all-zero image.
     pub fn is_base(&self) -> bool {
-        self.base == self.number
+        self.parent == 0
     }
 
     /// Number of chunks in the region.
@@ -208,7 +252,7 @@ impl Header {
     pub fn encode(&self) -> [u8; header::LEN] {
         let mut b = [0u8; header::LEN];
         b[header::MAGIC..][..8].copy_from_slice(&MAGIC);
-        put(&mut b, header::VERSION, VERSION);
+        put(&mut b, header::VERSION, self.version);
         put(&mut b, header::NUMBER, self.number);
         put(&mut b, header::BASE, self.base);
         put(&mut b, header::PARENT, self.parent);
@@ -229,11 +273,11 @@ impl Header {
             return Err(Defect::new("magic", 0, show_tag(&MAGIC), show_tag(magic)));
         }
         let version = get(b, header::VERSION);
-        if version != VERSION {
+        if version != VERSION && version != LEGACY_VERSION {
             return Err(Defect::new(
                 "version",
                 header::VERSION as u64,
-                format!("{VERSION} (the newest this build reads)"),
+                format!("{VERSION} or {LEGACY_VERSION} (the versions this build reads)"),
                 version,
             ));
         }
@@ -266,6 +310,7 @@ impl Header {
             ));
         }
         let h = Header {
+            version,
             number: get(b, header::NUMBER),
             base: get(b, header::BASE),
             parent: get(b, header::PARENT),
@@ -275,29 +320,17 @@ impl Header {
         if h.number == 0 {
             return Err(Defect::new("number", header::NUMBER as u64, "at least 1", 0));
         }
-        if h.is_base() {
-            if h.parent != 0 {
-                return Err(Defect::new(
-                    "parent",
-                    header::PARENT as u64,
-                    "0 in a base",
-                    h.parent,
-                ));
-            }
+        if version == LEGACY_VERSION {
+            legacy_links(&h)?;
         } else {
-            if h.base >= h.number || h.base == 0 {
-                return Err(Defect::new(
-                    "base",
-                    header::BASE as u64,
-                    format!("the number itself or 1..{}", h.number),
-                    h.base,
-                ));
+            if h.base != 0 {
+                return Err(Defect::new("reserved", header::BASE as u64, 0, h.base));
             }
-            if h.parent < h.base || h.parent >= h.number {
+            if h.parent >= h.number {
                 return Err(Defect::new(
                     "parent",
                     header::PARENT as u64,
-                    format!("{}..{} in a delta", h.base, h.number),
+                    format!("0 (a full record) or 1..{}", h.number),
                     h.parent,
                 ));
             }
@@ -312,6 +345,103 @@ impl Header {
         }
         Ok(h)
     }
+}
+
+/// The decoded header of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// The segment's sequence number.
+    pub seq: u64,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl SegmentHeader {
+    /// Encodes the header, its hash included.
+    pub fn encode(&self) -> [u8; segment::LEN] {
+        let mut b = [0u8; segment::LEN];
+        b[segment::MAGIC..][..8].copy_from_slice(&SEGMENT_MAGIC);
+        put(&mut b, segment::VERSION, VERSION);
+        put(&mut b, segment::SEQ, self.seq);
+        put(&mut b, segment::CREATED_MS, self.created_ms);
+        let hash = blake3::hash(&b[..segment::HASH]);
+        b[segment::HASH..].copy_from_slice(hash.as_bytes());
+        b
+    }
+
+    /// Decodes and checks a segment header: magic, version, hash, and a
+    /// sequence number of at least 1.
+    pub fn decode(b: &[u8; segment::LEN]) -> Result<SegmentHeader, Defect> {
+        let magic = &b[segment::MAGIC..][..8];
+        if magic != SEGMENT_MAGIC {
+            return Err(Defect::new(
+                "segment magic",
+                0,
+                show_tag(&SEGMENT_MAGIC),
+                show_tag(magic),
+            ));
+        }
+        let version = get(b, segment::VERSION);
+        if version != VERSION {
+            return Err(Defect::new(
+                "segment version",
+                segment::VERSION as u64,
+                format!("{VERSION} (the version this build reads)"),
+                version,
+            ));
+        }
+        let stored = hash_at(b, segment::HASH);
+        let computed = blake3::hash(&b[..segment::HASH]);
+        if stored != computed {
+            return Err(Defect::new(
+                "segment header_hash",
+                segment::HASH as u64,
+                stored.to_hex(),
+                format!("{} (the hash of the header's bytes)", computed.to_hex()),
+            ));
+        }
+        let seq = get(b, segment::SEQ);
+        if seq == 0 {
+            return Err(Defect::new("segment seq", segment::SEQ as u64, "at least 1", 0));
+        }
+        Ok(SegmentHeader {
+            seq,
+            created_ms: get(b, segment::CREATED_MS),
+        })
+    }
+}
+
+/// Version 2's rules for `base` and `parent`: a base names itself and has
+/// no parent; a delta's `base <= parent < number`.
+fn legacy_links(h: &Header) -> Result<(), Defect> {
+    if h.base == h.number {
+        if h.parent != 0 {
+            return Err(Defect::new(
+                "parent",
+                header::PARENT as u64,
+                "0 in a base",
+                h.parent,
+            ));
+        }
+    } else {
+        if h.base >= h.number || h.base == 0 {
+            return Err(Defect::new(
+                "base",
+                header::BASE as u64,
+                format!("the number itself or 1..{}", h.number),
+                h.base,
+            ));
+        }
+        if h.parent < h.base || h.parent >= h.number {
+            return Err(Defect::new(
+                "parent",
+                header::PARENT as u64,
+                format!("{}..{} in a delta", h.base, h.number),
+                h.parent,
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Number of chunks of a region of `region_len` bytes.
@@ -392,11 +522,11 @@ pub fn meta_descriptor(len: u64, hash: &blake3::Hash) -> [u8; meta::DESCRIPTOR] 
 
 /// Encodes the trailer. `skeleton` has seen every skeleton byte before the
 /// trailer; the trailer's own first bytes are added to it here.
-pub fn trailer(chunk_count: u64, file_len: u64, skeleton: &mut blake3::Hasher) -> [u8; trailer::LEN] {
+pub fn trailer(chunk_count: u64, record_len: u64, skeleton: &mut blake3::Hasher) -> [u8; trailer::LEN] {
     let mut b = [0u8; trailer::LEN];
     b[trailer::TAG..][..8].copy_from_slice(&END_TAG);
     put(&mut b, trailer::CHUNK_COUNT, chunk_count);
-    put(&mut b, trailer::FILE_LEN, file_len);
+    put(&mut b, trailer::RECORD_LEN, record_len);
     skeleton.update(&b[..trailer::HASH]);
     b[trailer::HASH..].copy_from_slice(skeleton.finalize().as_bytes());
     b
@@ -435,12 +565,14 @@ mod tests {
     use super::*;
 
     fn delta() -> Header {
+        Header::new(7, 6, 3 * CHUNK_BYTES + 5, 1_700_000_000_000)
+    }
+
+    fn legacy_delta() -> Header {
         Header {
-            number: 7,
+            version: LEGACY_VERSION,
             base: 4,
-            parent: 6,
-            region_len: 3 * CHUNK_BYTES + 5,
-            created_ms: 1_700_000_000_000,
+            ..delta()
         }
     }
 
@@ -453,6 +585,12 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_header_round_trips_with_its_base() {
+        let h = legacy_delta();
+        assert_eq!(Header::decode(&h.encode()), Ok(h));
+    }
+
+    #[test]
     fn every_flipped_header_byte_is_a_defect() {
         let b = delta().encode();
         for i in 0..b.len() {
@@ -460,11 +598,33 @@ mod tests {
             c[i] ^= 0x40;
             assert!(Header::decode(&c).is_err(), "flip at byte {i} not detected");
         }
+        let b = SegmentHeader {
+            seq: 3,
+            created_ms: 9,
+        }
+        .encode();
+        for i in 0..b.len() {
+            let mut c = b;
+            c[i] ^= 0x40;
+            assert!(
+                SegmentHeader::decode(&c).is_err(),
+                "flip at byte {i} not detected"
+            );
+        }
+    }
+
+    #[test]
+    fn a_segment_header_round_trips() {
+        let h = SegmentHeader {
+            seq: 12,
+            created_ms: 1_700_000_000_000,
+        };
+        assert_eq!(SegmentHeader::decode(&h.encode()), Ok(h));
     }
 
     #[test]
     fn newer_and_older_versions_are_named() {
-        for version in [VERSION + 1, VERSION - 1] {
+        for version in [VERSION + 1, LEGACY_VERSION - 1] {
             let mut b = delta().encode();
             b[header::VERSION] = version as u8;
             let d = Header::decode(&b).unwrap_err();
@@ -494,11 +654,22 @@ mod tests {
 
     #[test]
     fn impossible_links_are_refused_even_with_a_good_hash() {
-        for (base, parent) in [(7, 3), (8, 6), (4, 3), (4, 7), (0, 0)] {
+        for (base, parent) in [(0, 7), (0, 8), (1, 6), (7, 0)] {
             let h = Header {
                 base,
                 parent,
                 ..delta()
+            };
+            assert!(
+                Header::decode(&h.encode()).is_err(),
+                "base {base} parent {parent}"
+            );
+        }
+        for (base, parent) in [(7, 3), (8, 6), (4, 3), (4, 7), (0, 0)] {
+            let h = Header {
+                base,
+                parent,
+                ..legacy_delta()
             };
             assert!(
                 Header::decode(&h.encode()).is_err(),

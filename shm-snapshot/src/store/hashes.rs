@@ -71,11 +71,38 @@ impl ImageHashes {
 
     /// Hashes made of page hashes already known and the image they belong
     /// to, whose chunks are hashed here (on several threads for a large
-    /// image).
+    /// image). A chunk whose pages all hash as zero pages is all zero
+    /// (unless BLAKE3 collides): its hash is known without reading it, so
+    /// the cost follows the data, not the region.
     pub fn from_pages(image: &[u8], pages: Vec<Hash>) -> ImageHashes {
         debug_assert_eq!(pages.len() as u64, (image.len() as u64).div_ceil(PAGE_BYTES));
-        let chunks = for_each_chunk(0, image, |_, chunk| Some(blake3::hash(chunk)));
+        let zero_page = zero_hash(PAGE_BYTES);
+        let chunks = {
+            let pages = &pages;
+            for_each_chunk(0, image, |index, chunk| {
+                let first = (index * PAGES_PER_CHUNK) as usize;
+                let count = (chunk.len() as u64).div_ceil(PAGE_BYTES) as usize;
+                let all_zero = pages[first..first + count].iter().enumerate().all(|(p, h)| {
+                    let len = (chunk.len() - p * PAGE_BYTES as usize).min(PAGE_BYTES as usize);
+                    if len == PAGE_BYTES as usize {
+                        *h == zero_page
+                    } else {
+                        *h == zero_hash(len as u64)
+                    }
+                });
+                Some(if all_zero {
+                    zero_hash(chunk.len() as u64)
+                } else {
+                    blake3::hash(chunk)
+                })
+            })
+        };
         ImageHashes { chunks, pages }
+    }
+
+    /// The page hashes, one per page of the image.
+    pub fn pages(&self) -> &[Hash] {
+        &self.pages
     }
 
     /// The hash of chunk `index`.
@@ -123,7 +150,7 @@ fn filled(count: u64, hash: Hash) -> Result<Vec<Hash>, NoMemory> {
 
 /// BLAKE3 of `len` zero bytes, `len` at most [`CHUNK_BYTES`]. The hashes of
 /// a whole zero page and chunk are computed once.
-fn zero_hash(len: u64) -> Hash {
+pub(crate) fn zero_hash(len: u64) -> Hash {
     static ZEROS: [u8; CHUNK_BYTES as usize] = [0; CHUNK_BYTES as usize];
     static PAGE: OnceLock<Hash> = OnceLock::new();
     static CHUNK: OnceLock<Hash> = OnceLock::new();

@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -32,20 +32,37 @@ pub trait StoreIo: Send {
     fn sync_dir(&mut self, dir: &Path) -> io::Result<()>;
     /// Removes a file.
     fn remove(&mut self, path: &Path) -> io::Result<()>;
+    /// Another handle on the same file system, for the store's background
+    /// work (building bases, making segments, removing files).
+    fn fork(&self) -> Box<dyn StoreIo>;
 }
 
 /// A file being written by a [`StoreIo`].
 pub trait StoreFile: Send {
     /// Appends all of `bytes`.
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Makes everything written so far durable.
+    /// Makes everything written so far durable, with the file's metadata
+    /// (`fsync`).
     fn sync(&mut self) -> io::Result<()>;
+    /// Makes everything written so far durable, with the metadata needed to
+    /// read it back, such as the file's length (`fdatasync`).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes; later appends go after them.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
+    /// Another handle on the same open file (for the sync thread).
+    fn try_clone(&self) -> io::Result<Box<dyn StoreFile>>;
 }
+
+/// What a file opened for reading offers: its bytes, and a position that
+/// can be moved.
+pub trait SeekRead: Read + Seek + Send {}
+
+impl<T: Read + Seek + Send> SeekRead for T {}
 
 /// A file opened for reading, with its length at the time it was opened.
 pub struct ReadFile {
-    /// The file's bytes from the start.
-    pub reader: Box<dyn Read + Send>,
+    /// The file's bytes, positioned at the start.
+    pub reader: Box<dyn SeekRead>,
     /// The file's length in bytes.
     pub len: u64,
 }
@@ -103,8 +120,10 @@ impl StoreIo for RealIo {
     fn open_read(&mut self, path: &Path) -> io::Result<ReadFile> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
+        // Unbuffered: the reader buffers, and skips payloads it does not
+        // need within its buffer.
         Ok(ReadFile {
-            reader: Box::new(BufReader::new(file)),
+            reader: Box::new(file),
             len,
         })
     }
@@ -120,6 +139,10 @@ impl StoreIo for RealIo {
     fn remove(&mut self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
     }
+
+    fn fork(&self) -> Box<dyn StoreIo> {
+        Box::new(RealIo)
+    }
 }
 
 struct RealFile(File);
@@ -131,5 +154,20 @@ impl StoreFile for RealFile {
 
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_all()
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)?;
+        // Appends go to the end, which is `len` now; the position is moved
+        // there too for a file not opened for appending.
+        self.0.seek(io::SeekFrom::Start(len)).map(|_| ())
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn StoreFile>> {
+        Ok(Box::new(RealFile(self.0.try_clone()?)))
     }
 }

@@ -1,13 +1,15 @@
 //! Loading: the newest generation whose whole chain verifies, reassembled
 //! (STORE.md, "Loading the newest generation"). Loading only reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
-use super::hashes::{ImageHashes, zero_pages};
-use super::open::{Current, Store};
-use super::read::{ChunkSink, read_generation, zeroed};
+use super::hashes::{ImageHashes, NoMemory, zero_pages};
+use super::open::{Current, Loc, Store};
+use super::read::{ChunkSink, Place, read_record, zeroed};
+use super::write::zero_locs;
 
 /// A generation loaded from the store.
 #[derive(Debug)]
@@ -26,12 +28,16 @@ pub struct Loaded {
 struct Image {
     number: u64,
     region_len: u64,
-    chain: Vec<u64>,
-    delta_bytes: u64,
+    /// Bytes of the base file the chain started from, and of the deltas
+    /// after it.
+    base_bytes: u64,
+    since_base: u64,
     image: Vec<u8>,
     /// The hash of each page of `image`. Chunk hashes are computed only
     /// for the image that is returned.
     page_hashes: Vec<blake3::Hash>,
+    /// Where each page's bytes are on disk.
+    locs: Vec<Loc>,
     meta: Vec<u8>,
 }
 
@@ -41,19 +47,24 @@ struct Failure {
     error: StoreError,
     /// The verified image of `member`'s parent, when `member` is a delta.
     before: Option<Box<Image>>,
+    /// It was `member`'s base file that failed.
+    full: bool,
 }
+
+/// One member of a chain: its number and where its record is.
+type Step = (u64, Place);
 
 impl Store {
     /// Loads the newest generation whose whole chain (base and deltas)
     /// verifies, fully reassembled. `Ok(None)` when the store holds no
     /// generation. Every newer generation skipped as corrupt, truncated or
-    /// missing a piece is listed in [`Loaded::skipped`]. Generations exist
-    /// but none verifies: [`StoreError::NoVerifiedGeneration`], never an
-    /// empty result.
+    /// missing a piece is listed in [`Loaded::skipped`]; segment tails are
+    /// in [`Store::tails`]. Generations exist but none verifies:
+    /// [`StoreError::NoVerifiedGeneration`], never an empty result.
     ///
     /// Loading only reads: a failed load leaves every file as it was. The
     /// loaded generation becomes the parent of the next delta; after a failed
-    /// load the next generation is a base.
+    /// load the next generation is a full one.
     pub fn load_newest(&mut self) -> Result<Option<Loaded>, StoreError> {
         self.load_newest_with(|_, _| Ok(()))
     }
@@ -70,6 +81,7 @@ impl Store {
         mut accept: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
     ) -> Result<Option<Loaded>, StoreError> {
         self.current = None;
+        self.lineage += 1;
         self.last_skipped.clear();
         self.rescan()?;
         if self.entries.is_empty() {
@@ -80,15 +92,20 @@ impl Store {
         let mut unusable: BTreeMap<u64, String> = BTreeMap::new();
         // Errors of chain members found bad before their own turn.
         let mut pending: BTreeMap<u64, StoreError> = BTreeMap::new();
+        // Generations whose base file does not verify.
+        let mut bad_full: BTreeSet<u64> = BTreeSet::new();
         let mut skipped = Vec::new();
         // The verified image just below the delta where a chain failed.
         let mut spare: Option<Box<Image>> = None;
-        for &number in &candidates {
-            let chain = match self.chain_of(number, &unusable, &mut pending) {
+        let mut i = 0;
+        while i < candidates.len() {
+            let number = candidates[i];
+            let chain = match self.chain_of(number, &unusable, &mut pending, &bad_full) {
                 Ok(chain) => chain,
                 Err(e) => {
                     unusable.insert(number, e.to_string());
                     skipped.push((number, e));
+                    i += 1;
                     continue;
                 }
             };
@@ -103,19 +120,21 @@ impl Store {
                 Ok(image) => {
                     if let Err(why) = accept(&image.image, &image.meta) {
                         let e = StoreError::Unrestorable {
-                            path: self.entries[&number].path.clone(),
+                            path: chain[chain.len() - 1].1.path.clone(),
                             why,
                         };
                         unusable.insert(number, e.to_string());
                         skipped.push((number, e));
+                        i += 1;
                         continue;
                     }
                     self.current = Some(Current {
                         number,
                         region_len: image.region_len,
-                        chain: image.chain,
-                        delta_bytes: image.delta_bytes,
                         hashes: ImageHashes::from_pages(&image.image, image.page_hashes),
+                        locs: image.locs,
+                        base_bytes: image.base_bytes,
+                        since_base: image.since_base,
                     });
                     return Ok(Some(Loaded {
                         number,
@@ -128,6 +147,18 @@ impl Store {
                     if failure.before.is_some() {
                         spare = failure.before;
                     }
+                    let has_delta = self
+                        .entries
+                        .get(&failure.member)
+                        .is_some_and(|e| e.delta.is_some());
+                    if failure.full && has_delta {
+                        // Its base file is damaged, but its record may
+                        // still be reached from an older base: try the
+                        // same candidate again without that base file.
+                        bad_full.insert(failure.member);
+                        pending.insert(failure.member, failure.error);
+                        continue;
+                    }
                     let why = failure.error.to_string();
                     unusable.insert(failure.member, why.clone());
                     if failure.member == number {
@@ -135,13 +166,14 @@ impl Store {
                     } else {
                         pending.insert(failure.member, failure.error);
                         let e = StoreError::BrokenChain {
-                            path: self.entries[&number].path.clone(),
+                            path: chain[chain.len() - 1].1.path.clone(),
                             needs: failure.member,
                             why: format!("does not verify: {why}"),
                         };
                         unusable.insert(number, e.to_string());
                         skipped.push((number, e));
                     }
+                    i += 1;
                 }
             }
         }
@@ -164,20 +196,31 @@ impl Store {
                 number,
             });
         }
-        let chain = self.chain_of(number, &BTreeMap::new(), &mut BTreeMap::new())?;
-        match self.reassemble(&chain) {
-            Ok(image) => Ok(Loaded {
-                number,
-                image: image.image,
-                meta: image.meta,
-                skipped: Vec::new(),
-            }),
-            Err(failure) if failure.member == number => Err(failure.error),
-            Err(failure) => Err(StoreError::BrokenChain {
-                path: self.entries[&number].path.clone(),
-                needs: failure.member,
-                why: format!("does not verify: {}", failure.error),
-            }),
+        let mut bad_full = BTreeSet::new();
+        loop {
+            let chain = self.chain_of(number, &BTreeMap::new(), &mut BTreeMap::new(), &bad_full)?;
+            let top = chain[chain.len() - 1].1.path.clone();
+            match self.reassemble(&chain) {
+                Ok(image) => {
+                    return Ok(Loaded {
+                        number,
+                        image: image.image,
+                        meta: image.meta,
+                        skipped: Vec::new(),
+                    });
+                }
+                Err(f) if f.full && self.entries.get(&f.member).is_some_and(|e| e.delta.is_some()) => {
+                    bad_full.insert(f.member);
+                }
+                Err(f) if f.member == number => return Err(f.error),
+                Err(f) => {
+                    return Err(StoreError::BrokenChain {
+                        path: top,
+                        needs: f.member,
+                        why: format!("does not verify: {}", f.error),
+                    });
+                }
+            }
         }
     }
 
@@ -190,9 +233,10 @@ impl Store {
     pub fn vanished_since_scan(&mut self) -> Vec<u64> {
         let mut gone = Vec::new();
         for (&number, entry) in &self.entries {
+            let Some(path) = entry.path() else { continue };
             if self
                 .io
-                .open_read(&entry.path)
+                .open_read(path)
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
             {
                 gone.push(number);
@@ -201,141 +245,152 @@ impl Store {
         gone
     }
 
-    /// The chain of generation `number`, base first, from the scanned
-    /// headers; an error if it is unusable before any file is read.
+    /// The chain of generation `number`, its base first, from the scan; an
+    /// error if it is unusable before any file is read (STORE.md, "The chain
+    /// of a generation").
     fn chain_of(
         &mut self,
         number: u64,
         unusable: &BTreeMap<u64, String>,
         pending: &mut BTreeMap<u64, StoreError>,
-    ) -> Result<Vec<u64>, StoreError> {
-        if let Some(e) = pending.remove(&number) {
+        bad_full: &BTreeSet<u64>,
+    ) -> Result<Vec<Step>, StoreError> {
+        if !bad_full.contains(&number)
+            && let Some(e) = pending.remove(&number)
+        {
             return Err(e);
         }
         let entry = self
             .entries
             .get_mut(&number)
             .expect("candidates come from the entries");
-        let Some(top) = entry.header else {
-            return Err(entry.problem.take().unwrap_or_else(|| StoreError::Corrupt {
-                path: entry.path.clone(),
-                what: "header did not verify".to_owned(),
-            }));
+        let Some(top) = entry.place().cloned() else {
+            return Err(match entry.problem.take() {
+                Some((_, _, e)) => e,
+                None => StoreError::Corrupt {
+                    path: entry.path().map(Path::to_owned).unwrap_or_default(),
+                    what: "header did not verify".to_owned(),
+                },
+            });
         };
-        let entry = &self.entries[&number];
-        let mut chain = vec![number];
-        let mut h = top;
-        while !h.is_base() {
-            let needs = h.parent;
-            let broken = |why: String| StoreError::BrokenChain {
-                path: entry.path.clone(),
-                needs,
-                why,
+        let broken = |needs: u64, why: String| StoreError::BrokenChain {
+            path: top.path.clone(),
+            needs,
+            why,
+        };
+        let mut chain = Vec::new();
+        let mut n = number;
+        loop {
+            let e = &self.entries[&n];
+            if let Some(full) = e.full.as_ref().filter(|_| !bad_full.contains(&n)) {
+                chain.push((n, full.clone()));
+                break;
+            }
+            let Some(delta) = &e.delta else {
+                let why = match (&e.full, &e.problem) {
+                    (Some(_), _) => "has only a base file, which does not verify".to_owned(),
+                    (None, Some((_, _, p))) => format!("does not verify: {p}"),
+                    (None, None) => "is missing".to_owned(),
+                };
+                if n == number {
+                    return Err(StoreError::Corrupt {
+                        path: top.path.clone(),
+                        what: format!("generation {number} {why}"),
+                    });
+                }
+                return Err(broken(n, why));
             };
+            if delta.header.region_len != top.header.region_len {
+                return Err(broken(
+                    n,
+                    format!(
+                        "holds a region of {} bytes, not {}",
+                        delta.header.region_len, top.header.region_len
+                    ),
+                ));
+            }
+            chain.push((n, delta.clone()));
+            let needs = delta.header.parent;
             if let Some(why) = unusable.get(&needs) {
-                return Err(broken(format!("does not verify: {why}")));
+                return Err(broken(needs, format!("does not verify: {why}")));
             }
-            let Some(member) = self.entries.get(&needs) else {
-                return Err(broken("is missing".to_owned()));
-            };
-            let Some(mh) = member.header else {
-                let why = member
-                    .problem
-                    .as_ref()
-                    .map_or("unknown".to_owned(), |e| e.to_string());
-                return Err(broken(format!("does not verify: {why}")));
-            };
-            if mh.base != top.base {
-                return Err(broken(format!(
-                    "belongs to the chain of base {}, not of base {}",
-                    mh.base, top.base
-                )));
+            if !self.entries.contains_key(&needs) {
+                return Err(broken(needs, "is missing".to_owned()));
             }
-            if mh.region_len != top.region_len {
-                return Err(broken(format!(
-                    "holds a region of {} bytes, not {}",
-                    mh.region_len, top.region_len
-                )));
-            }
-            chain.push(needs);
-            h = mh;
+            n = needs;
         }
         chain.reverse();
         Ok(chain)
     }
 
-    /// Reads and verifies every file of `chain` (base first) and applies
+    /// Reads and verifies every record of `chain` (base first) and applies
     /// them in order.
-    fn reassemble(&mut self, chain: &[u64]) -> Result<Image, Failure> {
-        let base = chain[0];
-        let fail = |member, error| Failure {
+    fn reassemble(&mut self, chain: &[Step]) -> Result<Image, Failure> {
+        let (base, place) = &chain[0];
+        let fail = |member, error, full| Failure {
             member,
             error,
             before: None,
+            full,
         };
-        let (path, header) = {
-            let e = &self.entries[&base];
-            (
-                e.path.clone(),
-                e.header.expect("chain members have verified headers"),
-            )
+        let region_len = place.header.region_len;
+        let mut image = zeroed(region_len, &place.path).map_err(|e| fail(*base, e, true))?;
+        let oom = |e: NoMemory| StoreError::OutOfMemory {
+            path: place.path.clone(),
+            bytes: e.bytes,
         };
-        let region_len = header.region_len;
-        let mut image = zeroed(region_len, &path).map_err(|e| fail(base, e))?;
-        let mut page_hashes = zero_pages(region_len).map_err(|e| {
-            let e = StoreError::OutOfMemory {
-                path: path.clone(),
-                bytes: e.bytes,
-            };
-            fail(base, e)
-        })?;
+        let mut page_hashes = zero_pages(region_len).map_err(|e| fail(*base, oom(e), true))?;
+        let pages = page_hashes.len() as u64;
+        let mut locs =
+            zero_locs(pages).ok_or_else(|| fail(*base, oom(NoMemory { bytes: pages * 16 }), true))?;
+        let file = self.files.id(&place.path);
         let mut sink = ImageSink {
             image: &mut image,
             page_hashes: &mut page_hashes,
+            locs: &mut locs,
+            file,
         };
-        let mut meta =
-            read_generation(self.io.as_mut(), &path, &header, &mut sink).map_err(|e| fail(base, e))?;
-        let mut delta_bytes = 0;
-        for (i, &member) in chain.iter().enumerate().skip(1) {
-            let (path, header, size) = {
-                let e = &self.entries[&member];
-                (
-                    e.path.clone(),
-                    e.header.expect("chain members have verified headers"),
-                    e.size,
-                )
+        let mut meta = read_record(self.io.as_mut(), place, &mut sink).map_err(|e| fail(*base, e, true))?;
+        let base_bytes = place.len;
+        let mut since_base = 0;
+        for (i, (member, place)) in chain.iter().enumerate().skip(1) {
+            let mut staging = Staging {
+                file: self.files.id(&place.path),
+                ..Staging::default()
             };
-            let mut staging = Staging::default();
-            match read_generation(self.io.as_mut(), &path, &header, &mut staging) {
+            match read_record(self.io.as_mut(), place, &mut staging) {
                 Ok(m) => {
-                    staging.apply(&mut image, &mut page_hashes);
+                    staging.apply(&mut image, &mut page_hashes, &mut locs);
                     meta = m;
-                    delta_bytes += size;
+                    since_base += place.len;
                 }
                 Err(error) => {
                     return Err(Failure {
-                        member,
+                        member: *member,
                         error,
                         before: Some(Box::new(Image {
-                            number: chain[i - 1],
+                            number: chain[i - 1].0,
                             region_len,
-                            chain: chain[..i].to_vec(),
-                            delta_bytes,
+                            base_bytes,
+                            since_base,
                             image,
                             page_hashes,
+                            locs,
                             meta,
                         })),
+                        full: false,
                     });
                 }
             }
         }
         Ok(Image {
-            number: chain[chain.len() - 1],
+            number: chain[chain.len() - 1].0,
             region_len,
-            chain: chain.to_vec(),
-            delta_bytes,
+            base_bytes,
+            since_base,
             image,
             page_hashes,
+            locs,
             meta,
         })
     }
@@ -355,13 +410,20 @@ fn page_number(index: u64, page: u64) -> usize {
 struct ImageSink<'a> {
     image: &'a mut [u8],
     page_hashes: &'a mut [blake3::Hash],
+    locs: &'a mut [Loc],
+    /// The id of the file being read.
+    file: u32,
 }
 
 impl ChunkSink for ImageSink<'_> {
-    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
+    fn page(&mut self, index: u64, page: u64, len: usize, at: u64) -> &mut [u8] {
         // The reader checked index, page and len against the region's
         // length, which is the image's length.
         let start = page_start(index, page);
+        self.locs[page_number(index, page)] = Loc {
+            file: self.file,
+            offset: at,
+        };
         &mut self.image[start..start + len]
     }
 
@@ -372,21 +434,23 @@ impl ChunkSink for ImageSink<'_> {
     }
 }
 
-/// Holds a delta's pages until the whole file has verified.
+/// Holds a delta's pages until the whole record has verified.
 #[derive(Default)]
 struct Staging {
+    /// The id of the file being read.
+    file: u32,
     bytes: Vec<u8>,
-    /// Chunk index, page in the chunk, offset in `bytes`, length and hash of
-    /// each page, in file order.
-    pages: Vec<(u64, u64, usize, usize, blake3::Hash)>,
+    /// Chunk index, page in the chunk, offset in `bytes`, length, hash and
+    /// place in the file of each page, in record order.
+    pages: Vec<(u64, u64, usize, usize, blake3::Hash, u64)>,
 }
 
 impl ChunkSink for Staging {
-    fn page(&mut self, index: u64, page: u64, len: usize) -> &mut [u8] {
+    fn page(&mut self, index: u64, page: u64, len: usize, file_at: u64) -> &mut [u8] {
         let at = self.bytes.len();
         self.bytes.resize(at + len, 0);
         self.pages
-            .push((index, page, at, len, blake3::Hash::from_bytes([0; 32])));
+            .push((index, page, at, len, blake3::Hash::from_bytes([0; 32]), file_at));
         &mut self.bytes[at..]
     }
 
@@ -400,12 +464,17 @@ impl ChunkSink for Staging {
 }
 
 impl Staging {
-    /// Applies the pages in file order (a later record of a page wins).
-    fn apply(&self, image: &mut [u8], page_hashes: &mut [blake3::Hash]) {
-        for &(index, page, at, len, hash) in &self.pages {
+    /// Applies the pages in record order (a later record of a page wins).
+    fn apply(&self, image: &mut [u8], page_hashes: &mut [blake3::Hash], locs: &mut [Loc]) {
+        for &(index, page, at, len, hash, file_at) in &self.pages {
             let start = page_start(index, page);
             image[start..start + len].copy_from_slice(&self.bytes[at..at + len]);
-            page_hashes[page_number(index, page)] = hash;
+            let n = page_number(index, page);
+            page_hashes[n] = hash;
+            locs[n] = Loc {
+                file: self.file,
+                offset: file_at,
+            };
         }
     }
 }

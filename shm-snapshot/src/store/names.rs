@@ -2,33 +2,59 @@
 
 use std::ffi::OsStr;
 
-const PREFIX: &str = "gen-";
-const SUFFIX: &str = ".snap";
+const SEGMENT_PREFIX: &str = "seg-";
+const SEGMENT_SUFFIX: &str = ".log";
+const BASE_PREFIX: &str = "base-";
+const BASE_SUFFIX: &str = ".snap";
+const LEGACY_PREFIX: &str = "gen-";
+const LEGACY_SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".tmp";
-/// Digits of a generation number in a name: enough for every u64.
+/// Digits of a number in a name: enough for every u64.
 const DIGITS: usize = 20;
 
 /// What a directory entry is to the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Name {
-    /// `gen-<number>.snap`.
-    Generation(u64),
-    /// `gen-<number>.<pid>.<seq>.tmp`: a generation being (or once being)
+    /// `seg-<seq>.log`.
+    Segment(u64),
+    /// `base-<number>.snap`.
+    Base(u64),
+    /// `gen-<number>.snap`, written by version 2.
+    Legacy(u64),
+    /// `seg-<seq>.<pid>.<n>.tmp`, `base-<number>.<pid>.<n>.tmp` or version
+    /// 2's `gen-<number>.<pid>.<n>.tmp`: a file being (or once being)
     /// written.
     Temp,
     /// Not the store's.
     Other,
 }
 
-/// The file name of generation `number`.
-pub(crate) fn generation(number: u64) -> String {
-    format!("{PREFIX}{number:0DIGITS$}{SUFFIX}")
+/// The file name of segment `seq`.
+pub(crate) fn segment(seq: u64) -> String {
+    format!("{SEGMENT_PREFIX}{seq:0DIGITS$}{SEGMENT_SUFFIX}")
 }
 
-/// The temporary file name for generation `number` written by process `pid`
-/// as its `seq`-th temporary file.
-pub(crate) fn temp(number: u64, pid: u32, seq: u64) -> String {
-    format!("{PREFIX}{number:0DIGITS$}.{pid}.{seq}{TEMP_SUFFIX}")
+/// The file name of the base of generation `number`.
+pub(crate) fn base(number: u64) -> String {
+    format!("{BASE_PREFIX}{number:0DIGITS$}{BASE_SUFFIX}")
+}
+
+/// The file name of version 2's generation `number`.
+#[cfg(test)]
+pub(crate) fn legacy(number: u64) -> String {
+    format!("{LEGACY_PREFIX}{number:0DIGITS$}{LEGACY_SUFFIX}")
+}
+
+/// The temporary name of segment `seq` made by process `pid` as its `n`-th
+/// temporary file.
+pub(crate) fn segment_temp(seq: u64, pid: u32, n: u64) -> String {
+    format!("{SEGMENT_PREFIX}{seq:0DIGITS$}.{pid}.{n}{TEMP_SUFFIX}")
+}
+
+/// The temporary name of the base of generation `number` made by process
+/// `pid` as its `n`-th temporary file.
+pub(crate) fn base_temp(number: u64, pid: u32, n: u64) -> String {
+    format!("{BASE_PREFIX}{number:0DIGITS$}.{pid}.{n}{TEMP_SUFFIX}")
 }
 
 /// Classifies a directory entry's name.
@@ -36,18 +62,25 @@ pub(crate) fn classify(name: &OsStr) -> Name {
     let Some(name) = name.to_str() else {
         return Name::Other;
     };
-    let Some(rest) = name.strip_prefix(PREFIX) else {
-        return Name::Other;
-    };
-    if let Some(digits) = rest.strip_suffix(SUFFIX) {
-        return match digits.parse::<u64>() {
-            Ok(n) if n > 0 && is_number(digits) => Name::Generation(n),
-            _ => Name::Other,
+    let kinds: [(&str, &str, fn(u64) -> Name); 3] = [
+        (SEGMENT_PREFIX, SEGMENT_SUFFIX, Name::Segment),
+        (BASE_PREFIX, BASE_SUFFIX, Name::Base),
+        (LEGACY_PREFIX, LEGACY_SUFFIX, Name::Legacy),
+    ];
+    for (prefix, suffix, kind) in kinds {
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
         };
-    }
-    let digits = rest.split('.').next().unwrap_or("");
-    if rest.ends_with(TEMP_SUFFIX) && is_number(digits) {
-        return Name::Temp;
+        if let Some(digits) = rest.strip_suffix(suffix) {
+            return match digits.parse::<u64>() {
+                Ok(n) if n > 0 && is_number(digits) => kind(n),
+                _ => Name::Other,
+            };
+        }
+        let digits = rest.split('.').next().unwrap_or("");
+        if rest.ends_with(TEMP_SUFFIX) && is_number(digits) {
+            return Name::Temp;
+        }
     }
     Name::Other
 }
@@ -62,13 +95,14 @@ mod tests {
 
     #[test]
     fn names_classify_back() {
-        assert_eq!(classify(generation(42).as_ref()), Name::Generation(42));
-        assert_eq!(
-            classify(generation(u64::MAX).as_ref()),
-            Name::Generation(u64::MAX)
-        );
-        assert_eq!(classify(temp(42, 7, 3).as_ref()), Name::Temp);
-        assert_eq!(generation(1), "gen-00000000000000000001.snap");
+        assert_eq!(classify(segment(42).as_ref()), Name::Segment(42));
+        assert_eq!(classify(base(u64::MAX).as_ref()), Name::Base(u64::MAX));
+        assert_eq!(classify(legacy(7).as_ref()), Name::Legacy(7));
+        assert_eq!(classify(segment_temp(42, 7, 3).as_ref()), Name::Temp);
+        assert_eq!(classify(base_temp(42, 7, 3).as_ref()), Name::Temp);
+        assert_eq!(classify("gen-00000000000000000042.7.3.tmp".as_ref()), Name::Temp);
+        assert_eq!(segment(1), "seg-00000000000000000001.log");
+        assert_eq!(base(1), "base-00000000000000000001.snap");
     }
 
     #[test]
@@ -76,10 +110,12 @@ mod tests {
         for name in [
             "lock",
             "gen-1.snap",
-            "gen-00000000000000000000.snap",
+            "seg-1.log",
+            "base-00000000000000000000.snap",
             "gen-99999999999999999999.snap",
-            "gen-0000000000000000000a.snap",
-            "gen-00000000000000000001.snap.bak",
+            "seg-0000000000000000000a.log",
+            "base-00000000000000000001.snap.bak",
+            "seg-00000000000000000001.snap",
             "notes.tmp",
             "gen-x.tmp",
         ] {

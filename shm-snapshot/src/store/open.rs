@@ -12,30 +12,49 @@ use super::hashes::ImageHashes;
 use super::io::{LockAttempt, RealIo, StoreIo};
 use super::lock::LOCK_FILE;
 use super::names::{self, Name};
-use super::read::read_header;
+use super::read::{Place, read_header, scan_segment};
 
 /// How a [`Store`] keeps generations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
-    /// Generations to keep, at least 1 (default 8). Pruning keeps the newest
-    /// `keep` and every older generation their chains need.
+    /// Generations to keep restorable, at least 1 (default 8). Retention
+    /// keeps the newest `keep`, the chains they need, and whatever shares a
+    /// file with them (STORE.md, "Retention").
     pub keep: usize,
-    /// A full base at least every `full_every` generations, at least 1
-    /// (default 16, so a restore reads at most 16 files); 1 makes every
-    /// generation a base.
-    pub full_every: u32,
-    /// Make each generation durable (fsync the file and the directory)
-    /// before reporting it persisted (default true). Off, a power loss may
-    /// lose the newest generations, though never the store's integrity.
+    /// Make generations durable (`fdatasync` the segment, `fsync` and
+    /// rename base files, sync the directory) before acknowledging them
+    /// (default true). Off, a power loss may lose the newest generations,
+    /// though never the store's integrity.
     pub fsync: bool,
+    /// Whether [`GenerationTx::commit`](super::GenerationTx::commit) waits
+    /// for the sync that makes the generation durable (default true). Off,
+    /// it returns once the record is appended, like
+    /// [`GenerationTx::append`](super::GenerationTx::append), and
+    /// [`Store::take_synced`] says when generations became durable.
+    pub wait_for_sync: bool,
+    /// Sync, build bases and remove files on the store's own threads
+    /// (default true). Off, all of it happens on the caller's thread, in a
+    /// fixed order: for tests that count or fail I/O operations.
+    pub background: bool,
+    /// Bytes of deltas appended since the newest base before the next base
+    /// is built (default 8 MiB); the threshold is at least half the newest
+    /// base's size (STORE.md, "Bases in the background").
+    pub base_after_bytes: u64,
 }
+
+/// Bytes of deltas before a base is built, whatever the base's size: a
+/// restore reads at most about this much beyond the base, and a base of a
+/// small region is not rebuilt more often than its deltas make worthwhile.
+pub const BASE_AFTER_BYTES: u64 = 8 << 20;
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
         StoreOptions {
             keep: 8,
-            full_every: 16,
             fsync: true,
+            wait_for_sync: true,
+            background: true,
+            base_after_bytes: BASE_AFTER_BYTES,
         }
     }
 }
@@ -49,13 +68,6 @@ impl StoreOptions {
                 why: "at least one generation must be kept",
             });
         }
-        if self.full_every == 0 {
-            return Err(StoreError::InvalidOption {
-                name: "full_every",
-                value: 0,
-                why: "it must be at least 1 (1 makes every generation a base)",
-            });
-        }
         Ok(())
     }
 }
@@ -63,35 +75,36 @@ impl StoreOptions {
 /// Whether a generation is a base or a delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationKind {
-    /// A full image.
+    /// A full image: a base file.
     Base,
-    /// The chunks that changed since `parent`, in the chain starting at
-    /// `base`.
+    /// The pages that changed since `parent`.
     Delta {
-        /// The base of its chain.
-        base: u64,
         /// The generation it changes.
         parent: u64,
     },
 }
 
-/// A generation file present in the store, as its header describes it. The
-/// header verified; the rest of the file is checked only when loaded.
+/// A generation present in the store, as its record's header describes it.
+/// The header verified (and, in a segment, the record's structure); its
+/// pages are checked only when loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GenerationInfo {
     /// The generation's number.
     pub number: u64,
-    /// Base or delta.
+    /// Base (it has a base file) or delta.
     pub kind: GenerationKind,
-    /// The file's size in bytes.
+    /// The size of its record in bytes (of its base file, for a base).
     pub bytes: u64,
     /// The region's length in bytes.
     pub region_len: u64,
     /// When writing it began, milliseconds since the Unix epoch.
     pub created_ms: u64,
-    /// The file.
+    /// The file holding it: its base file, or the segment holding its
+    /// record.
     pub path: PathBuf,
+    /// Where its record starts in that file.
+    pub offset: u64,
 }
 
 impl GenerationInfo {
@@ -99,47 +112,138 @@ impl GenerationInfo {
     pub fn is_base(&self) -> bool {
         self.kind == GenerationKind::Base
     }
-
-    /// The base of its chain (its own number for a base).
-    pub fn base(&self) -> u64 {
-        match self.kind {
-            GenerationKind::Base => self.number,
-            GenerationKind::Delta { base, .. } => base,
-        }
-    }
 }
 
-/// A generation file found in the directory.
+/// A generation found in the store: its delta record, its full image, or
+/// both (a base built of a generation already in the log).
+#[derive(Debug, Default)]
 pub(crate) struct Entry {
-    pub path: PathBuf,
-    /// Its size; 0 if it could not be opened.
-    pub size: u64,
-    /// Its header, if it verified.
-    pub header: Option<Header>,
-    /// Why its header did not verify.
-    pub problem: Option<StoreError>,
+    /// Its delta record: in a segment, or a version 2 delta file.
+    pub delta: Option<Place>,
+    /// Its full image: a base file, or a version 2 base file.
+    pub full: Option<Place>,
+    /// A file named for this number whose header did not verify, its size,
+    /// and why.
+    pub problem: Option<(PathBuf, u64, StoreError)>,
 }
 
 impl Entry {
-    /// What [`Store::generations`] reports of it; `None` if its header did
-    /// not verify.
+    /// The place whose header describes the generation: the full image if
+    /// there is one.
+    pub(crate) fn place(&self) -> Option<&Place> {
+        self.full.as_ref().or(self.delta.as_ref())
+    }
+
+    /// What [`Store::generations`] reports of it; `None` if no header of it
+    /// verified.
     pub(crate) fn info(&self, number: u64) -> Option<GenerationInfo> {
-        let h = self.header?;
+        let p = self.place()?;
         Some(GenerationInfo {
             number,
-            kind: if h.is_base() {
+            kind: if self.full.is_some() {
                 GenerationKind::Base
             } else {
                 GenerationKind::Delta {
-                    base: h.base,
-                    parent: h.parent,
+                    parent: p.header.parent,
                 }
             },
-            bytes: self.size,
-            region_len: h.region_len,
-            created_ms: h.created_ms,
-            path: self.path.clone(),
+            bytes: p.len,
+            region_len: p.header.region_len,
+            created_ms: p.header.created_ms,
+            path: p.path.clone(),
+            offset: p.offset,
         })
+    }
+
+    /// The file this generation is reported under: its verified place, or
+    /// the file whose header did not verify.
+    pub(crate) fn path(&self) -> Option<&Path> {
+        self.place()
+            .map(|p| p.path.as_path())
+            .or(self.problem.as_ref().map(|(p, _, _)| p.as_path()))
+    }
+}
+
+/// A segment found in the directory.
+#[derive(Debug)]
+pub(crate) struct SegmentEntry {
+    pub path: PathBuf,
+    /// Its length when scanned.
+    pub len: u64,
+    /// The numbers of its readable records, in order.
+    pub numbers: Vec<u64>,
+    /// Where its readable part ends before the end of the file, and why.
+    pub tail: Option<(u64, StoreError)>,
+}
+
+/// Where a segment stops being readable before its end: what a crash leaves
+/// when it interrupts an append, or damage.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Tail {
+    /// The segment.
+    pub path: PathBuf,
+    /// Where the unreadable part starts.
+    pub offset: u64,
+    /// Bytes from there to the end of the file.
+    pub bytes: u64,
+    /// The newest generation before it in the segment, if any.
+    pub after: Option<u64>,
+    /// Why the record there does not read.
+    pub why: String,
+}
+
+/// Where the newest bytes of one page of the newest image are on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Loc {
+    /// The file, by its [`FileIds`] id; 0 for a page that is all zero.
+    pub file: u32,
+    /// Where the page's bytes start in it.
+    pub offset: u64,
+}
+
+impl Loc {
+    /// A page that is all zero: nothing on disk.
+    pub const ZERO: Loc = Loc { file: 0, offset: 0 };
+}
+
+/// Small numbers for the files pages are in, given in the order the store
+/// first meets the files, so a newer segment has a larger id than every
+/// file before it.
+#[derive(Debug, Default)]
+pub(crate) struct FileIds {
+    by_path: std::collections::HashMap<PathBuf, u32>,
+    paths: BTreeMap<u32, PathBuf>,
+    last: u32,
+}
+
+impl FileIds {
+    /// The id of `path`, given now if it has none.
+    pub(crate) fn id(&mut self, path: &Path) -> u32 {
+        if let Some(&id) = self.by_path.get(path) {
+            return id;
+        }
+        self.last += 1;
+        self.by_path.insert(path.to_owned(), self.last);
+        self.paths.insert(self.last, path.to_owned());
+        self.last
+    }
+
+    /// Every id and path.
+    pub(crate) fn all(&self) -> BTreeMap<u32, PathBuf> {
+        self.paths.clone()
+    }
+
+    /// The id the next file met will get: larger than every id given.
+    pub(crate) fn next_id(&self) -> u32 {
+        self.last + 1
+    }
+
+    /// Forgets `path` (removed from the store).
+    pub(crate) fn forget(&mut self, path: &Path) {
+        if let Some(id) = self.by_path.remove(path) {
+            self.paths.remove(&id);
+        }
     }
 }
 
@@ -148,12 +252,15 @@ impl Entry {
 pub(crate) struct Current {
     pub number: u64,
     pub region_len: u64,
-    /// Its chain, base first, itself last.
-    pub chain: Vec<u64>,
-    /// Bytes on disk of the chain's deltas (the base excluded).
-    pub delta_bytes: u64,
     /// BLAKE3 of each chunk and of each page of the image.
     pub hashes: ImageHashes,
+    /// Where each page's bytes are on disk.
+    pub locs: Vec<Loc>,
+    /// Bytes of the newest base file at or below it.
+    pub base_bytes: u64,
+    /// Bytes of delta records appended since that base (or since the last
+    /// base job began).
+    pub since_base: u64,
 }
 
 /// A directory of generations, owned exclusively while this lives. See
@@ -162,12 +269,18 @@ pub struct Store {
     pub(crate) dir: PathBuf,
     pub(crate) options: StoreOptions,
     pub(crate) io: Box<dyn StoreIo>,
-    /// Dropped last: the lock is held as long as anything else of the store.
-    _lock: Box<dyn Send>,
     pub(crate) entries: BTreeMap<u64, Entry>,
+    pub(crate) segments: BTreeMap<u64, SegmentEntry>,
     pub(crate) current: Option<Current>,
+    pub(crate) files: FileIds,
+    /// Counts the times the current image was replaced other than by a
+    /// delta on it (a load, a full generation, a failure): a base built
+    /// from an earlier image is not the current image's ancestor.
+    pub(crate) lineage: u64,
     /// The number the next generation gets.
     pub(crate) next_number: u64,
+    /// The sequence number the next segment gets.
+    pub(crate) next_seq: u64,
     /// Temporary files made by this store, for unique names.
     pub(crate) temp_seq: u64,
     pub(crate) last_skipped: Vec<(u64, StoreError)>,
@@ -175,6 +288,12 @@ pub struct Store {
     pub(crate) read_only: bool,
     /// Temporary files a dead writer left, removed when the store opened.
     pub(crate) temp_removed: Vec<PathBuf>,
+    /// The segment being appended to, the sync thread and the background
+    /// work; made when the first delta is written.
+    pub(crate) writer: Option<super::writer::Writer>,
+    /// Dropped last: the lock is held as long as anything else of the store
+    /// (the writer's threads are stopped when it drops).
+    _lock: Box<dyn Send>,
 }
 
 impl fmt::Debug for Store {
@@ -182,7 +301,8 @@ impl fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.dir)
             .field("options", &self.options)
-            .field("generations", &self.entries.keys().collect::<Vec<_>>())
+            .field("generations", &self.entries.len())
+            .field("segments", &self.segments.keys().collect::<Vec<_>>())
             .field("current", &self.current.as_ref().map(|c| c.number))
             .field("next_number", &self.next_number)
             .finish_non_exhaustive()
@@ -190,10 +310,37 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
+    fn new(
+        dir: &Path,
+        options: StoreOptions,
+        io: Box<dyn StoreIo>,
+        lock: Box<dyn Send>,
+        read_only: bool,
+    ) -> Store {
+        Store {
+            dir: dir.to_owned(),
+            options,
+            io,
+            entries: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            current: None,
+            files: FileIds::default(),
+            lineage: 0,
+            next_number: 1,
+            next_seq: 1,
+            temp_seq: 0,
+            last_skipped: Vec::new(),
+            read_only,
+            temp_removed: Vec::new(),
+            writer: None,
+            _lock: lock,
+        }
+    }
+
     /// Opens the store in `dir`: creates the directory (0700) if missing,
     /// takes an exclusive lock on its `lock` file (0600, holding our pid),
     /// removes temporary files a crashed writer left, and scans the
-    /// generations present. Nothing is loaded yet: see
+    /// generations present (reading each segment's record skeletons). Nothing is loaded yet: see
     /// [`Store::load_newest`].
     ///
     /// A store another owner holds fails with [`StoreError::Locked`].
@@ -231,19 +378,7 @@ impl Store {
             }
             Err(e) => return Err(StoreError::io("locking the store", lock_path, e)),
         };
-        let mut store = Store {
-            dir: dir.to_owned(),
-            options,
-            io,
-            _lock: lock,
-            entries: BTreeMap::new(),
-            current: None,
-            next_number: 1,
-            temp_seq: 0,
-            last_skipped: Vec::new(),
-            read_only: false,
-            temp_removed: Vec::new(),
-        };
+        let mut store = Store::new(dir, options, io, lock, false);
         // We hold the lock, so no temporary file is being written: each is a
         // dead writer's. One that cannot be removed is harmless (never read)
         // and tried again at the next open.
@@ -282,19 +417,7 @@ impl Store {
         // reported as what it is, before anything else.
         io.list(dir)
             .map_err(|e| StoreError::io("listing the store directory", dir, e))?;
-        let mut store = Store {
-            dir: dir.to_owned(),
-            options: StoreOptions::default(),
-            io,
-            _lock: Box::new(()),
-            entries: BTreeMap::new(),
-            current: None,
-            next_number: 1,
-            temp_seq: 0,
-            last_skipped: Vec::new(),
-            read_only: true,
-            temp_removed: Vec::new(),
-        };
+        let mut store = Store::new(dir, StoreOptions::default(), io, Box::new(()), true);
         store.rescan()?;
         Ok(store)
     }
@@ -336,12 +459,12 @@ impl Store {
         self.entries.get(&number)?.info(number)
     }
 
-    /// The generation files present whose header does not verify, oldest
-    /// first, with why, as of the last open, load or commit.
+    /// The files named for a generation whose header does not verify,
+    /// oldest first, with why, as of the last open, load or commit.
     pub fn unreadable(&self) -> Vec<(u64, &StoreError)> {
         self.entries
             .iter()
-            .filter_map(|(&number, e)| Some((number, e.problem.as_ref()?)))
+            .filter_map(|(&number, e)| Some((number, &e.problem.as_ref()?.2)))
             .collect()
     }
 
@@ -367,9 +490,49 @@ impl Store {
         &self.last_skipped
     }
 
-    /// The path of generation `number`'s file, whether or not it exists.
-    pub fn generation_path(&self, number: u64) -> PathBuf {
-        self.dir.join(super::names::generation(number))
+    /// The file holding generation `number` (its base file, or the segment
+    /// holding its record), as of the last scan; `None` if it is not in the
+    /// store.
+    pub fn generation_path(&self, number: u64) -> Option<PathBuf> {
+        self.entries.get(&number)?.path().map(Path::to_owned)
+    }
+
+    /// Where each segment stops being readable before its end, as of the
+    /// last scan: the trace of an append a crash interrupted (or damage).
+    /// The generations before a tail load; nothing after it is read.
+    pub fn tails(&self) -> Vec<Tail> {
+        self.segments
+            .values()
+            .filter_map(|s| {
+                let (offset, why) = s.tail.as_ref()?;
+                Some(Tail {
+                    path: s.path.clone(),
+                    offset: *offset,
+                    bytes: s.len.saturating_sub(*offset),
+                    after: s.numbers.last().copied(),
+                    why: why.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The files of the store, as of the last scan: segments and base files
+    /// (and version 2 files), oldest first. With the lock file and a spare
+    /// segment, what the directory holds.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.segments.values().map(|s| s.path.clone()).collect();
+        let mut others: Vec<PathBuf> = self
+            .entries
+            .values()
+            .flat_map(|e| [e.full.as_ref(), e.delta.as_ref()])
+            .flatten()
+            .filter(|p| p.whole_file)
+            .map(|p| p.path.clone())
+            .collect();
+        others.sort();
+        others.dedup();
+        files.extend(others);
+        files
     }
 
     /// [`Store::last_load_skipped`], taken out of the store.
@@ -383,56 +546,164 @@ impl Store {
             .map_err(|e| StoreError::io("listing the store directory", &self.dir, e))
     }
 
-    /// Re-reads the directory's generation files and their headers. Reads
-    /// only: nothing is created, changed or removed.
+    /// Re-reads the directory: the headers of base files and version 2
+    /// files, and the record skeletons of every segment. Reads only:
+    /// nothing is created, changed or removed.
     pub(crate) fn rescan(&mut self) -> Result<(), StoreError> {
-        let mut entries = BTreeMap::new();
+        let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut segments = BTreeMap::new();
+        let mut seg_names = Vec::new();
+        let mut newest = 0u64;
         for name in self.list()? {
-            let Name::Generation(number) = names::classify(&name) else {
-                continue;
+            let (number, legacy) = match names::classify(&name) {
+                Name::Segment(seq) => {
+                    seg_names.push(seq);
+                    continue;
+                }
+                Name::Base(n) => (n, false),
+                Name::Legacy(n) => (n, true),
+                _ => continue,
             };
+            newest = newest.max(number);
             let path = self.dir.join(&name);
-            let entry = match read_header(self.io.as_mut(), &path) {
-                Ok((header, size)) if header.number == number => Entry {
-                    path,
-                    size,
-                    header: Some(header),
-                    problem: None,
-                },
+            let read = read_header(self.io.as_mut(), &path).and_then(|(header, size)| {
+                whole_file_rule(&path, number, legacy, &header)?;
+                Ok((header, size))
+            });
+            let entry = entries.entry(number).or_default();
+            match read {
                 Ok((header, size)) => {
-                    let problem = StoreError::corrupt(
-                        &path,
-                        Defect::new(
-                            "number",
-                            format::header::NUMBER as u64,
-                            format!("{number} (the number in the file name)"),
-                            header.number,
-                        ),
-                    );
-                    Entry {
+                    let place = Place {
                         path,
-                        size,
-                        header: None,
-                        problem: Some(problem),
+                        offset: 0,
+                        len: size,
+                        header,
+                        whole_file: true,
+                    };
+                    if header.is_base() {
+                        entry.full = Some(place);
+                    } else {
+                        entry.delta = Some(place);
                     }
                 }
                 // Removed since the listing (an owner pruning it): gone.
-                Err(problem) if problem.is_vanished() => continue,
-                Err(problem) => Entry {
+                Err(problem) if problem.is_vanished() => {}
+                Err(problem) => {
                     // What is on disk, for reports: a header that does not
                     // verify says nothing of the file's size.
-                    size: self.io.open_read(&path).map_or(0, |f| f.len),
-                    path,
-                    header: None,
-                    problem: Some(problem),
-                },
+                    let size = self.io.open_read(&path).map_or(0, |f| f.len);
+                    entry.problem = Some((path, size, problem));
+                }
+            }
+        }
+        seg_names.sort_unstable();
+        for seq in seg_names {
+            self.next_seq = self.next_seq.max(seq.saturating_add(1));
+            let path = self.dir.join(names::segment(seq));
+            let scan = match scan_segment(self.io.as_mut(), &path, seq) {
+                Ok(scan) => scan,
+                Err(e) if e.is_vanished() => continue,
+                Err(e) => {
+                    segments.insert(
+                        seq,
+                        SegmentEntry {
+                            len: self.io.open_read(&path).map_or(0, |f| f.len),
+                            path,
+                            numbers: Vec::new(),
+                            tail: Some((0, e)),
+                        },
+                    );
+                    continue;
+                }
             };
-            entries.insert(number, entry);
+            let mut tail = scan.tail;
+            let mut numbers = Vec::new();
+            for place in scan.records {
+                let number = place.header.number;
+                newest = newest.max(number);
+                let entry = entries.entry(number).or_default();
+                if entry.delta.is_some() {
+                    // Generations are unique: a number read before ends
+                    // this segment's readable part.
+                    tail = Some((
+                        place.offset,
+                        StoreError::corrupt(
+                            &path,
+                            Defect::new(
+                                "number",
+                                place.offset + format::header::NUMBER as u64,
+                                "a number no other record holds",
+                                format!("{number}, which an earlier record holds"),
+                            ),
+                        ),
+                    ));
+                    break;
+                }
+                numbers.push(number);
+                entry.delta = Some(place);
+            }
+            if let Some(n) = scan.tail_number {
+                newest = newest.max(n);
+            }
+            segments.insert(
+                seq,
+                SegmentEntry {
+                    path,
+                    len: scan.len,
+                    numbers,
+                    tail,
+                },
+            );
         }
-        if let Some((&newest, _)) = entries.last_key_value() {
-            self.next_number = self.next_number.max(newest.saturating_add(1));
-        }
+        entries.retain(|_, e| e.delta.is_some() || e.full.is_some() || e.problem.is_some());
+        self.next_number = self.next_number.max(newest.saturating_add(1));
         self.entries = entries;
+        self.segments = segments;
         Ok(())
     }
+}
+
+/// Checks what a file that holds one record must: the number of its name,
+/// and the kind its name says (STORE.md, "A base file", "Stores written by
+/// version 2").
+fn whole_file_rule(path: &Path, number: u64, legacy: bool, h: &Header) -> Result<(), StoreError> {
+    if h.number != number {
+        return Err(StoreError::corrupt(
+            path,
+            Defect::new(
+                "number",
+                format::header::NUMBER as u64,
+                format!("{number} (the number in the file name)"),
+                h.number,
+            ),
+        ));
+    }
+    let version = if legacy {
+        format::LEGACY_VERSION
+    } else {
+        format::VERSION
+    };
+    if h.version != version {
+        return Err(StoreError::corrupt(
+            path,
+            Defect::new(
+                "version",
+                format::header::VERSION as u64,
+                format!("{version} (what the file name says)"),
+                h.version,
+            ),
+        ));
+    }
+    if !legacy && !h.is_base() {
+        return Err(StoreError::corrupt(
+            path,
+            Defect::new(
+                "parent",
+                format::header::PARENT as u64,
+                "0 (a base file holds a full image)",
+                h.parent,
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -1,72 +1,108 @@
-//! Writing a generation: base or delta, the pages that changed, and the
-//! steps that make it durable (STORE.md, "Writing a generation").
+//! Writing a generation: a full one into a base file of its own, or a delta
+//! appended to the current segment, with the pages that changed (STORE.md,
+//! "Writing a generation", "Persisting a delta").
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use super::background::now_ms;
 use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, Header, MAX_REGION_LEN, PAGE_BYTES};
 use super::hashes::{ChunkHashes, ImageHashes, View, changed_chunks};
 use super::io::StoreFile;
 use super::names;
-use super::open::{Current, Entry, Store};
+use super::open::{Current, Loc, Store};
+use super::read::Place;
 
-/// A generation made durable by [`GenerationTx::commit`].
+/// A generation written by [`GenerationTx::commit`] or
+/// [`GenerationTx::append`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Persisted {
     /// Its number.
     pub number: u64,
-    /// Whether it is a base.
+    /// Whether it is a full generation, written as a base file.
     pub base: bool,
-    /// Bytes written: the whole file, whose size this is.
+    /// Whether it is durable already. A delta appended without waiting
+    /// becomes durable when [`Store::take_synced`] says so.
+    pub durable: bool,
+    /// Bytes written: the record's size.
     pub bytes_written: u64,
     /// Chunk records written: chunks with at least one page stored.
     pub chunks_written: u64,
     /// Pages stored, over all chunk records.
     pub pages_written: u64,
-    /// From [`Store::begin`] to the end of pruning.
+    /// From [`Store::begin`] to the record appended (and synced, when
+    /// waited for).
     pub elapsed: Duration,
-    /// Old generation files removed by pruning.
+    /// Old files retention gave to the background to remove since the
+    /// last generation.
     pub pruned: usize,
-    /// Removals that failed while pruning. The new generation stands; the
-    /// files stay until a later prune removes them.
+    /// Removals that failed since the last generation. The files stay
+    /// until a later retention removes them.
     pub prune_errors: Vec<StoreError>,
+    /// Bases the background failed to build since the last generation;
+    /// the next one is tried when the threshold is crossed again.
+    pub base_errors: Vec<StoreError>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TxState {
-    /// The temporary file exists and is being written.
+    /// Being written.
     Writing,
-    /// A step failed; the temporary file is gone.
+    /// A step failed; nothing of it is left to use.
     Abandoned,
-    /// The file was renamed into place (or removed again).
+    /// Committed.
     Done,
 }
 
+/// Where a generation being written goes.
+enum Target {
+    /// A full generation: a temporary base file, renamed into place.
+    Full {
+        temp: PathBuf,
+        file: Option<Box<dyn StoreFile>>,
+    },
+    /// A delta: assembled in memory and appended to the current segment.
+    /// A record over [`SPILL_BYTES`] is appended in pieces; `spilled` is
+    /// then where its first piece went (segment sequence number, offset).
+    Delta {
+        buf: Vec<u8>,
+        spilled: Option<(u64, u64)>,
+    },
+}
+
+/// A delta assembled in memory past this many bytes is appended in pieces,
+/// so a generation that rewrote most of a large region does not hold all of
+/// it twice.
+const SPILL_BYTES: usize = 8 << 20;
+
 /// A generation being written. Offer chunks with [`GenerationTx::put_chunk`]
-/// or [`GenerationTx::put_chunks`], then [`GenerationTx::commit`]. Dropping
-/// it without committing aborts: the temporary file is removed and the store
-/// is unchanged.
+/// or [`GenerationTx::put_chunks`], then [`GenerationTx::commit`] or
+/// [`GenerationTx::append`]. Dropping it without committing aborts: nothing
+/// of it stays and the store is unchanged.
 pub struct GenerationTx<'a> {
     store: &'a mut Store,
     header: Header,
-    temp: PathBuf,
-    file: Option<Box<dyn StoreFile>>,
+    target: Target,
     state: TxState,
-    /// A base's hashes: those of the all-zero image, updated in place as
-    /// chunks are offered. `None` in a delta, whose parent's hashes are the
-    /// store's [`Current`] ones, left untouched until the commit succeeds.
+    /// A full generation's hashes: those of the all-zero image, updated in
+    /// place as chunks are offered. `None` in a delta, whose parent's
+    /// hashes are the store's [`Current`] ones, left untouched until the
+    /// commit succeeds.
     own: Option<ImageHashes>,
     /// A delta's hashes of the chunks offered so far that differ from the
-    /// parent's; empty in a base.
+    /// parent's; empty in a full generation.
     offered: BTreeMap<u64, ChunkHashes>,
-    /// The new generation's chain, base first, itself last.
-    chain: Vec<u64>,
-    /// Bytes on disk of the chain's deltas before this one.
-    delta_bytes_before: u64,
+    /// Each stored page (by its index in the region) and where its bytes
+    /// are in the record, in record order.
+    stored: Vec<(usize, u64)>,
+    /// A full generation's page locations (all zero until its pages are
+    /// placed); `None` in a delta.
+    locs: Option<Vec<Loc>>,
     skeleton: blake3::Hasher,
-    /// Reused buffer for one record.
+    /// Reused buffer for one chunk record.
     record: Vec<u8>,
     bytes_written: u64,
     chunks_written: u64,
@@ -78,7 +114,6 @@ impl std::fmt::Debug for GenerationTx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GenerationTx")
             .field("header", &self.header)
-            .field("temp", &self.temp)
             .field("state", &self.state)
             .field("bytes_written", &self.bytes_written)
             .field("chunks_written", &self.chunks_written)
@@ -91,12 +126,15 @@ impl Store {
     /// Starts writing the next generation, of a region of `region_len` bytes
     /// (the last chunk may be short).
     ///
-    /// It is a base when the store has no verified image to write a delta
-    /// against (nothing loaded or committed since opening, or the last load
-    /// failed), when `region_len` changed, when the chain already has
-    /// `full_every - 1` deltas, when those deltas weigh more than the region,
-    /// or when a member of the chain left the directory. Otherwise a delta
-    /// against [`Store::current_generation`].
+    /// It is a full generation (a base file) when the store has no verified
+    /// image to write a delta against (nothing loaded or committed since
+    /// opening, the last load failed, or a sync failed) or when
+    /// `region_len` changed; otherwise a delta against
+    /// [`Store::current_generation`], appended to the current segment.
+    ///
+    /// A sync of earlier generations that failed since the last call is
+    /// reported here, once: those generations are not acknowledged, and the
+    /// next generation is a full one.
     pub fn begin(&mut self, region_len: u64) -> Result<GenerationTx<'_>, StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly {
@@ -109,56 +147,54 @@ impl Store {
                 max: MAX_REGION_LEN,
             });
         }
+        self.check_sync()?;
+        self.poll_background();
         let number = self.next_number;
-        let created_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let parent = self.current.as_ref().filter(|c| self.delta_fits(c, region_len));
-        let (header, own, chain, delta_bytes_before) = match parent {
-            Some(c) => {
-                let header = Header {
-                    number,
-                    base: c.chain[0],
-                    parent: c.number,
-                    region_len,
-                    created_ms,
+        let created_ms = now_ms();
+        let delta = self
+            .current
+            .as_ref()
+            .filter(|c| c.region_len == region_len)
+            .map(|c| c.number);
+        let (header, own, locs, target) = match delta {
+            Some(parent) => {
+                let header = Header::new(number, parent, region_len, created_ms);
+                let target = Target::Delta {
+                    buf: Vec::new(),
+                    spilled: None,
                 };
-                let mut chain = c.chain.clone();
-                chain.push(number);
-                (header, None, chain, c.delta_bytes)
+                (header, None, None, target)
             }
             None => {
-                let header = Header {
-                    number,
-                    base: number,
-                    parent: 0,
-                    region_len,
-                    created_ms,
+                let header = Header::new(number, 0, region_len, created_ms);
+                let no_memory = |bytes| StoreError::OutOfMemory {
+                    path: self.dir.join(names::base(number)),
+                    bytes,
                 };
-                let zero = ImageHashes::zero(region_len).map_err(|e| StoreError::OutOfMemory {
-                    path: self.dir.join(names::generation(number)),
-                    bytes: e.bytes,
-                })?;
-                (header, Some(zero), vec![number], 0)
+                let zero = ImageHashes::zero(region_len).map_err(|e| no_memory(e.bytes))?;
+                let pages = region_len.div_ceil(PAGE_BYTES);
+                let locs = zero_locs(pages).ok_or_else(|| no_memory(pages.saturating_mul(16)))?;
+                let temp = self.temp_path(|pid, n| names::base_temp(number, pid, n));
+                let file = self
+                    .io
+                    .create_new(&temp)
+                    .map_err(|e| StoreError::io("creating temporary base file", &temp, e))?;
+                let target = Target::Full {
+                    temp,
+                    file: Some(file),
+                };
+                (header, Some(zero), Some(locs), target)
             }
         };
-        let seq = self.temp_seq;
-        self.temp_seq += 1;
-        let temp = self.dir.join(names::temp(number, std::process::id(), seq));
-        let file = self
-            .io
-            .create_new(&temp)
-            .map_err(|e| StoreError::io("creating temporary generation file", &temp, e))?;
         let mut tx = GenerationTx {
             store: self,
             header,
-            temp,
-            file: Some(file),
+            target,
             state: TxState::Writing,
             own,
             offered: BTreeMap::new(),
-            chain,
-            delta_bytes_before,
+            stored: Vec::new(),
+            locs,
             skeleton: blake3::Hasher::new(),
             record: Vec::new(),
             bytes_written: 0,
@@ -172,18 +208,25 @@ impl Store {
         Ok(tx)
     }
 
-    /// Whether the next generation may be a delta on `c`.
-    fn delta_fits(&self, c: &Current, region_len: u64) -> bool {
-        let deltas = c.chain.len() as u64 - 1;
-        c.region_len == region_len
-            && deltas + 1 < u64::from(self.options.full_every)
-            && c.delta_bytes <= region_len
-            && c.chain.iter().all(|n| self.entries.contains_key(n))
+    /// A fresh temporary file name in the store's directory.
+    pub(crate) fn temp_path(&mut self, name: impl FnOnce(u32, u64) -> String) -> PathBuf {
+        let n = self.temp_seq;
+        self.temp_seq += 1;
+        self.dir.join(name(std::process::id(), n))
     }
 }
 
+/// `pages` zero-page locations, allocated fallibly.
+pub(crate) fn zero_locs(pages: u64) -> Option<Vec<Loc>> {
+    let n = usize::try_from(pages).ok()?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.resize(n, Loc::ZERO);
+    Some(v)
+}
+
 impl GenerationTx<'_> {
-    /// Whether this generation is a base.
+    /// Whether this generation is a full one (a base file).
     pub fn is_base(&self) -> bool {
         self.header.is_base()
     }
@@ -311,9 +354,16 @@ impl GenerationTx<'_> {
                 let end = (start + PAGE_BYTES as usize).min(chunk.len());
                 record.extend_from_slice(&chunk[start..end]);
             }
+            let at = self.bytes_written + format::chunk::DESCRIPTOR as u64;
             let written = self.write(&record);
             self.record = record;
             written?;
+            let first = (index * format::PAGES_PER_CHUNK) as usize;
+            let mut within = at;
+            for p in format::pages_of(pages) {
+                self.stored.push((first + p as usize, within));
+                within += format::page_len(chunk.len() as u64, p);
+            }
             self.chunks_written += 1;
             self.pages_written += u64::from(pages.count_ones());
         }
@@ -326,102 +376,188 @@ impl GenerationTx<'_> {
         Ok(())
     }
 
-    /// Writes the meta blob and makes the generation durable: fsync the
-    /// temporary file (if `fsync`), rename it into place, fsync the directory
-    /// (if `fsync`). Only then is it persisted and the newest generation.
-    /// Then prunes old generations; a removal that fails is reported in
-    /// [`Persisted::prune_errors`], not as an error.
+    /// Writes the meta blob and makes the generation durable before
+    /// returning (with [`StoreOptions::wait_for_sync`](super::StoreOptions),
+    /// the default): a full generation is synced and renamed into place; a
+    /// delta is appended and the sync covering it waited for. Without
+    /// `wait_for_sync`, the same as [`GenerationTx::append`].
     ///
     /// On an error the store is as before this generation began.
-    pub fn commit(mut self, meta: &[u8]) -> Result<Persisted, StoreError> {
+    pub fn commit(self, meta: &[u8]) -> Result<Persisted, StoreError> {
+        let wait = self.store.options.wait_for_sync;
+        self.finish(meta, wait)
+    }
+
+    /// Writes the meta blob and appends the generation without waiting for
+    /// the sync that makes it durable: [`Store::take_synced`] says when it
+    /// is. It is the newest generation (the next delta's parent) at once. A
+    /// full generation is durable when this returns, as with `commit`.
+    pub fn append(self, meta: &[u8]) -> Result<Persisted, StoreError> {
+        self.finish(meta, false)
+    }
+
+    fn finish(mut self, meta: &[u8], wait: bool) -> Result<Persisted, StoreError> {
         self.writing()?;
         let descriptor = format::meta_descriptor(meta.len() as u64, &blake3::hash(meta));
         self.skeleton.update(&descriptor);
         self.write_record(&descriptor, meta)?;
-        let file_len = self.bytes_written + format::trailer::LEN as u64;
-        let trailer = format::trailer(self.chunks_written, file_len, &mut self.skeleton);
+        let record_len = self.bytes_written + format::trailer::LEN as u64;
+        let trailer = format::trailer(self.chunks_written, record_len, &mut self.skeleton);
         self.write(&trailer)?;
-        let fsync = self.store.options.fsync;
-        if fsync {
-            let synced = self.file.as_mut().map_or(Ok(()), |f| f.sync());
-            if let Err(e) = synced {
-                self.abandon();
-                return Err(StoreError::io("syncing temporary generation file", &self.temp, e));
-            }
-        }
-        self.file = None;
         let number = self.header.number;
-        let path = self.store.dir.join(names::generation(number));
-        if let Err(e) = self.store.io.rename(&self.temp, &path) {
-            self.abandon();
-            return Err(StoreError::io(
-                "renaming the finished temporary file",
-                &self.temp,
-                e,
-            ));
-        }
+        let base = self.is_base();
+        let (place, seq) = if base {
+            (self.finish_full(record_len)?, None)
+        } else {
+            let (place, seq) = self.finish_delta(record_len)?;
+            (place, Some(seq))
+        };
         self.state = TxState::Done;
-        // From here the number is spent: its file may exist.
-        self.store.next_number = number + 1;
-        let entry = Entry {
-            path: path.clone(),
-            size: file_len,
-            header: Some(self.header),
-            problem: None,
-        };
-        let dir_synced = if fsync {
-            self.store.io.sync_dir(&self.store.dir)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = dir_synced {
-            // The rename may not be durable: take the generation back. If
-            // even that fails it stays, complete but unacknowledged, and the
-            // store goes on from the previous generation (STORE.md).
-            if self.store.io.remove(&path).is_err() {
-                self.store.entries.insert(number, entry);
+        let store = &mut *self.store;
+        let file = store.files.id(&place.path);
+        if base {
+            let hashes = self.own.take().expect("a full generation has hashes of its own");
+            let mut locs = self
+                .locs
+                .take()
+                .expect("a full generation has locations of its own");
+            for &(page, at) in &self.stored {
+                locs[page] = Loc {
+                    file,
+                    offset: place.offset + at,
+                };
             }
-            return Err(StoreError::io("syncing the store directory", &self.store.dir, e));
+            store.current = Some(Current {
+                number,
+                region_len: self.header.region_len,
+                hashes,
+                locs,
+                base_bytes: record_len,
+                since_base: 0,
+            });
+            store.lineage += 1;
+            store.entries.entry(number).or_default().full = Some(place);
+        } else {
+            let c = store
+                .current
+                .as_mut()
+                .expect("a delta is begun only on a current image, which only its commit changes");
+            for (index, offered) in std::mem::take(&mut self.offered) {
+                c.hashes.set(index, &offered);
+            }
+            for &(page, at) in &self.stored {
+                c.locs[page] = Loc {
+                    file,
+                    offset: place.offset + at,
+                };
+            }
+            c.number = number;
+            c.since_base += record_len;
+            if let Some(segment) = seq.and_then(|seq| store.segments.get_mut(&seq)) {
+                segment.numbers.push(number);
+                segment.len = place.offset + record_len;
+            }
+            store.entries.entry(number).or_default().delta = Some(place);
         }
-        self.store.entries.insert(number, entry);
-        let delta_bytes = if self.is_base() {
-            0
+        let durable = store.acknowledge(number, seq, wait)?;
+        if base {
+            store.retain();
         } else {
-            self.delta_bytes_before + file_len
-        };
-        let hashes = match self.own.take() {
-            Some(own) => own,
-            None => {
-                let mut hashes = self
-                    .store
-                    .current
-                    .take()
-                    .expect("a delta is begun only on a current image, which only its commit changes")
-                    .hashes;
-                for (index, offered) in std::mem::take(&mut self.offered) {
-                    hashes.set(index, &offered);
-                }
-                hashes
-            }
-        };
-        self.store.current = Some(Current {
-            number,
-            region_len: self.header.region_len,
-            chain: std::mem::take(&mut self.chain),
-            delta_bytes,
-            hashes,
-        });
-        let (pruned, prune_errors) = self.store.prune();
+            store.retain_when_due();
+            store.maybe_start_base(meta, self.header.created_ms);
+        }
+        let (pruned, prune_errors, base_errors) = store.take_reports();
         Ok(Persisted {
             number,
-            base: self.is_base(),
-            bytes_written: file_len,
+            base,
+            durable,
+            bytes_written: record_len,
             chunks_written: self.chunks_written,
             pages_written: self.pages_written,
             elapsed: self.started.elapsed(),
             pruned,
             prune_errors,
+            base_errors,
         })
+    }
+
+    /// Makes a full generation's temporary file durable and names it:
+    /// fsync, rename to its base file's name, fsync the directory. Its
+    /// number is spent from the rename on.
+    fn finish_full(&mut self, record_len: u64) -> Result<Place, StoreError> {
+        let Target::Full { temp, file } = &mut self.target else {
+            unreachable!("called for a full generation")
+        };
+        let temp = temp.clone();
+        let fsync = self.store.options.fsync;
+        if fsync {
+            let synced = file.as_mut().map_or(Ok(()), |f| f.sync());
+            if let Err(e) = synced {
+                self.abandon();
+                return Err(StoreError::io("syncing temporary base file", &temp, e));
+            }
+        }
+        *file = None;
+        let number = self.header.number;
+        let path = self.store.dir.join(names::base(number));
+        if let Err(e) = self.store.io.rename(&temp, &path) {
+            self.abandon();
+            return Err(StoreError::io("renaming the finished base file", &temp, e));
+        }
+        self.state = TxState::Done;
+        // From here the number is spent: its file may exist.
+        self.store.next_number = number + 1;
+        if fsync && let Err(e) = self.store.io.sync_dir(&self.store.dir) {
+            // The rename may not be durable: take the generation back. If
+            // even that fails it stays, complete but unacknowledged, and the
+            // store goes on from the previous generation (STORE.md).
+            let _ = self.store.io.remove(&path);
+            return Err(StoreError::io("syncing the store directory", &self.store.dir, e));
+        }
+        Ok(Place {
+            path,
+            offset: 0,
+            len: record_len,
+            header: self.header,
+            whole_file: true,
+        })
+    }
+
+    /// Appends what is left of a delta's record to the current segment.
+    /// Returns where the whole record is and the segment's sequence number.
+    fn finish_delta(&mut self, record_len: u64) -> Result<(Place, u64), StoreError> {
+        let Target::Delta { buf, spilled } = &mut self.target else {
+            unreachable!("called for a delta")
+        };
+        let piece = std::mem::take(buf);
+        let appended = self.store.append_piece(&piece, *spilled);
+        let (seq, start) = match (appended, *spilled) {
+            (Ok(_), Some(first)) => first,
+            (Ok(at), None) => at,
+            (Err(e), _) => {
+                self.state = TxState::Abandoned;
+                return Err(e);
+            }
+        };
+        self.state = TxState::Done;
+        // From here the number is spent: a record holding it may be read.
+        self.store.next_number = self.header.number + 1;
+        let path = self
+            .store
+            .segments
+            .get(&seq)
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        Ok((
+            Place {
+                path,
+                offset: start,
+                len: record_len,
+                header: self.header,
+                whole_file: false,
+            },
+            seq,
+        ))
     }
 
     fn writing(&self) -> Result<(), StoreError> {
@@ -433,7 +569,7 @@ impl GenerationTx<'_> {
         }
     }
 
-    /// Writes a record, descriptor and payload, in one write.
+    /// Writes a record, descriptor and payload, at once.
     fn write_record(&mut self, descriptor: &[u8], payload: &[u8]) -> Result<(), StoreError> {
         let mut record = std::mem::take(&mut self.record);
         record.clear();
@@ -444,33 +580,67 @@ impl GenerationTx<'_> {
         written
     }
 
-    /// Appends to the temporary file; on failure abandons the generation.
+    /// Adds bytes to the generation: to a full one's temporary file, or to
+    /// a delta's record in memory (appended in pieces past
+    /// [`SPILL_BYTES`]). On failure the generation is abandoned.
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.writing()?;
-        let Some(file) = self.file.as_mut() else {
-            return Err(StoreError::Abandoned {
-                number: self.header.number,
-            });
+        let written = match &mut self.target {
+            Target::Full { temp, file } => match file.as_mut() {
+                Some(file) => file
+                    .write_all(bytes)
+                    .map_err(|e| StoreError::io("writing temporary base file", &*temp, e)),
+                None => Err(StoreError::Abandoned {
+                    number: self.header.number,
+                }),
+            },
+            Target::Delta { buf, spilled } => {
+                buf.extend_from_slice(bytes);
+                if buf.len() >= SPILL_BYTES {
+                    let piece = std::mem::take(buf);
+                    match self.store.append_piece(&piece, *spilled) {
+                        Ok(at) => {
+                            spilled.get_or_insert(at);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    Ok(())
+                }
+            }
         };
-        match file.write_all(bytes) {
+        match written {
             Ok(()) => {
                 self.bytes_written += bytes.len() as u64;
                 Ok(())
             }
             Err(e) => {
                 self.abandon();
-                Err(StoreError::io("writing temporary generation file", &self.temp, e))
+                Err(e)
             }
         }
     }
 
-    /// Closes and removes the temporary file. The removal is best effort: a
-    /// leftover is never read and is removed when the store is next opened.
+    /// Leaves no trace of the generation: a full one's temporary file is
+    /// removed (best effort: a leftover is never read and is removed when
+    /// the store is next opened); a delta's pieces already appended are cut
+    /// off the segment.
     fn abandon(&mut self) {
-        if self.state == TxState::Writing {
-            self.file = None;
-            let _ = self.store.io.remove(&self.temp);
-            self.state = TxState::Abandoned;
+        if self.state != TxState::Writing {
+            return;
+        }
+        self.state = TxState::Abandoned;
+        match &mut self.target {
+            Target::Full { temp, file } => {
+                *file = None;
+                let _ = self.store.io.remove(temp);
+            }
+            Target::Delta { spilled, .. } => {
+                if let Some((seq, start)) = *spilled {
+                    self.store.cut_back(seq, start);
+                }
+            }
         }
     }
 }
