@@ -79,7 +79,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub snapshot: PathBuf,
 
-    /// Region size, in bytes or human units (64MiB, 1GiB); rounded up to a page. [default: 64MiB]
+    /// Region size, in bytes or human units (64MiB, 1GiB); rounded up to a page; with the supervisor's copy of it, about twice this must be available. [default: 64MiB]
     #[arg(long, value_name = "SIZE", default_value = "64MiB", hide_default_value = true, value_parser = parse_size)]
     pub size: u64,
 

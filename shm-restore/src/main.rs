@@ -10,6 +10,7 @@ mod group;
 mod hang;
 mod lag;
 mod leftovers;
+mod memory;
 mod ops;
 mod region;
 mod restore;

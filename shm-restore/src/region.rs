@@ -6,6 +6,8 @@ use std::fs::File;
 use anyhow::{Context, Result};
 use rustix::fs::{FallocateFlags, fallocate};
 
+use crate::memory::Room;
+
 /// The supervisor's region.
 pub struct HostRegion {
     memfd: memfd::Memfd,
@@ -13,10 +15,13 @@ pub struct HostRegion {
 }
 
 impl HostRegion {
-    /// Creates the memfd, sizes it, reserves its memory and seals it. A
-    /// machine without room for `len` bytes fails here, with a clear error,
-    /// instead of killing the program with SIGBUS later.
-    pub fn create(len: u64) -> Result<HostRegion> {
+    /// Creates the memfd of `room`'s length, sizes it, reserves its memory
+    /// and seals it. The memory check made `room` (see
+    /// [`crate::memory::ensure_room`]); a reservation that fails all the
+    /// same fails here, with a clear error, instead of killing the program
+    /// with SIGBUS later.
+    pub fn create(room: Room) -> Result<HostRegion> {
+        let len = room.len();
         let memfd = memfd::MemfdOptions::default()
             .allow_sealing(true)
             .close_on_exec(true)

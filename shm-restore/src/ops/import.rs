@@ -13,6 +13,7 @@ use shm_snapshot::store::{MAX_REGION_LEN, StoreOptions};
 use super::args::Import;
 use super::show::human;
 use super::store::open_locked;
+use crate::memory;
 use crate::region::HostRegion;
 
 /// Runs `import`.
@@ -29,6 +30,9 @@ pub fn run(a: &Import) -> Result<ExitCode> {
             human(MAX_REGION_LEN)
         );
     }
+    // An image the memory available cannot hold as a region is refused
+    // before the store is opened or anything reserved.
+    let room = memory::ensure_room(len)?;
     // A store made for this, keeping what it held: retention is not the
     // importer's business (prune is).
     let options = StoreOptions {
@@ -47,7 +51,7 @@ pub fn run(a: &Import) -> Result<ExitCode> {
     }
     // Copied into a sealed memfd of our own, so the file changing under us
     // cannot change what is checked and persisted.
-    let region = HostRegion::create(len)?;
+    let region = HostRegion::create(room)?;
     copy_into(&a.file, region.file())?;
     let observer = match snapshot::observe_file(region.file()) {
         Ok(Some(observer)) => observer,

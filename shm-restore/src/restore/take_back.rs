@@ -13,6 +13,7 @@ use shm_snapshot::snapshot::{self, Outcome};
 use tracing::{info, warn};
 
 use super::ladder::{self, OnDamage, When};
+use crate::memory::{self, Refusal};
 use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
 
@@ -50,7 +51,10 @@ pub fn take_back(
             warn!(
                 "the region in systemd's file descriptor store is not taken back: {why}; restoring the newest generation on disk"
             );
-            let region = HostRegion::create(size)?;
+            // The handed-back region still holds its memory (systemd
+            // keeps it) while this one is made: the check counts that.
+            let room = memory::ensure_room(size).map_err(Refusal::of_size_flag)?;
+            let region = HostRegion::create(room)?;
             ladder::restore(shared, &region, on_damage, When::AtStart)?;
             Ok((region, false))
         }

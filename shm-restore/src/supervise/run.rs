@@ -1,6 +1,7 @@
 //! Setting the supervisor up (store, region, threads) around the
 //! lifecycle, and tearing it down.
 
+use std::fs::File;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
@@ -13,11 +14,20 @@ use super::lifecycle::Supervisor;
 use crate::child::Launcher;
 use crate::config::Config;
 use crate::leftovers;
+use crate::memory::{self, Refusal, Room};
 use crate::region::HostRegion;
 use crate::restore::{self, When};
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status::Reporter;
 use crate::systemd::Systemd;
+
+/// Where the region comes from.
+enum Start {
+    /// The one systemd handed back, if it is trusted.
+    TakeBack(File),
+    /// A fresh one, for which there is room.
+    Fresh(Room),
+}
 
 /// Runs the supervisor until the program is done, the restart limit is
 /// reached, or a signal stops it. Returns the exit status to end with.
@@ -26,6 +36,14 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
     let mut systemd = unsafe { Systemd::from_env() };
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("becoming the reaper of the program's orphans")?;
+    // A fresh region is checked against the memory available before
+    // anything exists (store directory, lock, memfd), so a size the machine
+    // cannot hold changes nothing. A region systemd hands back exists
+    // already: its memory is in use, not to be found.
+    let start = match systemd.take_inherited() {
+        Some(file) => Start::TakeBack(file),
+        None => Start::Fresh(memory::ensure_room(config.size).map_err(Refusal::of_size_flag)?),
+    };
     let store = Store::open(&config.store_dir, config.store)?;
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
@@ -35,13 +53,13 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         snapshotter: Snapshotter::new(config.snapshots.arena_scan),
         stats: Default::default(),
     };
-    let (region, replacing) = match systemd.take_inherited() {
-        Some(file) => {
+    let (region, replacing) = match start {
+        Start::TakeBack(file) => {
             let (region, taken) = restore::take_back(&mut shared, file, config.size, config.on_damage)?;
             (region, !taken)
         }
-        None => {
-            let region = HostRegion::create(config.size)?;
+        Start::Fresh(room) => {
+            let region = HostRegion::create(room)?;
             restore::restore(&mut shared, &region, config.on_damage, When::AtStart)?;
             (region, false)
         }
