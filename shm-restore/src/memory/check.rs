@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(refusal.available.bytes, 22 * GIB);
         assert_eq!(
             refusal.to_string(),
-            "a region of 100.0 TiB needs 200.8 TiB of memory (the region and 100.8 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
+            "a region of 100.0 TiB needs 202.4 TiB of memory (the region and 102.4 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
         );
     }
 

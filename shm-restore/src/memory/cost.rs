@@ -9,6 +9,11 @@ use shm_snapshot::store::{CHUNK_BYTES, PAGE_BYTES};
 /// chunk of its newest image, to find the pages that changed.
 const HASH_BYTES: u64 = 32;
 
+/// Bytes the store keeps per page besides its hash: where the page's
+/// newest bytes are on disk (16), and, while a base is built in the
+/// background, the base job's copy of the page's hash and place (48).
+const PAGE_EXTRA_BYTES: u64 = 16 + 48;
+
 /// The supervisor's memory that does not grow with the region: its code,
 /// thread stacks, logs, the batches the store hashes and writes. Measured
 /// at about 2 MiB above the shadow and the hashes at rest and 10 MiB while
@@ -19,7 +24,8 @@ const FIXED_BYTES: u64 = 16 << 20;
 ///
 /// Counted: the region itself (shared memory, reserved at start) and the
 /// supervisor's own private memory: the snapshotter's shadow copy of the
-/// region, the store's hashes of its newest image, and [`FIXED_BYTES`].
+/// region, the store's hashes of its newest image and where its pages are
+/// on disk (with a base job's copy of both), and [`FIXED_BYTES`].
 /// Not counted: the moments a restore from disk holds the generation it
 /// reads (up to the region's length again, and the chain's newest delta
 /// while it is verified) while the shadow exists; at start the shadow does
@@ -37,10 +43,11 @@ impl Cost {
     /// near `u64::MAX` costs `u64::MAX`, which nothing can hold).
     pub fn of(region_len: u64) -> Cost {
         let shadow = region_len;
-        let hashes = region_len
-            .div_ceil(PAGE_BYTES)
+        let pages = region_len.div_ceil(PAGE_BYTES);
+        let hashes = pages
             .saturating_add(region_len.div_ceil(CHUNK_BYTES))
-            .saturating_mul(HASH_BYTES);
+            .saturating_mul(HASH_BYTES)
+            .saturating_add(pages.saturating_mul(PAGE_EXTRA_BYTES));
         Cost {
             region: region_len,
             supervisor: shadow.saturating_add(hashes).saturating_add(FIXED_BYTES),
@@ -64,16 +71,17 @@ mod tests {
     fn a_region_costs_twice_its_length_plus_the_hashes_and_a_fixed_part() {
         let cost = Cost::of(GIB);
         assert_eq!(cost.region, GIB);
-        // 256 Ki page hashes (8 MiB) and 16 Ki chunk hashes (0.5 MiB).
-        assert_eq!(cost.supervisor, GIB + 8 * MIB + MIB / 2 + 16 * MIB);
-        assert_eq!(cost.total(), 2 * GIB + 24 * MIB + MIB / 2);
+        // 256 Ki page hashes (8 MiB), 16 Ki chunk hashes (0.5 MiB), and
+        // 64 bytes more per page (16 MiB).
+        assert_eq!(cost.supervisor, GIB + 8 * MIB + MIB / 2 + 16 * MIB + 16 * MIB);
+        assert_eq!(cost.total(), 2 * GIB + 40 * MIB + MIB / 2);
     }
 
     #[test]
     fn the_readme_figure_matches_for_the_sizes_it_names() {
-        // README, "Memory": about 2N + N/120 + 16 MiB.
+        // README, "Memory": about 2N + N/40 + 16 MiB.
         for n in [64 * MIB, GIB, 8 * GIB, 100 * (GIB << 10)] {
-            let readme = 2 * n + n / 120 + 16 * MIB;
+            let readme = 2 * n + n / 40 + 16 * MIB;
             let exact = Cost::of(n).total();
             assert!(exact.abs_diff(readme) <= exact / 1000, "{n}: {exact} vs {readme}");
         }
