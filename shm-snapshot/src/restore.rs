@@ -67,6 +67,8 @@ pub struct Generation {
     pub geometry: Geometry,
     /// Its meta blob, decoded against that layout.
     pub meta: Meta,
+    /// For each page of the image, whether it may hold a non-zero byte.
+    pub data_pages: Vec<bool>,
     /// Newer generations skipped on the way, by cause.
     pub skipped: Damage,
 }
@@ -110,6 +112,42 @@ impl Generation {
                 written += (run_end - p) as u64;
                 p = run_end;
             }
+        }
+        snapshot::apply_meta(file, &self.geometry, &self.meta)?;
+        Ok(Restored {
+            number: self.number,
+            units: self.meta.units.len(),
+            bytes: written,
+        })
+    }
+}
+
+impl Generation {
+    /// Puts the generation into the region in `file`, which must be blank
+    /// (all zero, as a region just made is) and `image.len()` bytes long:
+    /// only the pages that may hold data are written, so the cost follows
+    /// the data, not the region. Then its unit table and counters.
+    pub fn write_to_blank(&self, file: &File) -> Result<Restored, RegionError> {
+        let io = |e| RegionError::io("writing the generation into the region", e);
+        let page = layout::PAGE as usize;
+        let mut written = 0u64;
+        let mut p = 0;
+        while p < self.data_pages.len() {
+            if !self.data_pages[p] {
+                p += 1;
+                continue;
+            }
+            // A run of pages with data, written at once (at most 1 MiB).
+            let mut end = p + 1;
+            while end < self.data_pages.len() && self.data_pages[end] && (end - p) * page < COMPARE_BYTES {
+                end += 1;
+            }
+            let from = p * page;
+            let to = (end * page).min(self.image.len());
+            file.write_all_at(&self.image[from..to], from as u64)
+                .map_err(io)?;
+            written += (to - from) as u64;
+            p = end;
         }
         snapshot::apply_meta(file, &self.geometry, &self.meta)?;
         Ok(Restored {
@@ -169,6 +207,7 @@ pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<R
             image: loaded.image,
             geometry,
             meta,
+            data_pages: loaded.data_pages,
             skipped,
         })),
         None => Ok(Restorable::OtherSize {

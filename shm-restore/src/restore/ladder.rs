@@ -10,6 +10,7 @@ use shm_snapshot::restore::{self, Restorable};
 use shm_snapshot::store::{Damage, Numbers};
 use tracing::{info, warn};
 
+use crate::memory::Room;
 use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
 
@@ -35,13 +36,13 @@ pub enum When {
 
 /// Reads what a supervisor would restore into `region`, reporting by cause
 /// every newer generation skipped on the way. The region is not touched.
-pub fn newest(shared: &mut Shared, region: &HostRegion) -> Result<Restorable> {
+pub fn newest(shared: &mut Shared, region_len: u64) -> Result<Restorable> {
     // What the shadow holds for the store goes there first: the restore
     // must see it, and the shadow is about to be forgotten.
     shared.persist_staged();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();
-    let restorable = restore::newest_restorable(&mut shared.store, Some(region.len()))?;
+    let restorable = restore::newest_restorable(&mut shared.store, Some(region_len))?;
     if let Restorable::Generation(restore::Generation { skipped, .. })
     | Restorable::OtherSize { skipped, .. } = &restorable
     {
@@ -63,21 +64,28 @@ pub fn apply(
     let started = Instant::now();
     let dir = shared.store.dir().to_owned();
     match restorable {
-        Restorable::Empty => {
-            if when == When::AtStart {
+        Restorable::Empty => match when {
+            // A region just made is blank already.
+            When::AtStart => {
                 info!(dir = %dir.display(), "empty store: the program starts on a blank region");
+                Ok(())
             }
-            region.clear()
-        }
+            When::AfterDeath => region.clear(),
+        },
         Restorable::OtherSize { region_len, .. } => bail!(
             "the newest generation holds a region of {} but --size is {}; run with --size={region_len}",
             human(region_len),
             human(region.len()),
         ),
         Restorable::Generation(generation) => {
-            let restored = generation
-                .write_to(region.file())
-                .with_context(|| format!("restoring generation {}", generation.number))?;
+            // At start the region was just made: all zero, so only the
+            // pages with data are written. After a death it holds the dead
+            // program's bytes, compared page by page.
+            let restored = match when {
+                When::AtStart => generation.write_to_blank(region.file()),
+                When::AfterDeath => generation.write_to(region.file()),
+            }
+            .with_context(|| format!("restoring generation {}", generation.number))?;
             shared.snapshotter.restored(&generation.meta);
             info!(
                 generation = restored.number,
@@ -104,16 +112,49 @@ pub fn apply(
                 damaged = numbers,
                 "no generation verifies: the program starts on a blank region (--start-empty-if-damaged); the damaged generations stay in place"
             );
-            region.clear()
+            match when {
+                When::AtStart => Ok(()),
+                When::AfterDeath => region.clear(),
+            }
         }
     }
 }
 
-/// [`newest`] then [`apply`]: the restore at start, and after a death
-/// when the region is not to be kept.
+/// [`newest`] then [`apply`]: the restore after a death when the region
+/// is not to be kept.
 pub fn restore(shared: &mut Shared, region: &HostRegion, on_damage: OnDamage, when: When) -> Result<()> {
-    let restorable = newest(shared, region)?;
+    let restorable = newest(shared, region.len())?;
     apply(shared, restorable, region, on_damage, when)
+}
+
+/// The restore at start: makes the region of `room` and reads the store at
+/// the same time (reserving the region's memory costs about as much as
+/// reading a large store, and the two use different cores), then puts what
+/// the store holds into the new, blank region.
+pub fn restore_into_new(shared: &mut Shared, room: Room, on_damage: OnDamage) -> Result<HostRegion> {
+    let len = room.len();
+    let (region, restorable) = std::thread::scope(|scope| {
+        let made = std::thread::Builder::new()
+            .name("region".to_owned())
+            .spawn_scoped(scope, move || HostRegion::create(room));
+        match made {
+            Ok(handle) => {
+                let restorable = newest(shared, len);
+                let region = handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                (region, restorable)
+            }
+            // No thread to be had: one after the other.
+            Err(e) => (
+                Err(e).context("starting a thread to make the region"),
+                Ok(Restorable::Empty),
+            ),
+        }
+    });
+    let region = region?;
+    apply(shared, restorable?, &region, on_damage, When::AtStart)?;
+    Ok(region)
 }
 
 /// One warning per cause of damage, each naming the generation whose

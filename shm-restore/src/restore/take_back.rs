@@ -12,7 +12,7 @@ use shm_snapshot::restore::{Generation, Restorable};
 use shm_snapshot::snapshot::{self, Outcome};
 use tracing::{info, warn};
 
-use super::ladder::{self, OnDamage, When};
+use super::ladder::{self, OnDamage};
 use crate::memory::{self, Refusal};
 use crate::region::{HostRegion, human};
 use crate::snapshotter::Shared;
@@ -54,8 +54,7 @@ pub fn take_back(
             // The handed-back region still holds its memory (systemd
             // keeps it) while this one is made: the check counts that.
             let room = memory::ensure_room(size).map_err(Refusal::of_size_flag)?;
-            let region = HostRegion::create(room)?;
-            ladder::restore(shared, &region, on_damage, When::AtStart)?;
+            let region = ladder::restore_into_new(shared, room, on_damage)?;
             Ok((region, false))
         }
     }
@@ -87,7 +86,7 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
     let Some(newest) = kept.last().map(|u| u.seq()) else {
         return Err(Refused::Region("it holds no committed unit".into()));
     };
-    let restorable = ladder::newest(shared, &region).map_err(Refused::Store)?;
+    let restorable = ladder::newest(shared, region.len()).map_err(Refused::Store)?;
     let stored = match restorable {
         Restorable::Empty => None,
         Restorable::Damaged(damage) => {

@@ -181,7 +181,7 @@ impl Supervisor {
             return Ok(());
         };
         let mut shared = self.snapshots.pause();
-        let restorable = restore::newest(&mut shared, &self.region)?;
+        let restorable = restore::newest(&mut shared, self.region.len())?;
         let replace = match (&restorable, require) {
             // The post-mortem restored what the store gives: again.
             (_, None) => true,

@@ -15,8 +15,7 @@ use crate::child::Launcher;
 use crate::config::Config;
 use crate::leftovers;
 use crate::memory::{self, Refusal, Room};
-use crate::region::HostRegion;
-use crate::restore::{self, When};
+use crate::restore;
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status::Reporter;
 use crate::systemd::Systemd;
@@ -59,8 +58,7 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
             (region, !taken)
         }
         Start::Fresh(room) => {
-            let region = HostRegion::create(room)?;
-            restore::restore(&mut shared, &region, config.on_damage, When::AtStart)?;
+            let region = restore::restore_into_new(&mut shared, room, config.on_damage)?;
             (region, false)
         }
     };

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
-use super::hashes::{ImageHashes, NoMemory, zero_pages};
+use super::hashes::{ImageHashes, NoMemory, zero_hash, zero_pages};
 use super::open::{Current, Loc, Store};
 use super::read::{ChunkSink, Place, read_record, zeroed};
 use super::write::zero_locs;
@@ -20,6 +20,10 @@ pub struct Loaded {
     pub image: Vec<u8>,
     /// The meta blob stored with it.
     pub meta: Vec<u8>,
+    /// For each page of the image, whether it may hold a non-zero byte:
+    /// every other page is all zero. Lets a restore into a blank region
+    /// write only these.
+    pub data_pages: Vec<bool>,
     /// Every newer generation that was skipped, newest first, with why.
     pub skipped: Vec<(u64, StoreError)>,
 }
@@ -128,6 +132,7 @@ impl Store {
                         i += 1;
                         continue;
                     }
+                    let data_pages = data_pages(&image.page_hashes, image.region_len);
                     self.current = Some(Current {
                         number,
                         region_len: image.region_len,
@@ -140,6 +145,7 @@ impl Store {
                         number,
                         image: image.image,
                         meta: image.meta,
+                        data_pages,
                         skipped,
                     }));
                 }
@@ -204,6 +210,7 @@ impl Store {
                 Ok(image) => {
                     return Ok(Loaded {
                         number,
+                        data_pages: data_pages(&image.page_hashes, image.region_len),
                         image: image.image,
                         meta: image.meta,
                         skipped: Vec::new(),
@@ -394,6 +401,25 @@ impl Store {
             meta,
         })
     }
+}
+
+/// Whether each page may hold a non-zero byte: its hash is not a zero
+/// page's.
+fn data_pages(page_hashes: &[blake3::Hash], region_len: u64) -> Vec<bool> {
+    let whole = zero_hash(PAGE_BYTES);
+    let last = page_hashes.len().saturating_sub(1);
+    page_hashes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let len = (region_len - i as u64 * PAGE_BYTES).min(PAGE_BYTES);
+            if i < last || len == PAGE_BYTES {
+                *h != whole
+            } else {
+                *h != zero_hash(len)
+            }
+        })
+        .collect()
 }
 
 /// Where page `page` of chunk `index` starts in the region.
