@@ -105,6 +105,10 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         let mut shared = snapshotter::lock(&shared);
         // A generation the last post-mortem took and no run followed.
         shared.persist_staged();
+        // Everything appended is durable before the supervisor exits.
+        if let Err(e) = shared.store.sync() {
+            tracing::error!("the newest generations may not be durable: {e}");
+        }
         shared.stats.log_summary();
         shared.stats.generations
     };

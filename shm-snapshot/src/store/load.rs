@@ -86,6 +86,10 @@ impl Store {
     ) -> Result<Option<Loaded>, StoreError> {
         self.current = None;
         self.lineage += 1;
+        // The next delta's parent is whatever loads, which may not be the
+        // last record of the segment being appended to: it starts a new
+        // segment (STORE.md, "A segment", rule 3).
+        self.close_segment();
         self.last_skipped.clear();
         self.rescan()?;
         if self.entries.is_empty() {

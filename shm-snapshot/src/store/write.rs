@@ -166,6 +166,9 @@ impl Store {
                 (header, None, None, target)
             }
             None => {
+                // The deltas after it have it as their parent: they start a
+                // new segment (STORE.md, "A segment", rule 3).
+                self.close_segment();
                 let header = Header::new(number, 0, region_len, created_ms);
                 let no_memory = |bytes| StoreError::OutOfMemory {
                     path: self.dir.join(names::base(number)),

@@ -275,6 +275,14 @@ impl Store {
         }
     }
 
+    /// Closes the segment being appended to, if any: the next delta starts
+    /// a new one. (The sync thread still syncs what was appended to it.)
+    pub(crate) fn close_segment(&mut self) {
+        if let Some(w) = self.writer.as_mut() {
+            w.segment = None;
+        }
+    }
+
     /// Cuts segment `seq` back to `len` bytes (an abandoned or failed
     /// record). If it cannot be cut, it is closed: what follows `len` is its
     /// tail, and the next delta starts a new segment.
