@@ -64,14 +64,17 @@ pub fn apply(
     let started = Instant::now();
     let dir = shared.store.dir().to_owned();
     match restorable {
-        Restorable::Empty => match when {
-            // A region just made is blank already.
-            When::AtStart => {
-                info!(dir = %dir.display(), "empty store: the program starts on a blank region");
-                Ok(())
+        Restorable::Empty => {
+            match when {
+                // A region just made is blank already.
+                When::AtStart => {
+                    info!(dir = %dir.display(), "empty store: the program starts on a blank region")
+                }
+                When::AfterDeath => region.clear()?,
             }
-            When::AfterDeath => region.clear(),
-        },
+            shared.snapshotter.blank(region.len());
+            Ok(())
+        }
         Restorable::OtherSize { region_len, .. } => bail!(
             "the newest generation holds a region of {} but --size is {}; run with --size={region_len}",
             human(region_len),
@@ -86,7 +89,10 @@ pub fn apply(
                 When::AfterDeath => generation.write_to(region.file()),
             }
             .with_context(|| format!("restoring generation {}", generation.number))?;
-            shared.snapshotter.restored(&generation.meta);
+            // The region holds the image now: it is the snapshotter's copy.
+            shared
+                .snapshotter
+                .restored_image(&generation.meta, generation.image);
             info!(
                 generation = restored.number,
                 units = restored.units,
@@ -112,10 +118,11 @@ pub fn apply(
                 damaged = numbers,
                 "no generation verifies: the program starts on a blank region (--start-empty-if-damaged); the damaged generations stay in place"
             );
-            match when {
-                When::AtStart => Ok(()),
-                When::AfterDeath => region.clear(),
+            if when == When::AfterDeath {
+                region.clear()?;
             }
+            shared.snapshotter.blank(region.len());
+            Ok(())
         }
     }
 }

@@ -51,6 +51,10 @@ pub struct Snapshotter {
     /// The units of the generation last persisted or staged: a snapshot
     /// that proves exactly these has nothing new to persist.
     last_units: Option<Vec<UnitRef>>,
+    /// The shadow holds what the region held before the program started
+    /// on it (a restored image, or all zero): the first snapshot takes it
+    /// as the copy of the region instead of copying the whole region.
+    known: bool,
 }
 
 /// A generation taken into the shadow, not yet in the store.
@@ -83,6 +87,7 @@ impl Snapshotter {
         self.shadow_geometry = None;
         self.staged = None;
         self.last_units = None;
+        self.known = false;
     }
 
     /// After the region was rewritten with a generation of the store whose
@@ -91,6 +96,32 @@ impl Snapshotter {
     pub fn restored(&mut self, meta: &Meta) {
         self.forget();
         self.last_units = Some(meta.units.clone());
+    }
+
+    /// As [`Snapshotter::restored`], where `image` is what the region was
+    /// just made to hold (the generation's image; its unit table and
+    /// counters as `meta` says are rewritten by every snapshot anyway). The
+    /// image becomes the shadow: the first snapshot after the restore copies
+    /// only what the program changed since, not the whole region, so a
+    /// restart is followed by a generation as quickly as any other.
+    pub fn restored_image(&mut self, meta: &Meta, image: Vec<u8>) {
+        self.restored(meta);
+        self.shadow = image;
+        self.known = true;
+    }
+
+    /// The region was just made blank (all zero) for a program to start on:
+    /// the shadow is a blank image of `region_len` bytes (its pages are not
+    /// touched until written), and the first snapshot copies only what the
+    /// program wrote. Every chunk counts as changed for the store. (Without
+    /// the memory for it now, the first snapshot copies the region as after
+    /// [`Snapshotter::forget`].)
+    pub fn blank(&mut self, region_len: u64) {
+        self.forget();
+        if let Ok(blank) = store::zeroed(region_len, std::path::Path::new("the region's shadow")) {
+            self.shadow = blank;
+            self.known = true;
+        }
     }
 
     /// Whether a generation taken by [`Snapshotter::stage`] waits to be
@@ -148,7 +179,11 @@ impl Snapshotter {
         let g = *observer.geometry();
         observer.check_header()?;
         if self.shadow_geometry != Some(g) {
-            self.prime(observer, &g)?;
+            if self.known && self.shadow.len() as u64 == g.region_len {
+                self.adopt(&g);
+            } else {
+                self.prime(observer, &g)?;
+            }
         }
         let commit_count = observer.commit_count();
         let next_seq = observer.next_seq();
@@ -184,6 +219,7 @@ impl Snapshotter {
         // the counters were read moves its counter again, and a later window
         // copies it.
         observer.chunk_counters(&mut self.shadow_counters);
+        self.known = false;
         self.shadow.clear();
         self.shadow.resize(g.region_len as usize, 0);
         observer.copy_range(0, &mut self.shadow)?;
@@ -192,6 +228,26 @@ impl Snapshotter {
         self.ring_done = 0;
         self.shadow_geometry = Some(*g);
         Ok(())
+    }
+
+    /// Takes the shadow as it is as the copy of the region before the program
+    /// started (see [`Snapshotter::known`]): the write counters it holds are
+    /// the ones the region held then, so a chunk whose counter moved since
+    /// is copied by the next window, and the rest is as the shadow says.
+    fn adopt(&mut self, g: &Geometry) {
+        let chunks = g.arena_len.div_ceil(g.chunk_bytes);
+        self.shadow_counters.clear();
+        self.shadow_counters.extend((0..chunks).map(|i| {
+            let at = (g.counters_offset + i * layout::COUNTER_SIZE) as usize;
+            u64::from_le_bytes(self.shadow[at..at + 8].try_into().expect("8 bytes"))
+        }));
+        self.dirty = vec![false; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
+        // A blank shadow is no generation of the store: offer everything
+        // once (a store without a current image writes a base anyway).
+        self.all_dirty = self.last_units.is_none();
+        self.ring_done = 0;
+        self.shadow_geometry = Some(*g);
+        self.known = false;
     }
 
     /// Between Pre and Post: copies into the shadow what can have changed,

@@ -161,6 +161,11 @@ pub(crate) fn zero_hash(len: u64) -> Hash {
     }
 }
 
+/// Whether every byte is zero (written so the compiler makes it wide).
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().fold(0u8, |acc, b| acc | b) == 0
+}
+
 /// A generation's view of the image it describes: its parent's hashes
 /// (the all-zero image's for a base), with the chunks offered so far
 /// replaced.
@@ -193,6 +198,13 @@ impl<'a> View<'a> {
 /// `view`'s, with their page hashes.
 pub(crate) fn changed_chunks(first: u64, bytes: &[u8], view: View<'_>) -> Vec<(u64, ChunkHashes)> {
     for_each_chunk(first, bytes, |index, chunk| {
+        // A zero chunk where the image is zero has not changed: seeing that
+        // costs a pass at memory speed, several times faster than hashing
+        // (a region's first generation is mostly this).
+        let was_zero = *view.chunk(index) == zero_hash(chunk.len() as u64);
+        if was_zero && is_zero(chunk) {
+            return None;
+        }
         let hash = blake3::hash(chunk);
         (hash != *view.chunk(index)).then(|| (index, ChunkHashes::with_pages(hash, chunk)))
     })

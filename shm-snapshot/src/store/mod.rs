@@ -38,5 +38,6 @@ pub use load::Loaded;
 pub use lock::LOCK_FILE;
 pub use open::{BASE_AFTER_BYTES, GenerationInfo, GenerationKind, Store, StoreOptions, Tail};
 pub use prune::{Pruned, Removed};
+pub(crate) use read::zeroed;
 pub use sync::Synced;
 pub use write::{GenerationTx, Persisted};
