@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
-use rustix::time::{ClockId, clock_gettime};
 use shm_snapshot::{Client, CommitWithError, Config, Region};
+use shm_snapshot_bench::clock::monotonic_ns;
 
 /// Bytes from the end of one write to the start of the next. A multiple of 8,
 /// so most stores are whole words as in real programs, that does not divide a
@@ -119,14 +119,6 @@ fn run(args: &Args) -> Result<()> {
         first = false;
         schedule.wait_for_next();
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock the relaunch benchmark's runner
-/// reads too, the same for every process on the machine.
-fn monotonic_ns() -> u64 {
-    let t = clock_gettime(ClockId::Monotonic);
-    // The monotonic clock counts from boot: never negative.
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
 /// Prints `line` on stdout and flushes it, so a reader sees it at once even
