@@ -1,7 +1,7 @@
 //! What the benchmark runners (`e2e`, `relaunch`) share: finding the release
 //! binaries they run, driving a supervisor, reading bench-child's lines and
-//! the clock they carry, percentiles, the file system their stores go on,
-//! and the log tail a failed case shows.
+//! the clock they carry, percentiles, the file system their stores go on
+//! and its own sync latency, and the log tail a failed case shows.
 
 #![deny(missing_docs)]
 
@@ -12,3 +12,4 @@ pub mod locate;
 pub mod log;
 pub mod stats;
 pub mod supervisor;
+pub mod sync_latency;
