@@ -45,16 +45,21 @@ pub enum Stream {
 /// A running process whose output is read line by line.
 pub struct Proc {
     child: Option<Child>,
-    lines: Receiver<(Stream, String)>,
+    lines: Receiver<(Stream, String, Instant)>,
     /// Every line seen so far, in arrival order.
     pub seen: Vec<(Stream, String)>,
+    /// When each line of `seen` was read from its pipe.
+    arrived: Vec<Instant>,
 }
 
-fn forward(stream: impl Read + Send + 'static, which: Stream, tx: mpsc::Sender<(Stream, String)>) {
+/// Sends each line of `stream` on `tx` with the instant it was read from
+/// the pipe: never before the process wrote it, and later only by the time
+/// this thread waited for a core.
+fn forward(stream: impl Read + Send + 'static, which: Stream, tx: mpsc::Sender<(Stream, String, Instant)>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            if tx.send((which, line)).is_err() {
+            if tx.send((which, line, Instant::now())).is_err() {
                 break;
             }
         }
@@ -88,6 +93,7 @@ impl Proc {
             child: Some(child),
             lines,
             seen: Vec::new(),
+            arrived: Vec::new(),
         }
     }
 
@@ -113,8 +119,8 @@ impl Proc {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok((which, line)) => {
-                    self.seen.push((which, line.clone()));
+                Ok((which, line, at)) => {
+                    self.record(which, line.clone(), at);
                     if which == stream && want(&line) {
                         return line;
                     }
@@ -175,11 +181,27 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(5));
         };
         // The pipes close when the process and its children are gone.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
+        while let Ok((which, line, at)) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.record(which, line, at);
         }
         self.child = None;
         status
+    }
+
+    fn record(&mut self, which: Stream, line: String, at: Instant) {
+        self.seen.push((which, line));
+        self.arrived.push(at);
+    }
+
+    /// The lines of `stream` seen so far, each with the instant it was read
+    /// from the pipe (at or after the process wrote it).
+    pub fn stamped_lines(&self, stream: Stream) -> Vec<(Instant, String)> {
+        self.seen
+            .iter()
+            .zip(&self.arrived)
+            .filter(|((s, _), _)| *s == stream)
+            .map(|((_, l), at)| (*at, l.clone()))
+            .collect()
     }
 
     /// The lines of `stream` seen so far.

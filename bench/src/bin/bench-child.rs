@@ -15,13 +15,21 @@
 //! It stops when `--for` has elapsed (status 0) or when a signal kills it
 //! (SIGTERM from the supervisor: the default action).
 //!
-//! With `--announce` it prints two lines on stdout, each flushed at once, for
-//! the relaunch benchmark (BENCHMARKS.md, "Relaunch after a kill"):
+//! With `--announce` it prints these lines on stdout, each flushed at once,
+//! for the runners (BENCHMARKS.md, "End-to-end" and "Relaunch after a
+//! kill"; `shm_snapshot_bench::announce` parses them):
 //!
 //! - `started <ns> <pid>`: the CLOCK_MONOTONIC reading taken first thing in
 //!   `main`, before the flags are parsed or the region opened, and its pid;
+//! - `recovered <units>`: how many units the region held when it was opened
+//!   (any program's units count, not only this one's);
 //! - `committed <ns>`: the clock once its first commit of this run is made
 //!   (never, with `--rate 0`).
+//!
+//! With `--progress-every D` it also prints `progress <commits> <ns>` after
+//! the first commit at or past each multiple of D since its start: the
+//! commits of this run so far and the clock then, so a runner can tell the
+//! rate it kept.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -29,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use clap::Parser;
-use rustix::time::{ClockId, clock_gettime};
 use shm_snapshot::{Client, CommitWithError, Config, Region};
+use shm_snapshot_bench::clock::monotonic_ns;
 
 /// Bytes from the end of one write to the start of the next. A multiple of 8,
 /// so most stores are whole words as in real programs, that does not divide a
@@ -69,9 +77,13 @@ struct Args {
     #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
 
-    /// Print `started <CLOCK_MONOTONIC ns> <pid>` on stdout at start and `committed <ns>` after the first commit. [default: print nothing]
+    /// Print `started <CLOCK_MONOTONIC ns> <pid>` on stdout at start, `recovered <units>` once the region is open, and `committed <ns>` after the first commit. [default: print nothing]
     #[arg(long)]
     announce: bool,
+
+    /// Print `progress <commits> <CLOCK_MONOTONIC ns>` on stdout about this often (e.g. 100ms). [default: never]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    progress_every: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -100,33 +112,63 @@ fn run(args: &Args) -> Result<()> {
     // descriptor, and shm-restore seals the region against shrinking.
     let region = unsafe { Region::from_env() }.context("taking the region handed over by shm-restore")?;
     let mut client = Client::open(region, &Config::default()).context("opening the region")?;
+    let units = client.recover().context("recovering the region's units")?;
+    if args.announce {
+        announce(&format!("recovered {}", units.len()))?;
+    }
     let stop_at = args.run_for.map(|d| Instant::now() + d);
     if args.rate == 0 {
         idle(stop_at);
         return Ok(());
     }
-    let mut writer = Writer::new(&client, args.unit_bytes, args.arena_write)?;
+    let mut writer = Writer::new(&client, units.last().map(|u| u.bytes.as_slice()), args)?;
     let mut schedule = Schedule::new(args.rate);
-    let mut first = true;
+    let mut progress = args.progress_every.map(Progress::new);
+    let mut made: u64 = 0;
     loop {
         if stop_at.is_some_and(|t| Instant::now() >= t) {
             return Ok(());
         }
         writer.commit(&mut client)?;
-        if first && args.announce {
+        made += 1;
+        if made == 1 && args.announce {
             announce(&format!("committed {}", monotonic_ns()))?;
         }
-        first = false;
+        if let Some(progress) = &mut progress {
+            progress.after_commit(made)?;
+        }
         schedule.wait_for_next();
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock the relaunch benchmark's runner
-/// reads too, the same for every process on the machine.
-fn monotonic_ns() -> u64 {
-    let t = clock_gettime(ClockId::Monotonic);
-    // The monotonic clock counts from boot: never negative.
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+/// The `progress` lines: one after the first commit at or past each
+/// multiple of the period.
+struct Progress {
+    every_ns: u64,
+    next_ns: u64,
+}
+
+impl Progress {
+    fn new(every: Duration) -> Progress {
+        let every_ns = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX).max(1);
+        Progress {
+            every_ns,
+            next_ns: monotonic_ns().saturating_add(every_ns),
+        }
+    }
+
+    /// Prints the line if one is due, `made` commits into the run.
+    fn after_commit(&mut self, made: u64) -> Result<()> {
+        let now = monotonic_ns();
+        if now >= self.next_ns {
+            announce(&format!("progress {made} {now}"))?;
+            // The next multiple after now: a stall skips lines, it does not
+            // queue them.
+            let behind = (now - self.next_ns) / self.every_ns + 1;
+            self.next_ns = self.next_ns.saturating_add(behind.saturating_mul(self.every_ns));
+        }
+        Ok(())
+    }
 }
 
 /// Prints `line` on stdout and flushes it, so a reader sees it at once even
@@ -202,7 +244,10 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(client: &Client, unit_bytes: u64, arena_write: u64) -> Result<Writer> {
+    /// A writer for `client`'s arena that carries on after `newest`, the
+    /// newest unit the region held, if it is one of this program's.
+    fn new(client: &Client, newest: Option<&[u8]>, args: &Args) -> Result<Writer> {
+        let (unit_bytes, arena_write) = (args.unit_bytes, args.arena_write);
         let arena = client.arena().len() as u64;
         ensure!(
             arena_write <= arena,
@@ -215,10 +260,7 @@ impl Writer {
             offset: 0,
             last_offset: arena - arena_write,
         };
-        let units = client.recover().context("recovering the region's units")?;
-        if let Some(newest) = units.last()
-            && let Some([number, offset, len, _]) = decode(&newest.bytes)
-        {
+        if let Some([number, offset, len, _]) = newest.and_then(decode) {
             writer.next = number.wrapping_add(1);
             writer.offset = writer.after(offset, len);
         }

@@ -1,18 +1,20 @@
-//! One case: start the supervisor over bench-child in a fresh temporary
+//! One load case: start the supervisor over bench-child in a given
 //! directory, sample its CPU time over the measured window, stop it with
-//! SIGTERM, and collect its summary and the store's size.
+//! SIGTERM, and collect its summary, the rate the program kept and the
+//! files the store holds.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use shm_snapshot_bench::disk;
+use shm_snapshot_bench::announce;
+use shm_snapshot_bench::clock::monotonic_ns;
+use shm_snapshot_bench::disk::{self, Tree};
+use shm_snapshot_bench::supervisor::{Next, Supervisor, describe};
 
+use crate::Settings;
 use crate::cpu;
 use crate::summary::Summary;
 
@@ -25,24 +27,36 @@ pub struct Case {
     pub size: &'static str,
     /// bench-child's commits per second; 0 is idle.
     pub rate: u32,
+    /// Whether the restore-at-start figures are also taken on the store this
+    /// case leaves (see `restore.rs`).
+    pub restore_after: bool,
 }
 
 /// The cases, in the order they run and appear in the table.
-pub const CASES: [Case; 3] = [
+pub const CASES: [Case; 4] = [
     Case {
         name: "64 MiB, 1000 commits/s",
         size: "64MiB",
         rate: 1000,
+        restore_after: true,
     },
     Case {
         name: "1 GiB, 1000 commits/s",
         size: "1GiB",
         rate: 1000,
+        restore_after: false,
+    },
+    Case {
+        name: "64 MiB, 10000 commits/s",
+        size: "64MiB",
+        rate: 10_000,
+        restore_after: false,
     },
     Case {
         name: "64 MiB, idle",
         size: "64MiB",
         rate: 0,
+        restore_after: false,
     },
 ];
 
@@ -50,38 +64,23 @@ pub const CASES: [Case; 3] = [
 const UNIT_BYTES: &str = "64";
 /// Bytes of arena data each of its commits writes.
 const ARENA_WRITE: &str = "4096";
+/// How often bench-child reports its commit count: 30 lines in a 3 s
+/// window, so the rate over the window is exact to within the commits of
+/// one period at each end out of thousands.
+const PROGRESS_EVERY: &str = "100ms";
 
 /// Time after the program starts that is not measured: the supervisor's
 /// first generations (the base of the whole region) and page faults.
 pub const WARM_UP: Duration = Duration::from_secs(1);
 /// How long the supervisor may take to start the program: reserving a
 /// 1 GiB region and restoring a store take a moment on a slow machine.
-const START_PATIENCE: Duration = Duration::from_secs(60);
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
 /// How long the supervisor may take to exit after SIGTERM: its default
 /// `--grace` of 10 s, plus a final generation of a 1 GiB region.
-const EXIT_PATIENCE: Duration = Duration::from_secs(60);
-/// How long to wait for the rest of its log once it has exited.
-const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+pub const EXIT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The supervisor's log line announcing that the program runs.
-const CHILD_STARTED: &str = "child started";
 /// Exit status of the supervisor whose program SIGTERM killed (128 + 15).
-const STOPPED_BY_SIGTERM: i32 = 128 + 15;
-
-/// Where and how the cases run.
-#[derive(Debug)]
-pub struct Settings {
-    /// The supervisor binary.
-    pub shm_restore: PathBuf,
-    /// The synthetic program.
-    pub bench_child: PathBuf,
-    /// Parent of each case's temporary directory.
-    pub tmp_root: PathBuf,
-    /// Measured window.
-    pub window: Duration,
-    /// `--interval` for the supervisor, if given.
-    pub interval: Option<Duration>,
-}
+pub const STOPPED_BY_SIGTERM: i32 = 128 + 15;
 
 /// What a case measured.
 #[derive(Debug)]
@@ -90,26 +89,19 @@ pub struct Outcome {
     pub summary: Option<Summary>,
     /// The supervisor's CPU time over the window, in percent of one core.
     pub cpu_percent: f64,
-    /// Bytes of the files in the store once the supervisor has exited.
-    pub store_bytes: u64,
+    /// Commits per second the program made over the window, from its
+    /// `progress` lines; `None` without two of them in the window.
+    pub commits_per_second: Option<f64>,
+    /// The files in the store once the supervisor has exited.
+    pub store: Tree,
 }
 
-/// Runs `case`; an error says why it could not be measured, with the end of
+/// Runs `case` with its store at `store` (a directory the supervisor
+/// creates); an error says why it could not be measured, with the end of
 /// the supervisor's log.
-pub fn run(case: &Case, settings: &Settings, ticks_per_second: u64) -> Result<Outcome> {
-    let dir = tempfile::Builder::new()
-        .prefix("shm-e2e-")
-        .tempdir_in(&settings.tmp_root)
-        .with_context(|| {
-            format!(
-                "creating a temporary directory in {}",
-                settings.tmp_root.display()
-            )
-        })?;
-    let store = dir.path().join("state");
+pub fn run(case: &Case, settings: &Settings, store: &Path, ticks_per_second: u64) -> Result<Outcome> {
     let mut snapshot = OsString::from("--snapshot=");
-    snapshot.push(&store);
-
+    snapshot.push(store);
     let mut command = Command::new(&settings.shm_restore);
     command
         .arg(snapshot)
@@ -123,178 +115,109 @@ pub fn run(case: &Case, settings: &Settings, ticks_per_second: u64) -> Result<Ou
         .arg(&settings.bench_child)
         .args(["--rate", &case.rate.to_string()])
         .args(["--unit-bytes", UNIT_BYTES, "--arena-write", ARENA_WRITE])
-        .current_dir(dir.path())
-        // The summary is an INFO line, whatever the caller's RUST_LOG says.
-        .env("RUST_LOG", "info");
+        .args(["--announce", "--progress-every", PROGRESS_EVERY]);
+    if let Some(dir) = store.parent() {
+        command.current_dir(dir);
+    }
+    // The summary is an INFO line, whatever the caller's RUST_LOG says.
+    command.env("RUST_LOG", "info");
     let mut supervisor = Supervisor::spawn(command)?;
-    let (cpu_percent, summary) = measure(&mut supervisor, settings, ticks_per_second)
+    let (cpu_percent, commits_per_second) = measure(&mut supervisor, settings, ticks_per_second)
         .map_err(|e| anyhow!("{e:#}\n{}", supervisor.tail()))?;
-    let store_bytes =
-        disk::tree_bytes(&store).with_context(|| format!("measuring the store {}", store.display()))?;
+    let summary = Summary::find(supervisor.log());
+    let store = disk::tree(store).with_context(|| format!("measuring the store {}", store.display()))?;
     Ok(Outcome {
         summary,
         cpu_percent,
-        store_bytes,
+        commits_per_second,
+        store,
     })
 }
 
-/// Waits for the program, measures the window, stops the supervisor and
-/// finds its summary line. Returns the CPU percentage and the summary.
+/// Waits for the program, measures the window and stops the supervisor
+/// (its log is then complete). Returns the CPU percentage and the
+/// program's commit rate.
 fn measure(
     supervisor: &mut Supervisor,
     settings: &Settings,
     ticks_per_second: u64,
-) -> Result<(f64, Option<Summary>)> {
-    supervisor.wait_for_line(CHILD_STARTED, START_PATIENCE)?;
+) -> Result<(f64, Option<f64>)> {
+    wait_for_start(supervisor)?;
     std::thread::sleep(WARM_UP);
     let before = cpu::sample(supervisor.pid())?;
+    let from_ns = monotonic_ns();
     std::thread::sleep(settings.window);
     let after = cpu::sample(supervisor.pid())?;
-    if let Some(status) = supervisor.child.try_wait()? {
+    let to_ns = monotonic_ns();
+    if let Some(status) = supervisor.exited()? {
         bail!(
             "shm-restore ended during the measured window ({})",
             describe(status)
         );
     }
-    supervisor.terminate();
-    let status = supervisor.wait(EXIT_PATIENCE)?;
+    let mut progress = Vec::new();
+    for line in supervisor.received() {
+        if let Some(p) = announce::progress(&line)? {
+            progress.push(p);
+        }
+    }
+    let status = supervisor.stop(EXIT_PATIENCE)?;
     if !(status.success() || status.code() == Some(STOPPED_BY_SIGTERM)) {
         bail!("shm-restore ended with {} after SIGTERM", describe(status));
     }
-    supervisor.drain(DRAIN_PATIENCE);
-    let summary = Summary::find(&supervisor.seen);
-    Ok((cpu::percent(&before, &after, ticks_per_second), summary))
+    Ok((
+        cpu::percent(&before, &after, ticks_per_second),
+        commit_rate(&progress, from_ns, to_ns),
+    ))
 }
 
-/// "status N" or "signal N".
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("status {code}"),
-        (None, Some(signal)) => format!("signal {signal}"),
-        (None, None) => status.to_string(),
+/// Reads the program's stdout up to its `started` line.
+pub fn wait_for_start(supervisor: &mut Supervisor) -> Result<announce::Started> {
+    let deadline = Instant::now() + START_PATIENCE;
+    loop {
+        match supervisor.next(deadline) {
+            Ok(Next::Out(line)) => {
+                if let Some(started) = announce::started(&line)? {
+                    return Ok(started);
+                }
+            }
+            Ok(Next::Exited(status)) => bail!(
+                "shm-restore ended with {} before the program started",
+                describe(status)
+            ),
+            Err(e) => return Err(e.context(format!("no `started` line within {START_PATIENCE:?}"))),
+        }
     }
 }
 
-/// The running supervisor, its stderr read line by line on a thread so the
-/// pipe never fills.
-struct Supervisor {
-    child: Child,
-    lines: Receiver<String>,
-    /// Every stderr line received so far.
-    seen: Vec<String>,
+/// Commits per second between the first and the last progress line whose
+/// clock reading falls in `from_ns..=to_ns`.
+fn commit_rate(progress: &[announce::Progress], from_ns: u64, to_ns: u64) -> Option<f64> {
+    let mut inside = progress.iter().filter(|p| (from_ns..=to_ns).contains(&p.ns));
+    let first = inside.next()?;
+    let last = inside.next_back()?;
+    let seconds = (last.ns - first.ns) as f64 / 1e9;
+    (seconds > 0.0).then(|| last.commits.saturating_sub(first.commits) as f64 / seconds)
 }
 
-impl Supervisor {
-    fn spawn(mut command: Command) -> Result<Supervisor> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", command.get_program().to_string_lossy()))?;
-        let stderr = child.stderr.take().context("stderr is piped")?;
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shm_snapshot_bench::announce::Progress;
+
+    #[test]
+    fn the_rate_comes_from_the_progress_lines_inside_the_window() {
+        let lines = [(100, 1), (1000, 2), (2000, 3), (5000, 4)].map(|(commits, s)| Progress {
+            commits,
+            ns: s * 1_000_000_000,
         });
-        Ok(Supervisor {
-            child,
-            lines,
-            seen: Vec::new(),
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for a stderr line containing `text`.
-    fn wait_for_line(&mut self, text: &str, patience: Duration) -> Result<()> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let found = line.contains(text);
-                    self.seen.push(line);
-                    if found {
-                        return Ok(());
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    bail!("no log line containing `{text}` within {patience:?}")
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    bail!(
-                        "shm-restore ended with {} before logging `{text}`",
-                        describe(status)
-                    )
-                }
-            }
-        }
-    }
-
-    /// Sends SIGTERM to the supervisor, which forwards it to the program.
-    fn terminate(&self) {
-        self.signal(rustix::process::Signal::TERM);
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        if let Some(pid) = i32::try_from(self.pid())
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        {
-            // It may have exited already; the caller finds out when it waits.
-            let _ = rustix::process::kill_process(pid, signal);
-        }
-    }
-
-    /// Waits for the supervisor to exit; SIGKILL and an error after `patience`.
-    fn wait(&mut self, patience: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + patience;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                self.signal(rustix::process::Signal::KILL);
-                bail!("shm-restore did not exit within {patience:?} of SIGTERM; killed it");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Collects log lines until the pipe closes or `patience` passes.
-    fn drain(&mut self, patience: Duration) {
-        let deadline = Instant::now() + patience;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(line);
-        }
-    }
-
-    /// The last log lines, for a failure message.
-    fn tail(&mut self) -> String {
-        self.drain(Duration::from_millis(100));
-        shm_snapshot_bench::log::tail(&self.seen)
-    }
-}
-
-impl Drop for Supervisor {
-    /// A case that failed half-way leaves nothing running: the supervisor is
-    /// killed, and its program dies with it (PDEATHSIG).
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        assert_eq!(commit_rate(&lines, 1_500_000_000, 4_000_000_000), Some(2000.0));
+        assert_eq!(commit_rate(&lines, 0, 3_000_000_000), Some(950.0));
+        assert_eq!(
+            commit_rate(&lines, 2_500_000_000, 3_500_000_000),
+            None,
+            "one line"
+        );
+        assert_eq!(commit_rate(&[], 0, u64::MAX), None);
     }
 }

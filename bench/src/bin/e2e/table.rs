@@ -1,18 +1,108 @@
-//! The Markdown table of results and the notes under it.
+//! The Markdown tables of results (the disk's sync latency, the load
+//! cases, the restores at start) and the notes under them.
+
+use shm_snapshot_bench::stats::Spread;
+use shm_snapshot_bench::sync_latency::Probe;
 
 use crate::case::Outcome;
+use crate::restore;
+
+/// One sync-latency probe's row.
+#[derive(Debug)]
+pub struct DiskRow {
+    /// What it timed.
+    pub probe: Probe,
+    /// When in the run: before or after the cases.
+    pub when: &'static str,
+    /// Samples taken.
+    pub samples: usize,
+    /// Their times; `None` if the probe failed.
+    pub spread: Option<Spread>,
+}
+
+const DISK_HEADER: [&str; 6] = ["probe", "when", "samples", "p50 (ms)", "p99 (ms)", "max (ms)"];
+
+/// The disk's table, header first.
+pub fn render_disk(rows: &[DiskRow]) -> String {
+    let mut out = header(&DISK_HEADER);
+    for row in rows {
+        let mut cells = vec![row.probe.describe().to_string(), row.when.to_string()];
+        match &row.spread {
+            None => cells.extend((2..DISK_HEADER.len()).map(|_| FAILED.to_string())),
+            Some(s) => cells.extend([
+                row.samples.to_string(),
+                format!("{:.3}", s.p50),
+                format!("{:.3}", s.p99),
+                format!("{:.3}", s.max),
+            ]),
+        }
+        out += &line(cells.into_iter());
+    }
+    out
+}
+
+/// One restore case's row.
+#[derive(Debug)]
+pub struct RestoreRow {
+    /// The case's name.
+    pub case: String,
+    /// Its measurements; `None` if it failed.
+    pub outcome: Option<restore::Outcome>,
+}
+
+const RESTORE_HEADER: [&str; 7] = [
+    "case",
+    "store files",
+    "store size",
+    "units restored",
+    "restores",
+    "start to exec p50 (ms)",
+    "max (ms)",
+];
+
+/// The restores' table, header first.
+pub fn render_restores(rows: &[RestoreRow]) -> String {
+    let mut out = header(&RESTORE_HEADER);
+    for row in rows {
+        let mut cells = vec![row.case.clone()];
+        match &row.outcome {
+            None => cells.extend((1..RESTORE_HEADER.len()).map(|_| FAILED.to_string())),
+            Some(o) => {
+                let spread = Spread::of_nanos(&o.samples);
+                let ms = |pick: fn(&Spread) -> f64| {
+                    spread
+                        .as_ref()
+                        .map_or(ABSENT.into(), |s| format!("{:.2}", pick(s)))
+                };
+                cells.extend([
+                    o.store.files.to_string(),
+                    bytes(o.store.bytes),
+                    o.units.to_string(),
+                    o.samples.len().to_string(),
+                    ms(|s| s.p50),
+                    ms(|s| s.max),
+                ]);
+            }
+        }
+        out += &line(cells.into_iter());
+    }
+    out
+}
 
 /// One case's row: its name, and what it measured (`None` if it failed).
 #[derive(Debug)]
 pub struct Row {
     /// The case's name.
     pub case: &'static str,
+    /// The program's planned commits per second (0: idle, no rate to show).
+    pub rate: u32,
     /// Its measurements.
     pub outcome: Option<Outcome>,
 }
 
-const HEADER: [&str; 10] = [
+const HEADER: [&str; 12] = [
     "case",
+    "commits/s",
     "generations/s",
     "lag p50 (ms)",
     "lag p99 (ms)",
@@ -21,18 +111,18 @@ const HEADER: [&str; 10] = [
     "changed bytes/generation",
     "written/changed",
     "supervisor CPU %",
+    "store files",
     "store at exit",
 ];
 
 /// Shown where the supervisor reported nothing to compute a column from.
 const ABSENT: &str = "n/a";
 /// Shown in every measured column of a case that failed.
-const FAILED: &str = "failed";
+pub const FAILED: &str = "failed";
 
-/// The table, header first.
+/// The load cases' table, header first.
 pub fn render(rows: &[Row]) -> String {
-    let mut out = line(HEADER.iter().map(|h| h.to_string()));
-    out += &line(HEADER.iter().map(|_| "---".to_string()));
+    let mut out = header(&HEADER);
     for row in rows {
         let mut cells = vec![row.case.to_string()];
         match &row.outcome {
@@ -40,6 +130,7 @@ pub fn render(rows: &[Row]) -> String {
             Some(outcome) => {
                 let s = outcome.summary.clone().unwrap_or_default();
                 cells.extend([
+                    number(outcome.commits_per_second, 0),
                     number(s.per_second, 1),
                     number(s.lag_p50_ms, 2),
                     number(s.lag_p99_ms, 2),
@@ -48,7 +139,8 @@ pub fn render(rows: &[Row]) -> String {
                     number(s.changed_per_generation(), 0),
                     number(s.written_per_changed(), 2),
                     format!("{:.1}", outcome.cpu_percent),
-                    bytes(outcome.store_bytes),
+                    outcome.store.files.to_string(),
+                    bytes(outcome.store.bytes),
                 ]);
             }
         }
@@ -101,12 +193,22 @@ pub fn notes(rows: &[Row]) -> Vec<String> {
             ));
         }
     }
-    if rows.iter().any(|r| r.outcome.is_none()) {
+    let no_rate: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.rate > 0 && r.outcome.as_ref().is_some_and(|o| o.commits_per_second.is_none()))
+        .map(|r| r.case)
+        .collect();
+    if !no_rate.is_empty() {
         notes.push(format!(
-            "{FAILED}: the case could not be measured; its error is on stderr."
+            "commits/s {ABSENT}: the program printed fewer than two progress lines in the window ({}).",
+            no_rate.join("; ")
         ));
     }
     notes
+}
+
+fn header(names: &[&str]) -> String {
+    line(names.iter().map(|h| h.to_string())) + &line(names.iter().map(|_| "---".to_string()))
 }
 
 fn line(cells: impl Iterator<Item = String>) -> String {

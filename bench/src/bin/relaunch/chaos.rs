@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
+use shm_snapshot_bench::stats::Spread;
+use shm_snapshot_bench::supervisor::{Next, Supervisor, describe};
+
 use crate::Settings;
-use crate::stats::Spread;
-use crate::supervisor::{Next, Supervisor, describe};
 
 /// Region size of the run.
 pub const SIZE: &str = "64MiB";

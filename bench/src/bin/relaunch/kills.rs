@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use rustix::process::{Pid, Signal, kill_process};
 
+use shm_snapshot_bench::announce::{self, COMMITTED, STARTED, Started};
+use shm_snapshot_bench::clock::{monotonic_ns, sleep_until};
+use shm_snapshot_bench::supervisor::{Next, Supervisor, describe};
+
 use crate::Settings;
-use crate::stats::Intervals;
-use crate::supervisor::{Next, Supervisor, describe};
+use crate::intervals::Intervals;
 
 /// bench-child's load, as in the end-to-end benchmark: a commit every
 /// millisecond, each a 64 B unit and 4 KiB of fresh arena data, so each
@@ -60,13 +63,6 @@ pub struct Outcome {
     pub samples: Vec<u64>,
     /// How the run ended.
     pub end: End,
-}
-
-/// A `started <ns> <pid>` line of bench-child.
-#[derive(Debug, Clone, Copy)]
-struct Started {
-    ns: u64,
-    pid: i32,
 }
 
 /// Runs the kills at region size `size`; an error says why it could not be
@@ -162,8 +158,8 @@ fn next_start(supervisor: &mut Supervisor, patience: Duration) -> Result<Start> 
     loop {
         match supervisor.next(deadline) {
             Ok(Next::Out(line)) => {
-                if let Some(rest) = line.strip_prefix("started ") {
-                    return parse_started(rest).map(Start::Announced);
+                if let Some(started) = announce::started(&line)? {
+                    return Ok(Start::Announced(started));
                 }
             }
             Ok(Next::Exited(status)) => return Ok(Start::Exited(status)),
@@ -177,61 +173,13 @@ fn wait_for_commit(supervisor: &mut Supervisor) -> Result<()> {
     let deadline = Instant::now() + STEP_PATIENCE;
     loop {
         match supervisor.next(deadline) {
-            Ok(Next::Out(line)) if line.starts_with("committed ") => return Ok(()),
-            Ok(Next::Out(line)) if line.starts_with("started ") => {
+            Ok(Next::Out(line)) if line.starts_with(COMMITTED) => return Ok(()),
+            Ok(Next::Out(line)) if line.starts_with(STARTED) => {
                 bail!("the program started again without being killed: {line}")
             }
             Ok(Next::Out(_)) => {}
             Ok(Next::Exited(status)) => bail!("shm-restore exited with {}", describe(status)),
             Err(e) => return Err(e.context(format!("no `committed` line within {STEP_PATIENCE:?}"))),
         }
-    }
-}
-
-fn parse_started(rest: &str) -> Result<Started> {
-    let mut fields = rest.split_ascii_whitespace();
-    let (Some(ns), Some(pid), None) = (fields.next(), fields.next(), fields.next()) else {
-        bail!("bench-child printed `started {rest}`, expected `started <ns> <pid>`");
-    };
-    Ok(Started {
-        ns: ns
-            .parse()
-            .with_context(|| format!("the clock reading `{ns}` of `started {rest}`"))?,
-        pid: pid
-            .parse()
-            .with_context(|| format!("the pid `{pid}` of `started {rest}`"))?,
-    })
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, as bench-child reads it.
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    // The monotonic clock counts from boot: never negative.
-    u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
-}
-
-/// Sleeps until CLOCK_MONOTONIC reads `ns` (at once if it has passed).
-fn sleep_until(ns: u64) {
-    let now = monotonic_ns();
-    if ns > now {
-        std::thread::sleep(Duration::from_nanos(ns - now));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_started_line_gives_the_clock_reading_and_the_pid() {
-        let started = parse_started("123456789 4242").expect("a well-formed line");
-        assert_eq!((started.ns, started.pid), (123_456_789, 4242));
-    }
-
-    #[test]
-    fn a_started_line_with_a_field_missing_or_extra_is_an_error() {
-        assert!(parse_started("123456789").is_err());
-        assert!(parse_started("123456789 4242 7").is_err());
-        assert!(parse_started("soon 4242").is_err());
     }
 }

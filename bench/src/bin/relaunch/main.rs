@@ -19,9 +19,8 @@
 //! not be measured, 2 for bad arguments.
 
 mod chaos;
+mod intervals;
 mod kills;
-mod stats;
-mod supervisor;
 mod table;
 
 use std::fmt;
@@ -32,6 +31,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
 use shm_snapshot_bench::disk;
 use shm_snapshot_bench::locate::{binary, release_dir};
+use shm_snapshot_bench::stats::Spread;
 use tempfile::TempDir;
 
 use crate::table::{Measured, Row};
@@ -235,7 +235,7 @@ fn kill_row(case: &str, outcome: kills::Outcome) -> Measured {
     Measured {
         kills: u64::from(outcome.kills),
         timed: outcome.samples.len() as u64,
-        spread: stats::Spread::of_nanos(&outcome.samples),
+        spread: Spread::of_nanos(&outcome.samples),
         end,
     }
 }

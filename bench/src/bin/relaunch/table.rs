@@ -1,6 +1,6 @@
 //! The Markdown table of results.
 
-use crate::stats::Spread;
+use shm_snapshot_bench::stats::Spread;
 
 /// One row: a case's name and what it measured (`None` if it failed).
 #[derive(Debug)]

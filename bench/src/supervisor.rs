@@ -1,6 +1,7 @@
-//! A running `shm-restore`: its stdout (where its program's lines arrive)
-//! and stderr (its log) read on threads so neither pipe fills, every wait
-//! bounded, and nothing left running when it is dropped.
+//! A running `shm-restore`, as the runners drive it: its stdout (where its
+//! program's lines arrive) and stderr (its log) read on threads so neither
+//! pipe fills, every wait bounded, and nothing left running when it is
+//! dropped.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
@@ -61,6 +62,38 @@ impl Supervisor {
             log: Vec::new(),
             exited: None,
         })
+    }
+
+    /// The supervisor's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status if it has exited, without waiting.
+    pub fn exited(&mut self) -> Result<Option<ExitStatus>> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().context("checking on shm-restore")?;
+        }
+        Ok(self.exited)
+    }
+
+    /// The stdout lines received so far and not yet returned by
+    /// [`Supervisor::next`], without waiting; log lines are collected on the
+    /// way.
+    pub fn received(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(piped) = self.lines.try_recv() {
+            match piped {
+                Piped::Out(line) => out.push(line),
+                Piped::Err(line) => self.log.push(line),
+            }
+        }
+        out
+    }
+
+    /// Its log lines (stderr) received so far.
+    pub fn log(&self) -> &[String] {
+        &self.log
     }
 
     /// The next stdout line, or the supervisor's exit; an error if neither
@@ -143,7 +176,7 @@ impl Supervisor {
                 self.log.push(line);
             }
         }
-        shm_snapshot_bench::log::tail(&self.log)
+        crate::log::tail(&self.log)
     }
 }
 
