@@ -38,9 +38,9 @@ pub struct Snapshotter {
     /// before it belong to units that were proven intact, and valid units'
     /// bytes never change.
     ring_done: u64,
-    /// Store chunks whose shadow bytes changed since the newest persisted
-    /// generation.
-    dirty: Vec<bool>,
+    /// For each store chunk, the pages (bit `p` for page `p`) whose shadow
+    /// bytes changed since the newest persisted generation.
+    dirty: Vec<u64>,
     /// Every chunk counts as changed (a fresh shadow, or after `forget`).
     all_dirty: bool,
     counters: Vec<u64>,
@@ -223,7 +223,7 @@ impl Snapshotter {
         self.shadow.clear();
         self.shadow.resize(g.region_len as usize, 0);
         observer.copy_range(0, &mut self.shadow)?;
-        self.dirty = vec![false; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
+        self.dirty = vec![0; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
         self.all_dirty = true;
         self.ring_done = 0;
         self.shadow_geometry = Some(*g);
@@ -241,7 +241,7 @@ impl Snapshotter {
             let at = (g.counters_offset + i * layout::COUNTER_SIZE) as usize;
             u64::from_le_bytes(self.shadow[at..at + 8].try_into().expect("8 bytes"))
         }));
-        self.dirty = vec![false; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
+        self.dirty = vec![0; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
         // A blank shadow is no generation of the store: offer everything
         // once (a store without a current image writes a base anyway).
         self.all_dirty = self.last_units.is_none();
@@ -287,9 +287,7 @@ impl Snapshotter {
         for i in 0..self.counters.len() {
             let at = g.arena_offset + i as u64 * g.chunk_bytes;
             let len = g.chunk_bytes.min(g.region_len - at);
-            if compare_all {
-                copied += self.copy_if_changed(observer, at, len)?;
-            } else if self.counters[i] != self.shadow_counters[i] {
+            if compare_all || self.counters[i] != self.shadow_counters[i] {
                 copied += self.copy(observer, at, len)?;
             }
         }
@@ -308,35 +306,38 @@ impl Snapshotter {
         Ok(Some((kept, copied)))
     }
 
-    /// Copies `[at, at + len)` of the region into the shadow and marks its
-    /// chunks changed.
+    /// Copies `[at, at + len)` of the region aside, then into the shadow
+    /// page by page where it differs, marking those pages changed: the
+    /// store then hashes only pages that changed. Returns the bytes read.
     fn copy(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
         if len == 0 {
             return Ok(0);
         }
-        observer.copy_range(at, &mut self.shadow[at as usize..(at + len) as usize])?;
-        self.mark(at, len);
-        Ok(len)
-    }
-
-    /// Copies `[at, at + len)` aside and into the shadow only where it
-    /// differs, marking those chunks changed.
-    fn copy_if_changed(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
         self.scratch.resize(len as usize, 0);
         observer.copy_range(at, &mut self.scratch)?;
-        let shadow = &mut self.shadow[at as usize..(at + len) as usize];
-        if *shadow != self.scratch[..] {
-            shadow.copy_from_slice(&self.scratch);
-            self.mark(at, len);
+        let page = store::PAGE_BYTES;
+        let mut from = at;
+        while from < at + len {
+            // Up to the next page boundary of the region.
+            let to = ((from / page + 1) * page).min(at + len);
+            let (a, b) = ((from - at) as usize, (to - at) as usize);
+            let shadow = &mut self.shadow[from as usize..to as usize];
+            if *shadow != self.scratch[a..b] {
+                shadow.copy_from_slice(&self.scratch[a..b]);
+                self.mark(from, to - from);
+            }
+            from = to;
         }
         Ok(len)
     }
 
+    /// Marks the pages of `[at, at + len)` changed.
     fn mark(&mut self, at: u64, len: u64) {
-        let first = at / store::CHUNK_BYTES;
-        let last = (at + len - 1) / store::CHUNK_BYTES;
-        for dirty in &mut self.dirty[first as usize..=last as usize] {
-            *dirty = true;
+        let page = store::PAGE_BYTES;
+        for p in at / page..=(at + len - 1) / page {
+            let chunk = (p * page / store::CHUNK_BYTES) as usize;
+            let within = (p * page % store::CHUNK_BYTES) / page;
+            self.dirty[chunk] |= 1 << within;
         }
     }
 
@@ -411,9 +412,20 @@ impl Snapshotter {
         let mut tx = store.begin(g.region_len)?;
         let base = tx.is_base();
         let chunks = self.dirty.len() as u64;
-        let mut index = 0;
+        if !base && !self.all_dirty {
+            // Only the pages that changed, chunk by chunk.
+            for (index, &pages) in self.dirty.iter().enumerate() {
+                if pages == 0 {
+                    continue;
+                }
+                let at = index * store::CHUNK_BYTES as usize;
+                let end = (at + store::CHUNK_BYTES as usize).min(self.shadow.len());
+                tx.put_pages(index as u64, pages, &self.shadow[at..end])?;
+            }
+        }
+        let mut index = if !base && !self.all_dirty { chunks } else { 0 };
         while index < chunks {
-            let offered = |i: u64| base || self.all_dirty || self.dirty[i as usize];
+            let offered = |i: u64| base || self.all_dirty || self.dirty[i as usize] != 0;
             if !offered(index) {
                 index += 1;
                 continue;
@@ -430,7 +442,7 @@ impl Snapshotter {
             index = last;
         }
         let persisted = tx.commit(&encoded)?;
-        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.dirty.iter_mut().for_each(|d| *d = 0);
         self.all_dirty = false;
         Ok(Outcome::Persisted {
             persisted,

@@ -98,26 +98,24 @@ impl Jobs {
             let (sender, receiver) = mpsc::channel::<Job>();
             let results = done.clone();
             let mut w = worker(io.fork());
-            match std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("store-background".to_owned())
                 .spawn(move || {
                     for job in receiver {
                         let d = w.run(job);
                         results.lock().unwrap_or_else(|e| e.into_inner()).push(d);
                     }
-                }) {
-                Ok(thread) => {
-                    return Jobs {
-                        sender: Some(sender),
-                        done,
-                        thread: Some(thread),
-                        inline: None,
-                        cancel,
-                    };
-                }
-                // No thread to be had: the work happens on the caller's
-                // thread instead.
-                Err(_) => {}
+                });
+            // No thread to be had: the work happens on the caller's thread
+            // instead.
+            if let Ok(thread) = spawned {
+                return Jobs {
+                    sender: Some(sender),
+                    done,
+                    thread: Some(thread),
+                    inline: None,
+                    cancel,
+                };
             }
         }
         Jobs {
@@ -223,7 +221,7 @@ impl Worker {
         let mut out = Out::new(file.as_mut(), temp);
         let encoded = header.encode();
         out.skeleton(&encoded)?;
-        let mut readers: HashMap<u32, Box<dyn SeekRead>> = HashMap::new();
+        let mut readers: HashMap<u32, Window> = HashMap::new();
         let pages_total = job.page_hashes.len();
         let mut page_offsets = vec![0u64; pages_total];
         let mut chunk_records = 0u64;
@@ -321,7 +319,7 @@ impl Worker {
     /// Reads page `g`'s bytes from where `loc` says they are.
     fn read_page(
         &mut self,
-        readers: &mut HashMap<u32, Box<dyn SeekRead>>,
+        readers: &mut HashMap<u32, Window>,
         job: &BaseJob,
         loc: Loc,
         g: usize,
@@ -338,19 +336,64 @@ impl Worker {
                 ),
             ));
         };
-        if !readers.contains_key(&loc.file) {
-            let f = self
-                .io
-                .open_read(path)
-                .map_err(|e| StoreError::io("opening store file", path, e))?;
-            readers.insert(loc.file, f.reader);
-        }
-        let r = readers.get_mut(&loc.file).expect("inserted above");
-        let mut read = |r: &mut Box<dyn SeekRead>| {
-            r.seek(SeekFrom::Start(loc.offset))?;
-            r.read_exact(bytes)
+        let w = match readers.entry(loc.file) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let f = self
+                    .io
+                    .open_read(path)
+                    .map_err(|e| StoreError::io("opening store file", path, e))?;
+                e.insert(Window {
+                    reader: f.reader,
+                    start: 0,
+                    buf: Vec::new(),
+                })
+            }
         };
-        read(r).map_err(|e| StoreError::io("reading store file", path, e))
+        w.read_at(loc.offset, bytes)
+            .map_err(|e| StoreError::io("reading store file", path, e))
+    }
+}
+
+/// Bytes read from a file at a time while building a base: the pages of
+/// the previous base come in file order, so most are found in the window
+/// read for the page before.
+const WINDOW_BYTES: usize = 1 << 20;
+
+/// A file read through a window of [`WINDOW_BYTES`].
+struct Window {
+    reader: Box<dyn SeekRead>,
+    /// Where the window starts in the file.
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window {
+    /// Copies `out.len()` bytes at `offset` into `out`.
+    fn read_at(&mut self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let n = out.len() as u64;
+        let inside = offset >= self.start && offset + n <= self.start + self.buf.len() as u64;
+        if !inside {
+            self.reader.seek(SeekFrom::Start(offset))?;
+            self.buf.resize(WINDOW_BYTES.max(out.len()), 0);
+            let mut filled = 0;
+            while filled < self.buf.len() {
+                match self.reader.read(&mut self.buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.buf.truncate(filled);
+            self.start = offset;
+            if (filled as u64) < n {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let at = (offset - self.start) as usize;
+        out.copy_from_slice(&self.buf[at..at + out.len()]);
+        Ok(())
     }
 }
 

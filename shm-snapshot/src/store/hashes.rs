@@ -10,11 +10,12 @@ use blake3::Hash;
 
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
 
-/// The hashes of one chunk: of its bytes, and of each of its pages.
+/// The hashes of one chunk: of its bytes (when known), and of each of its
+/// pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChunkHashes {
-    /// BLAKE3 of the chunk's bytes.
-    pub chunk: Hash,
+    /// BLAKE3 of the chunk's bytes; `None` when only its pages were hashed.
+    pub chunk: Option<Hash>,
     /// BLAKE3 of each page's bytes; the first `count` are meaningful.
     pages: [Hash; PAGES_PER_CHUNK as usize],
     count: usize,
@@ -30,7 +31,31 @@ impl ChunkHashes {
             *slot = blake3::hash(page);
             count += 1;
         }
-        ChunkHashes { chunk, pages, count }
+        ChunkHashes {
+            chunk: Some(chunk),
+            pages,
+            count,
+        }
+    }
+
+    /// The hashes of `bytes`, a chunk whose pages are `before` except the
+    /// pages in `bitmap`, which are hashed here. The chunk's own hash is
+    /// left unknown (hashing it would mean reading the pages that did not
+    /// change).
+    pub fn with_some_pages(before: &[Hash], bitmap: u64, bytes: &[u8]) -> ChunkHashes {
+        let mut pages = [Hash::from_bytes([0; 32]); PAGES_PER_CHUNK as usize];
+        let count = before.len();
+        pages[..count].copy_from_slice(before);
+        for (p, page) in bytes.chunks(PAGE_BYTES as usize).enumerate() {
+            if bitmap & (1 << p) != 0 {
+                pages[p] = blake3::hash(page);
+            }
+        }
+        ChunkHashes {
+            chunk: None,
+            pages,
+            count,
+        }
     }
 
     /// The page hashes, one per page of the chunk.
@@ -39,11 +64,15 @@ impl ChunkHashes {
     }
 }
 
-/// The hashes of a whole image: one per chunk, one per page. For 1 GiB that
-/// is 16 Ki chunk hashes and 256 Ki page hashes, 8.5 MiB.
+/// The hashes of a whole image: one per page, and one per chunk where it is
+/// known. For 1 GiB that is 256 Ki page hashes and 16 Ki chunk hashes,
+/// 8.5 MiB. A chunk's hash is unknown when only some of its pages were
+/// hashed (a generation that offered pages) or when it was loaded (hashing
+/// every chunk at load would cost a pass over the whole image); a chunk
+/// offered whole then is compared page by page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ImageHashes {
-    chunks: Vec<Hash>,
+    chunks: Vec<Option<Hash>>,
     pages: Vec<Hash>,
 }
 
@@ -58,10 +87,10 @@ impl ImageHashes {
     /// The hashes of an all-zero image of `region_len` bytes.
     pub fn zero(region_len: u64) -> Result<ImageHashes, NoMemory> {
         let count = format::chunk_count(region_len);
-        let mut chunks = filled(count, zero_hash(CHUNK_BYTES))?;
+        let mut chunks = filled(count, Some(zero_hash(CHUNK_BYTES)))?;
         let tail = region_len % CHUNK_BYTES;
         if tail != 0 {
-            chunks[count as usize - 1] = zero_hash(tail);
+            chunks[count as usize - 1] = Some(zero_hash(tail));
         }
         Ok(ImageHashes {
             chunks,
@@ -69,35 +98,32 @@ impl ImageHashes {
         })
     }
 
-    /// Hashes made of page hashes already known and the image they belong
-    /// to, whose chunks are hashed here (on several threads for a large
-    /// image). A chunk whose pages all hash as zero pages is all zero
-    /// (unless BLAKE3 collides): its hash is known without reading it, so
-    /// the cost follows the data, not the region.
-    pub fn from_pages(image: &[u8], pages: Vec<Hash>) -> ImageHashes {
-        debug_assert_eq!(pages.len() as u64, (image.len() as u64).div_ceil(PAGE_BYTES));
+    /// Hashes made of page hashes already known (a load's): a chunk whose
+    /// pages all hash as zero pages is all zero (unless BLAKE3 collides),
+    /// and its hash is known; every other chunk's hash is left unknown, so
+    /// nothing of the image is read again.
+    pub fn from_pages(region_len: u64, pages: Vec<Hash>) -> Result<ImageHashes, NoMemory> {
+        debug_assert_eq!(pages.len() as u64, region_len.div_ceil(PAGE_BYTES));
+        let count = format::chunk_count(region_len);
+        let mut chunks = filled(count, None)?;
         let zero_page = zero_hash(PAGE_BYTES);
-        let chunks = {
-            let pages = &pages;
-            for_each_chunk(0, image, |index, chunk| {
-                let first = (index * PAGES_PER_CHUNK) as usize;
-                let count = (chunk.len() as u64).div_ceil(PAGE_BYTES) as usize;
-                let all_zero = pages[first..first + count].iter().enumerate().all(|(p, h)| {
-                    let len = (chunk.len() - p * PAGE_BYTES as usize).min(PAGE_BYTES as usize);
-                    if len == PAGE_BYTES as usize {
-                        *h == zero_page
-                    } else {
-                        *h == zero_hash(len as u64)
-                    }
-                });
-                Some(if all_zero {
-                    zero_hash(chunk.len() as u64)
+        for (index, slot) in chunks.iter_mut().enumerate() {
+            let len = format::chunk_len(region_len, index as u64).expect("index below the chunk count");
+            let first = index * PAGES_PER_CHUNK as usize;
+            let n = format::pages_in(len) as usize;
+            let all_zero = pages[first..first + n].iter().enumerate().all(|(p, h)| {
+                let page_len = format::page_len(len, p as u64);
+                if page_len == PAGE_BYTES {
+                    *h == zero_page
                 } else {
-                    blake3::hash(chunk)
-                })
-            })
-        };
-        ImageHashes { chunks, pages }
+                    *h == zero_hash(page_len)
+                }
+            });
+            if all_zero {
+                *slot = Some(zero_hash(len));
+            }
+        }
+        Ok(ImageHashes { chunks, pages })
     }
 
     /// The page hashes, one per page of the image.
@@ -105,9 +131,9 @@ impl ImageHashes {
         &self.pages
     }
 
-    /// The hash of chunk `index`.
-    pub fn chunk(&self, index: u64) -> &Hash {
-        &self.chunks[index as usize]
+    /// The hash of chunk `index`, when known.
+    pub fn chunk(&self, index: u64) -> Option<&Hash> {
+        self.chunks[index as usize].as_ref()
     }
 
     /// The page hashes of chunk `index`.
@@ -137,7 +163,7 @@ pub(crate) fn zero_pages(region_len: u64) -> Result<Vec<Hash>, NoMemory> {
 }
 
 /// `count` copies of `hash`, allocated fallibly.
-fn filled(count: u64, hash: Hash) -> Result<Vec<Hash>, NoMemory> {
+fn filled<T: Clone>(count: u64, hash: T) -> Result<Vec<T>, NoMemory> {
     let no_memory = || NoMemory {
         bytes: count.saturating_mul(32),
     };
@@ -178,11 +204,11 @@ pub(crate) struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// The hash of chunk `index`.
-    pub fn chunk(self, index: u64) -> &'a Hash {
+    /// The hash of chunk `index`, when known.
+    pub fn chunk(self, index: u64) -> Option<&'a Hash> {
         self.offered
             .get(&index)
-            .map_or_else(|| self.parent.chunk(index), |c| &c.chunk)
+            .map_or_else(|| self.parent.chunk(index), |c| c.chunk.as_ref())
     }
 
     /// The page hashes of chunk `index`.
@@ -201,12 +227,20 @@ pub(crate) fn changed_chunks(first: u64, bytes: &[u8], view: View<'_>) -> Vec<(u
         // A zero chunk where the image is zero has not changed: seeing that
         // costs a pass at memory speed, several times faster than hashing
         // (a region's first generation is mostly this).
-        let was_zero = *view.chunk(index) == zero_hash(chunk.len() as u64);
+        let known = view.chunk(index);
+        let was_zero = known == Some(&zero_hash(chunk.len() as u64));
         if was_zero && is_zero(chunk) {
             return None;
         }
         let hash = blake3::hash(chunk);
-        (hash != *view.chunk(index)).then(|| (index, ChunkHashes::with_pages(hash, chunk)))
+        match known {
+            Some(known) => (hash != *known).then(|| (index, ChunkHashes::with_pages(hash, chunk))),
+            // Unknown: compared page by page.
+            None => {
+                let hashes = ChunkHashes::with_pages(hash, chunk);
+                (hashes.pages() != view.pages_of(index)).then_some((index, hashes))
+            }
+        }
     })
 }
 
@@ -293,8 +327,12 @@ mod tests {
         let len = 2 * CHUNK_BYTES + PAGE_BYTES + 10;
         let zeros = vec![0u8; len as usize];
         let z = ImageHashes::zero(len).unwrap();
-        assert_eq!(z, ImageHashes::from_pages(&zeros, zero_pages(len).unwrap()));
-        assert_eq!(*z.chunk(2), blake3::hash(&zeros[..(PAGE_BYTES + 10) as usize]));
+        assert_eq!(z, ImageHashes::from_pages(len, zero_pages(len).unwrap()).unwrap());
+        assert_eq!(
+            *z.chunk(2).unwrap(),
+            blake3::hash(&zeros[..(PAGE_BYTES + 10) as usize])
+        );
+        let _ = &zeros;
         assert_eq!(z.pages_of(2)[1], blake3::hash(&[0u8; 10]));
         assert_eq!(z.pages_of(2).len(), 2);
         assert_eq!(z.pages_of(0).len(), 16);

@@ -137,10 +137,17 @@ impl Store {
                         continue;
                     }
                     let data_pages = data_pages(&image.page_hashes, image.region_len);
+                    let hashes =
+                        ImageHashes::from_pages(image.region_len, image.page_hashes).map_err(|e| {
+                            StoreError::OutOfMemory {
+                                path: chain[0].1.path.clone(),
+                                bytes: e.bytes,
+                            }
+                        })?;
                     self.current = Some(Current {
                         number,
                         region_len: image.region_len,
-                        hashes: ImageHashes::from_pages(&image.image, image.page_hashes),
+                        hashes,
                         locs: image.locs,
                         base_bytes: image.base_bytes,
                         since_base: image.since_base,

@@ -278,6 +278,34 @@ impl GenerationTx<'_> {
         self.offer(first_index, bytes)
     }
 
+    /// Offers the current bytes of chunk `index` (as for
+    /// [`GenerationTx::put_chunk`]), saying that only the pages in `pages`
+    /// (bit `p` for page `p`) may differ from the image this generation
+    /// changes: only those are hashed and compared, and a record of those
+    /// that differ is written. For a caller that knows which pages it
+    /// changed (the snapshotter compares what it copies): a few pages cost
+    /// a few pages of hashing, not the chunk's.
+    ///
+    /// In a full generation (a base), where every page is compared with
+    /// zero, the whole chunk is offered as by `put_chunk`.
+    pub fn put_pages(&mut self, index: u64, pages: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.writing()?;
+        self.check_chunk(index, bytes.len())?;
+        let all = format::all_pages(bytes.len() as u64);
+        if self.own.is_some() || pages & all == all {
+            return self.offer(index, bytes);
+        }
+        let pages = pages & all;
+        if pages == 0 {
+            return Ok(());
+        }
+        let hashes = ChunkHashes::with_some_pages(self.view().pages_of(index), pages, bytes);
+        if hashes.pages() != self.view().pages_of(index) {
+            self.write_changed(index, bytes, hashes)?;
+        }
+        Ok(())
+    }
+
     /// Fails unless chunk `index` exists and is `len` bytes long.
     fn check_chunk(&self, index: u64, len: usize) -> Result<(), StoreError> {
         let expected = self.chunk_len(index)?;

@@ -336,7 +336,7 @@ impl Store {
         let Some(c) = self.current.as_mut() else {
             return;
         };
-        if c.since_base < threshold.max(c.base_bytes / 2) {
+        if c.since_base < threshold.max(c.base_bytes) {
             return;
         }
         c.since_base = 0;
