@@ -269,7 +269,7 @@ impl Worker {
                     ms = started.elapsed().as_millis() as u64,
                     durable = persisted.durable,
                     lag_ms = lag.map(|l| format!("{:.3}", l.as_secs_f64() * 1000.0)),
-                    "generation appended"
+                    "generation persisted"
                 );
                 Attempt::Persisted
             }
