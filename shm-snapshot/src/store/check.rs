@@ -8,7 +8,7 @@ use std::path::Path;
 use super::error::StoreError;
 use super::format::PAGE_BYTES;
 use super::open::{GenerationInfo, Store};
-use super::read::{ChunkSink, read_header, read_record};
+use super::read::{ChunkSink, Records, read_header};
 
 /// What [`Store::check_all`] found of one generation.
 #[derive(Debug)]
@@ -98,6 +98,9 @@ impl Store {
         };
         let mut checked: BTreeMap<u64, Checked> = BTreeMap::new();
         let numbers: Vec<u64> = self.entries.keys().copied().collect();
+        // Records in number order follow each other in their segments: one
+        // sequential read of each.
+        let mut records = Records::default();
         for number in numbers {
             let entry = &self.entries[&number];
             let info = entry.info(number);
@@ -110,7 +113,7 @@ impl Store {
             let mut full_error = None;
             if let Some(place) = &full {
                 discard.first = None;
-                match read_record(self.io.as_mut(), place, &mut discard) {
+                match records.read(self.io.as_mut(), place, &mut discard) {
                     Ok(meta) => {
                         let len = place.header.region_len.min(PAGE_BYTES) as usize;
                         let first_page = Some(discard.first.take().unwrap_or_else(|| vec![0; len]));
@@ -159,7 +162,7 @@ impl Store {
                 continue;
             };
             discard.first = None;
-            let read = read_record(self.io.as_mut(), &place, &mut discard);
+            let read = records.read(self.io.as_mut(), &place, &mut discard);
             let (meta, condition) = match read {
                 Ok(meta) => (Some(meta), Condition::Intact),
                 Err(e) if e.is_vanished() => (None, Condition::Vanished),

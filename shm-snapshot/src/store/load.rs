@@ -8,7 +8,7 @@ use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
 use super::hashes::{ImageHashes, NoMemory, zero_hash, zero_pages};
 use super::open::{Current, Loc, Store};
-use super::read::{ChunkSink, Place, read_record, zeroed};
+use super::read::{ChunkSink, Place, Records, zeroed};
 use super::write::zero_locs;
 
 /// A generation loaded from the store.
@@ -368,7 +368,10 @@ impl Store {
             locs: &mut locs,
             file,
         };
-        let mut meta = read_record(self.io.as_mut(), place, &mut sink).map_err(|e| fail(*base, e, true))?;
+        let mut records = Records::default();
+        let mut meta = records
+            .read(self.io.as_mut(), place, &mut sink)
+            .map_err(|e| fail(*base, e, true))?;
         let base_bytes = place.len;
         let mut since_base = 0;
         for (i, (member, place)) in chain.iter().enumerate().skip(1) {
@@ -376,7 +379,7 @@ impl Store {
                 file: self.files.id(&place.path),
                 ..Staging::default()
             };
-            match read_record(self.io.as_mut(), place, &mut staging) {
+            match records.read(self.io.as_mut(), place, &mut staging) {
                 Ok(m) => {
                     staging.apply(&mut image, &mut page_hashes, &mut locs);
                     meta = m;

@@ -50,19 +50,46 @@ pub(crate) fn read_header(io: &mut dyn StoreIo, path: &Path) -> Result<(Header, 
     Ok((header, s.len))
 }
 
-/// Reads the whole record at `place`, checking every field, handing each
-/// verified chunk to `sink` in order. The header must be the one the scan
-/// found (a sink may rely on its region length).
-///
-/// Returns the meta blob. On an error the sink may have received bytes of
-/// chunks that did not verify: a caller applies nothing from a record
-/// before this returns `Ok`.
-pub(crate) fn read_record(
-    io: &mut dyn StoreIo,
-    place: &Place,
-    sink: &mut dyn ChunkSink,
-) -> Result<Vec<u8>, StoreError> {
-    let mut s = Stream::open(io, &place.path, place.offset)?;
+/// Reads records one after the other, keeping the file open (and its read
+/// buffer) while each record starts where the one before ended: a chain's
+/// records in a segment are read as one sequential pass.
+#[derive(Default)]
+pub(crate) struct Records {
+    open: Option<Stream<'static>>,
+}
+
+impl Records {
+    /// Reads the whole record at `place`, checking every field, handing
+    /// each verified chunk to `sink` in order; through the file already
+    /// open when `place` follows the record read last. The header must be
+    /// the one the scan found (a sink may rely on its region length).
+    ///
+    /// Returns the meta blob. On an error the sink may have received bytes
+    /// of chunks that did not verify: a caller applies nothing from a
+    /// record before this returns `Ok`.
+    pub(crate) fn read(
+        &mut self,
+        io: &mut dyn StoreIo,
+        place: &Place,
+        sink: &mut dyn ChunkSink,
+    ) -> Result<Vec<u8>, StoreError> {
+        let reusable = self
+            .open
+            .as_ref()
+            .is_some_and(|s| s.path == place.path && s.pos == place.offset);
+        if !reusable {
+            self.open = Some(Stream::open_owned(io, place.path.clone(), place.offset)?);
+        }
+        let s = self.open.as_mut().expect("opened above");
+        let read = read_from(s, place, sink);
+        if read.is_err() {
+            self.open = None;
+        }
+        read
+    }
+}
+
+fn read_from(s: &mut Stream<'_>, place: &Place, sink: &mut dyn ChunkSink) -> Result<Vec<u8>, StoreError> {
     let header = s.header()?;
     if header != place.header {
         return Err(s.defect(Defect::new(
@@ -115,7 +142,6 @@ pub(crate) fn scan_segment(io: &mut dyn StoreIo, path: &Path, seq: u64) -> Resul
     let mut tail_number = None;
     while s.pos < s.len {
         let offset = s.pos;
-        s.skeleton = blake3::Hasher::new();
         let scanned = s.header().and_then(|h| {
             tail_number = Some(h.number);
             segment_rule(&s, offset, &h, records.last().map(|p| &p.header))?;
@@ -217,7 +243,7 @@ pub(crate) fn zeroed(len: u64, path: &Path) -> Result<Vec<u8>, StoreError> {
 /// A file being read front to back from some offset, with its position,
 /// its real length and the hash of the current record's skeleton so far.
 struct Stream<'p> {
-    path: &'p Path,
+    path: std::borrow::Cow<'p, Path>,
     reader: BufReader<Box<dyn SeekRead>>,
     /// Where the reader is in the file; never more than `len`.
     pos: u64,
@@ -234,13 +260,25 @@ const READ_BUFFER: usize = 256 << 10;
 
 impl<'p> Stream<'p> {
     fn open(io: &mut dyn StoreIo, path: &'p Path, offset: u64) -> Result<Stream<'p>, StoreError> {
+        Stream::open_cow(io, std::borrow::Cow::Borrowed(path), offset)
+    }
+
+    fn open_owned(io: &mut dyn StoreIo, path: PathBuf, offset: u64) -> Result<Stream<'static>, StoreError> {
+        Stream::open_cow(io, std::borrow::Cow::Owned(path), offset)
+    }
+
+    fn open_cow(
+        io: &mut dyn StoreIo,
+        path: std::borrow::Cow<'p, Path>,
+        offset: u64,
+    ) -> Result<Stream<'p>, StoreError> {
         let file = io
-            .open_read(path)
-            .map_err(|e| StoreError::io("opening store file", path, e))?;
+            .open_read(&path)
+            .map_err(|e| StoreError::io("opening store file", &*path, e))?;
         let mut reader = BufReader::with_capacity(READ_BUFFER, file.reader);
         if offset > file.len {
             return Err(StoreError::corrupt(
-                path,
+                &*path,
                 Defect::new(
                     "record",
                     offset,
@@ -252,7 +290,7 @@ impl<'p> Stream<'p> {
         if offset > 0 {
             reader
                 .seek(SeekFrom::Start(offset))
-                .map_err(|e| StoreError::io("reading store file", path, e))?;
+                .map_err(|e| StoreError::io("reading store file", &*path, e))?;
         }
         Ok(Stream {
             path,
@@ -265,7 +303,7 @@ impl<'p> Stream<'p> {
     }
 
     fn defect(&self, defect: Defect) -> StoreError {
-        StoreError::corrupt(self.path, defect)
+        StoreError::corrupt(&*self.path, defect)
     }
 
     /// Fails unless `n` more bytes of `what` are in the file.
@@ -297,7 +335,7 @@ impl<'p> Stream<'p> {
                 format!("{n} more bytes"),
                 "the file shrinking while it was read",
             ))),
-            Err(e) => Err(StoreError::io("reading store file", self.path, e)),
+            Err(e) => Err(StoreError::io("reading store file", &*self.path, e)),
         }
     }
 
@@ -307,7 +345,7 @@ impl<'p> Stream<'p> {
         let by = i64::try_from(n).expect("at most a 64 KiB page run or a checked meta length");
         self.reader
             .seek_relative(by)
-            .map_err(|e| StoreError::io("reading store file", self.path, e))?;
+            .map_err(|e| StoreError::io("reading store file", &*self.path, e))?;
         self.pos += n;
         Ok(())
     }
@@ -321,6 +359,7 @@ impl<'p> Stream<'p> {
 
     fn header(&mut self) -> Result<Header, StoreError> {
         self.start = self.pos;
+        self.skeleton = blake3::Hasher::new();
         let mut b = [0u8; header::LEN];
         self.read_skeleton(&mut b, || "header".to_owned())?;
         Header::decode(&b).map_err(|d| {
@@ -452,7 +491,7 @@ impl<'p> Stream<'p> {
             self.skip(len, || "meta bytes".to_owned())?;
             return Ok(None);
         }
-        let mut blob = zeroed(len, self.path)?;
+        let mut blob = zeroed(len, &self.path)?;
         self.read(&mut blob, || "meta bytes".to_owned())?;
         let computed = blake3::hash(&blob);
         if computed != stored {
