@@ -107,7 +107,7 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub grace: Duration,
 
-    /// Minimum spacing between generations while the program runs (0: one as soon as a commit lands).
+    /// Minimum spacing between generations while the last one is being synced (0: one as soon as a commit lands).
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration)]
     pub interval: Duration,
 

@@ -52,6 +52,8 @@ pub(super) struct Worker {
     /// count each covers: their commits' lag ends when the store's sync
     /// covering them returns.
     awaiting: VecDeque<(u64, u64)>,
+    /// Whether the store syncs what it writes.
+    fsync: bool,
 }
 
 impl Worker {
@@ -61,6 +63,7 @@ impl Worker {
         control: Arc<Control>,
         interval: Duration,
     ) -> Worker {
+        let fsync = lock(&shared).store.options().fsync;
         Worker {
             file,
             shared,
@@ -74,6 +77,7 @@ impl Worker {
             starved: 0,
             last_counted: None,
             awaiting: VecDeque::new(),
+            fsync,
         }
     }
 
@@ -172,7 +176,13 @@ impl Worker {
                 sleeping = false;
             }
             delay = POLL_MIN;
-            if let Some(at) = last_generation {
+            // The spacing holds while the last generation's sync is still
+            // running (what is appended meanwhile waits for the next sync
+            // anyway, so one generation may as well cover more commits);
+            // once it is durable, a new commit is taken at once. Without
+            // fsync there is no sync to wait for: the spacing always holds.
+            let in_flight = !self.awaiting.is_empty() || !self.fsync;
+            if let Some(at) = last_generation.filter(|_| in_flight) {
                 let next = at + self.interval;
                 let now = Instant::now();
                 if next > now {
