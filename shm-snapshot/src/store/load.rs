@@ -81,7 +81,7 @@ impl Store {
         mut accept: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
     ) -> Result<Option<Loaded>, StoreError> {
         self.current = None;
-        self.lineage += 1;
+        self.new_lineage();
         self.last_skipped.clear();
         self.rescan()?;
         if self.entries.is_empty() {

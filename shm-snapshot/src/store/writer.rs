@@ -95,16 +95,28 @@ impl Store {
     fn sync_failed(&mut self, e: io::Error) -> StoreError {
         let (fsync, background) = (self.options.fsync, self.options.background);
         let w = self.writer();
-        let path = w.segment.take().map(|s| s.path);
+        let path = w.segment.as_ref().map(|s| s.path.clone());
         w.syncer = Syncer::new(fsync, background);
         self.current = None;
-        self.lineage += 1;
+        self.new_lineage();
         let path = path.unwrap_or_else(|| self.dir.clone());
         StoreError::io(
             "syncing the segment (generations since the last acknowledged one may be lost)",
             path,
             e,
         )
+    }
+
+    /// The current image was replaced other than by a delta on it (a load,
+    /// a full generation, a failure): a new lineage, and the segment being
+    /// appended to is closed, since the next delta's parent is not its last
+    /// record (STORE.md, "A segment", rule 3). The next delta starts a new
+    /// segment.
+    pub(crate) fn new_lineage(&mut self) {
+        self.lineage += 1;
+        if let Some(w) = self.writer.as_mut() {
+            w.segment = None;
+        }
     }
 
     /// Picks up the work the background finished: a spare segment, a base,
