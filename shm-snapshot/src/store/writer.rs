@@ -32,6 +32,10 @@ pub(crate) struct Writer {
     /// base for generations older than it: it runs again once the newest
     /// `keep` generations are all past the base.
     retain_after: Option<u64>,
+    /// No delta written yet in this opening: the first one runs retention,
+    /// for the files an earlier opening left (its spare segment, and what
+    /// a base it finished but never picked up makes unnecessary).
+    first_delta: bool,
     /// Reports since the last generation.
     pruned: usize,
     prune_errors: Vec<StoreError>,
@@ -70,6 +74,7 @@ impl Store {
                 spare_pending: None,
                 building: None,
                 retain_after: None,
+                first_delta: true,
                 pruned: 0,
                 prune_errors: Vec::new(),
                 base_errors: Vec::new(),
@@ -179,9 +184,14 @@ impl Store {
         self.retain();
     }
 
-    /// Runs retention again when the newest `keep` generations have all
-    /// passed the newest base since it last ran.
+    /// Runs retention after the first delta of this opening, and again when
+    /// the newest `keep` generations have all passed the newest base since
+    /// it last ran.
     pub(crate) fn retain_when_due(&mut self) {
+        if std::mem::take(&mut self.writer().first_delta) {
+            self.retain();
+            return;
+        }
         let Some(base) = self.writer.as_ref().and_then(|w| w.retain_after) else {
             return;
         };
