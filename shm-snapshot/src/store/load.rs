@@ -83,6 +83,7 @@ impl Store {
         self.current = None;
         self.new_lineage();
         self.last_skipped.clear();
+        self.bad_bases.clear();
         self.rescan()?;
         if self.entries.is_empty() {
             return Ok(None);
@@ -156,6 +157,7 @@ impl Store {
                         // still be reached from an older base: try the
                         // same candidate again without that base file.
                         bad_full.insert(failure.member);
+                        self.bad_bases.insert(failure.member);
                         pending.insert(failure.member, failure.error);
                         continue;
                     }

@@ -414,7 +414,7 @@ impl Store {
                 let Some(e) = self.entries.get(&n) else {
                     break;
                 };
-                if let Some(full) = &e.full {
+                if let Some(full) = e.full.as_ref().filter(|_| !self.bad_bases.contains(&n)) {
                     needed.insert(&full.path);
                     break;
                 }
