@@ -101,7 +101,8 @@ impl Store {
         let (fsync, background) = (self.options.fsync, self.options.background);
         let w = self.writer();
         let path = w.segment.as_ref().map(|s| s.path.clone());
-        w.syncer = Syncer::new(fsync, background);
+        let failed = std::mem::replace(&mut w.syncer, Syncer::new(fsync, background));
+        w.syncer.take_over(failed);
         self.current = None;
         self.new_lineage();
         let path = path.unwrap_or_else(|| self.dir.clone());
