@@ -85,12 +85,12 @@ impl Store {
         mut accept: impl FnMut(&[u8], &[u8]) -> Result<(), String>,
     ) -> Result<Option<Loaded>, StoreError> {
         self.current = None;
-        self.lineage += 1;
         // The next delta's parent is whatever loads, which may not be the
         // last record of the segment being appended to: it starts a new
         // segment (STORE.md, "A segment", rule 3).
-        self.close_segment();
+        self.new_lineage();
         self.last_skipped.clear();
+        self.bad_bases.clear();
         self.rescan()?;
         if self.entries.is_empty() {
             return Ok(None);
@@ -173,6 +173,7 @@ impl Store {
                         // still be reached from an older base: try the
                         // same candidate again without that base file.
                         bad_full.insert(failure.member);
+                        self.bad_bases.insert(failure.member);
                         pending.insert(failure.member, failure.error);
                         continue;
                     }

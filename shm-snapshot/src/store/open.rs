@@ -284,6 +284,10 @@ pub struct Store {
     /// Temporary files made by this store, for unique names.
     pub(crate) temp_seq: u64,
     pub(crate) last_skipped: Vec<(u64, StoreError)>,
+    /// Generations whose base file the last load found damaged and went
+    /// around through their records: retention keeps those records
+    /// instead of stopping a chain at the damaged base.
+    pub(crate) bad_bases: std::collections::BTreeSet<u64>,
     /// Opened by [`Store::open_read_only`]: no lock, no writes.
     pub(crate) read_only: bool,
     /// Temporary files a dead writer left, removed when the store opened.
@@ -330,6 +334,7 @@ impl Store {
             next_seq: 1,
             temp_seq: 0,
             last_skipped: Vec::new(),
+            bad_bases: std::collections::BTreeSet::new(),
             read_only,
             temp_removed: Vec::new(),
             writer: None,

@@ -88,6 +88,24 @@ impl Syncer {
         }
     }
 
+    /// Takes over what `failed`, a syncer whose sync failed, acknowledged
+    /// before the failure: its newest durable generation, and the
+    /// acknowledgements not taken yet. Those generations stay durable;
+    /// nothing `failed` was given after them is acknowledged.
+    pub fn take_over(&mut self, failed: Syncer) {
+        let (synced, log) = {
+            let mut f = lock(&failed.shared);
+            (f.synced, std::mem::take(&mut f.log))
+        };
+        // Stops its thread, which acknowledges nothing after a failure.
+        drop(failed);
+        let mut s = lock(&self.shared);
+        s.synced = s.synced.max(synced);
+        s.appended = s.appended.max(synced);
+        let newer = std::mem::replace(&mut s.log, log);
+        s.log.extend(newer);
+    }
+
     /// Starts syncing segment `seq` through `handle` (another handle on the
     /// file the writer appends to).
     pub fn add_segment(&mut self, seq: u64, handle: Box<dyn StoreFile>) {

@@ -466,7 +466,7 @@ impl GenerationTx<'_> {
                 base_bytes: record_len,
                 since_base: 0,
             });
-            store.lineage += 1;
+            store.new_lineage();
             store.entries.entry(number).or_default().full = Some(place);
         } else {
             let c = store

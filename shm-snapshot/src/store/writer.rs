@@ -32,6 +32,10 @@ pub(crate) struct Writer {
     /// base for generations older than it: it runs again once the newest
     /// `keep` generations are all past the base.
     retain_after: Option<u64>,
+    /// No delta written yet in this opening: the first one runs retention,
+    /// for the files an earlier opening left (its spare segment, and what
+    /// a base it finished but never picked up makes unnecessary).
+    first_delta: bool,
     /// Reports since the last generation.
     pruned: usize,
     prune_errors: Vec<StoreError>,
@@ -70,6 +74,7 @@ impl Store {
                 spare_pending: None,
                 building: None,
                 retain_after: None,
+                first_delta: true,
                 pruned: 0,
                 prune_errors: Vec::new(),
                 base_errors: Vec::new(),
@@ -95,16 +100,29 @@ impl Store {
     fn sync_failed(&mut self, e: io::Error) -> StoreError {
         let (fsync, background) = (self.options.fsync, self.options.background);
         let w = self.writer();
-        let path = w.segment.take().map(|s| s.path);
-        w.syncer = Syncer::new(fsync, background);
+        let path = w.segment.as_ref().map(|s| s.path.clone());
+        let failed = std::mem::replace(&mut w.syncer, Syncer::new(fsync, background));
+        w.syncer.take_over(failed);
         self.current = None;
-        self.lineage += 1;
+        self.new_lineage();
         let path = path.unwrap_or_else(|| self.dir.clone());
         StoreError::io(
             "syncing the segment (generations since the last acknowledged one may be lost)",
             path,
             e,
         )
+    }
+
+    /// The current image was replaced other than by a delta on it (a load,
+    /// a full generation, a failure): a new lineage, and the segment being
+    /// appended to is closed, since the next delta's parent is not its last
+    /// record (STORE.md, "A segment", rule 3). The next delta starts a new
+    /// segment.
+    pub(crate) fn new_lineage(&mut self) {
+        self.lineage += 1;
+        if let Some(w) = self.writer.as_mut() {
+            w.segment = None;
+        }
     }
 
     /// Picks up the work the background finished: a spare segment, a base,
@@ -167,9 +185,14 @@ impl Store {
         self.retain();
     }
 
-    /// Runs retention again when the newest `keep` generations have all
-    /// passed the newest base since it last ran.
+    /// Runs retention after the first delta of this opening, and again when
+    /// the newest `keep` generations have all passed the newest base since
+    /// it last ran.
     pub(crate) fn retain_when_due(&mut self) {
+        if std::mem::take(&mut self.writer().first_delta) {
+            self.retain();
+            return;
+        }
         let Some(base) = self.writer.as_ref().and_then(|w| w.retain_after) else {
             return;
         };
@@ -400,7 +423,7 @@ impl Store {
                 let Some(e) = self.entries.get(&n) else {
                     break;
                 };
-                if let Some(full) = &e.full {
+                if let Some(full) = e.full.as_ref().filter(|_| !self.bad_bases.contains(&n)) {
                     needed.insert(&full.path);
                     break;
                 }
