@@ -62,7 +62,8 @@ pub(crate) fn classify(name: &OsStr) -> Name {
     let Some(name) = name.to_str() else {
         return Name::Other;
     };
-    let kinds: [(&str, &str, fn(u64) -> Name); 3] = [
+    type Kind = (&'static str, &'static str, fn(u64) -> Name);
+    let kinds: [Kind; 3] = [
         (SEGMENT_PREFIX, SEGMENT_SUFFIX, Name::Segment),
         (BASE_PREFIX, BASE_SUFFIX, Name::Base),
         (LEGACY_PREFIX, LEGACY_SUFFIX, Name::Legacy),
