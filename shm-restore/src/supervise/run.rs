@@ -27,6 +27,7 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .context("becoming the reaper of the program's orphans")?;
     let store = Store::open(&config.store_dir, config.store)?;
+    restore::report_tails(&store);
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
     let mut launcher = Launcher::new(&config.command)?;
