@@ -11,7 +11,7 @@ use shm_snapshot::store::format::{Header, header};
 use shm_snapshot::store::{LOCK_FILE, Store, StoreOptions};
 use shm_snapshot::{Client, Config, Region};
 use shm_snapshot_tests::ops::{Ran, eventually, shm_restore};
-use shm_snapshot_tests::{Proc, Stream, bin, generation_files, is_gone, wait_gone, workdir};
+use shm_snapshot_tests::{Proc, Stream, bin, is_gone, store_files as generation_files, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
