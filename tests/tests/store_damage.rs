@@ -593,3 +593,70 @@ fn a_damaged_base_is_reported_once_with_how_many_generations_depend_on_it() {
         verify.stderr
     );
 }
+
+#[test]
+fn a_damaged_base_file_falls_back_to_the_records_it_checkpoints() {
+    let dir = workdir();
+    let state = dir.path().join("state");
+    three_generations(dir.path());
+    // Generations 4 and 5 (3's image and units again) appended to one
+    // segment, and a base of 5 built in the background once the records
+    // since the base pass the threshold, which 5 is the first to do. 4
+    // needs that segment, so 5's record stays beside its base file.
+    let unchanged = {
+        let since_base = record(&state, 2).bytes + record(&state, 3).bytes;
+        let mut store = open_store(&state);
+        let loaded = store.load_newest().unwrap().unwrap();
+        drop(store);
+        // A record of an unchanged image: header, meta record, trailer.
+        let unchanged = 104 + 48 + loaded.meta.len() as u64 + 56;
+        let mut store = Store::open(
+            &state,
+            StoreOptions {
+                fsync: false,
+                base_after_bytes: since_base + unchanged + 1,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(store.load_newest().unwrap().unwrap().number, 3);
+        for number in [4, 5] {
+            let mut tx = store.begin(loaded.image.len() as u64).unwrap();
+            assert_eq!((tx.number(), tx.parent()), (number, Some(number - 1)));
+            tx.put_chunks(0, &loaded.image).unwrap();
+            assert_eq!(tx.commit(&loaded.meta).unwrap().bytes_written, unchanged);
+        }
+        store.finish_background();
+        unchanged
+    };
+    let base = record(&state, 5);
+    assert_eq!(file_name(&base.path), format!("base-{:020}.snap", 5));
+    let four = record(&state, 4);
+    let segment_len = std::fs::metadata(&four.path).unwrap().len();
+    assert_eq!(segment_len, four.offset + 2 * unchanged, "5's record follows 4's");
+    flip_in_record(&state, 5, FIRST_PAGE + 10);
+
+    let mut start = Proc::supervise(dir.path(), "state", AT_EXIT, &[CHILD]);
+    let restored = start.expect_err("generation restored");
+    assert_eq!(generation_field(&restored), Some(5), "{}", start.transcript());
+    assert_eq!(start.wait().code(), Some(0), "{}", start.transcript());
+    assert_eq!(recovered(&start), units(9));
+
+    // verify names the damaged file all the same.
+    let verify = shm_restore(dir.path(), &["verify", "state"]);
+    assert_eq!(verify.code, Some(1), "{}", verify.show());
+    let lines: Vec<&str> = verify.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", verify.show());
+    assert!(
+        lines[0].starts_with(
+            "shm-restore: generation 5: its base file does not verify, so it restores from its record: "
+        ) && lines[0].contains(&file_name(&base.path))
+            && lines[0].contains("chunk 0 hash"),
+        "{}",
+        verify.show()
+    );
+    assert_eq!(
+        lines[1],
+        "shm-restore: every generation in state verifies, but 1 base file is damaged; newest verified: 5"
+    );
+}
