@@ -111,7 +111,7 @@ fn units_of(c: &Checked) -> Option<Meta> {
 /// Runs `inspect`.
 pub fn run(a: &Inspect) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
-    let checked = store.check_all()?;
+    let checked = load::check_all(&mut store)?;
     if a.units {
         return units(a, &mut store, checked);
     }
@@ -386,7 +386,7 @@ fn newest_with_units(
             }
             Err(_) => {
                 attempt += 1;
-                checked = store.check_all()?;
+                checked = load::check_all(store)?;
             }
         }
     }

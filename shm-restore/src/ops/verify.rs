@@ -10,6 +10,7 @@ use shm_snapshot::store::{Condition, StoreError};
 
 use super::args::Verify;
 use super::inspect;
+use super::load;
 use super::show::{count, human};
 use super::store::{self, open_read_only};
 use super::tails;
@@ -23,7 +24,7 @@ use super::tails;
 /// counted (see [`tails`]).
 pub fn run(a: &Verify) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
-    let checked = store.check_all()?;
+    let checked = load::check_all(&mut store)?;
     let dir = a.dir.display();
     let mut damaged = 0;
     let mut unrestorable = 0;
