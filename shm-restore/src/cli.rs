@@ -128,7 +128,7 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "WHEN", default_value_t = Fsync::Always)]
     pub fsync: Fsync,
 
-    /// Generations to keep in the store (older ones are pruned).
+    /// Generations kept restorable, the newest N; files none of them needs go whole once a newer base is built.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub keep: u64,
 

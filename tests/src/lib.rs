@@ -315,15 +315,50 @@ pub fn run_with_region(
     )
 }
 
-/// The generation files of the store at `store`, oldest first.
-pub fn generation_files(store: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(store)
-        .expect("store directory")
+/// The files of the store at `store` that hold generations, by name:
+/// segments (`seg-<seq>.log`), base files (`base-<n>.snap`) and files a
+/// version 2 store wrote (`gen-<n>.snap`) (STORE.md, "The directory"). The
+/// lock, the status file and temporary files are left out. Empty when the
+/// directory does not exist (yet).
+pub fn store_files(store: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
         .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_store_file_name)
+        })
         .collect();
     files.sort();
     files
+}
+
+/// Whether `name` is the name of a segment, a base file or a version 2
+/// generation file: a prefix, 20 digits, a suffix.
+fn is_store_file_name(name: &str) -> bool {
+    [("seg-", ".log"), ("base-", ".snap"), ("gen-", ".snap")]
+        .iter()
+        .any(|(prefix, suffix)| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(|digits| digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// The numbers of the generations the store at `store` lists, oldest
+/// first, as a reader without the lock sees them (`inspect` reads the same
+/// way): nothing in the store is changed, and a supervisor may be writing
+/// it. Empty when the directory does not exist (yet).
+pub fn generations(store: &Path) -> Vec<u64> {
+    if !store.is_dir() {
+        return Vec::new();
+    }
+    let store = shm_snapshot::store::Store::open_read_only(store)
+        .unwrap_or_else(|e| panic!("reading the store {}: {e}", store.display()));
+    store.generations().iter().map(|g| g.number).collect()
 }
 
 /// Whether a supervisor's log line says the units a program committed

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use shm_snapshot::store::{Loaded, Store, StoreError, StoreOptions};
+use shm_snapshot::store::{GenerationInfo, Loaded, Store, StoreError, StoreOptions};
 use shm_snapshot::{Client, Config, Region, snapshot};
 
 /// Opens the store at `dir` with the library, read-mostly (no fsync; the
@@ -66,36 +66,81 @@ pub fn primes_of(loaded: &Loaded) -> u64 {
     }
 }
 
-/// Every generation of the store at `dir` that loads, newest first, with
-/// its number: each is loaded from a copy of the store from which every
-/// newer generation file was removed, so each is reassembled and verified
-/// on its own (and the store itself is left alone).
+/// Every generation the store at `dir` lists, newest first, each loaded on
+/// its own (its chain reassembled and verified) through a reader without
+/// the lock, so the store is left alone. Panics naming the first that does
+/// not load: a listed generation must.
 pub fn every_generation(dir: &Path) -> Vec<Loaded> {
-    let copy = tempfile::tempdir().expect("temporary directory");
-    for file in crate::generation_files(dir) {
-        std::fs::copy(&file, copy.path().join(file.file_name().expect("file name"))).expect("copying");
-    }
-    let mut all = Vec::new();
-    loop {
-        let mut store = open_store(copy.path());
-        let Some(loaded) = store.load_newest().expect("a copy of the store loads") else {
-            break;
-        };
-        drop(store);
-        std::fs::remove_file(copy.path().join(generation_name(loaded.number))).expect("removing");
-        all.push(loaded);
-    }
-    all
+    newest_generations(dir, usize::MAX)
 }
 
-/// The file name of generation `number` (STORE.md, "The directory").
-pub fn generation_name(number: u64) -> String {
-    format!("gen-{number:020}.snap")
+/// [`every_generation`], for the newest `n` generations only: those a
+/// store with `--keep n` keeps restorable. (It may list older ones, until
+/// their files go; loading each on its own reads its whole chain.)
+pub fn newest_generations(dir: &Path, n: usize) -> Vec<Loaded> {
+    let mut store =
+        Store::open_read_only(dir).unwrap_or_else(|e| panic!("reading the store {}: {e}", dir.display()));
+    let numbers: Vec<u64> = store
+        .generations()
+        .iter()
+        .rev()
+        .take(n)
+        .map(|g| g.number)
+        .collect();
+    numbers
+        .into_iter()
+        .map(|n| {
+            store
+                .load_generation(n)
+                .unwrap_or_else(|e| panic!("generation {n} of {} does not load: {e}", dir.display()))
+        })
+        .collect()
 }
 
-/// The path of generation `number` in the store at `dir`.
-pub fn generation_path(dir: &Path, number: u64) -> PathBuf {
-    dir.join(generation_name(number))
+/// Where generation `number` of the store at `dir` is: the file holding it
+/// (its segment, or its base file) and its record's offset and size there.
+pub fn record(dir: &Path, number: u64) -> GenerationInfo {
+    let store =
+        Store::open_read_only(dir).unwrap_or_else(|e| panic!("reading the store {}: {e}", dir.display()));
+    store
+        .generations()
+        .into_iter()
+        .find(|g| g.number == number)
+        .unwrap_or_else(|| panic!("generation {number} is not in {}", dir.display()))
+}
+
+/// Copies the store files of `from` ([`crate::store_files`]) into `into`,
+/// which is created, as they are at one moment: when a file listed is
+/// removed before it is copied (a running supervisor's retention, which
+/// may also have left the files copied so far without the base that
+/// replaced them), the copy starts over. Retention removes only files no
+/// kept chain needs once their replacement is durable, so a copy of every
+/// file listed at one moment holds whole chains. Returns `into`.
+pub fn copy_store(from: &Path, into: &Path) -> PathBuf {
+    /// Copies begun before giving up: each needs a removal to land
+    /// within the few milliseconds a copy takes.
+    const TRIES: usize = 10;
+    for _ in 0..TRIES {
+        if into.exists() {
+            std::fs::remove_dir_all(into).expect("removing an incomplete copy");
+        }
+        std::fs::create_dir_all(into).expect("creating the copy's directory");
+        let mut whole = true;
+        for file in crate::store_files(from) {
+            match std::fs::copy(&file, into.join(file.file_name().expect("file name"))) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => whole = false,
+                Err(e) => panic!("copying {}: {e}", file.display()),
+            }
+        }
+        if whole {
+            return into.to_owned();
+        }
+    }
+    panic!(
+        "files of {} kept vanishing while it was copied, {TRIES} times",
+        from.display()
+    );
 }
 
 /// Flips bit 6 of the byte at `offset` of `path` (from the end when

@@ -6,33 +6,20 @@ use std::path::Path;
 use std::time::Duration;
 
 use shm_snapshot::snapshot;
-use shm_snapshot_tests::torture::open_store;
-use shm_snapshot_tests::{
-    PATIENCE, Proc, Stream, bin, generation_files, run_with_region, wait_gone, workdir,
-};
+use shm_snapshot_tests::torture::{copy_store, every_generation};
+use shm_snapshot_tests::{PATIENCE, Proc, Stream, bin, generations, run_with_region, wait_gone, workdir};
 
 /// A small region keeps restoring each generation cheap.
 const SIZE: &str = "--size=8MiB";
 
-/// Restores every generation of the store at `dir` into a fresh region, one
-/// by one from the newest, and has primes-snapshot validate each. Returns
-/// the progress (primes) each restored.
+/// Restores every generation the store at `dir` lists into a fresh region,
+/// one by one from the newest, each loaded on its own (its chain verified),
+/// and has primes-snapshot validate each. Returns the progress (primes)
+/// each restored. The store may be one a supervisor is writing: what is
+/// listed when it is read must load.
 fn validate_every_generation(dir: &Path) -> Vec<u64> {
-    let copy = workdir();
-    for file in generation_files(dir) {
-        std::fs::copy(&file, copy.path().join(file.file_name().unwrap())).unwrap();
-    }
     let mut progress = Vec::new();
-    loop {
-        let mut store = open_store(copy.path());
-        let Some(loaded) = store.load_newest().unwrap() else {
-            break;
-        };
-        assert!(
-            loaded.skipped.is_empty(),
-            "generation skipped: {:?}",
-            loaded.skipped
-        );
+    for loaded in every_generation(dir) {
         let region = shm_snapshot::Region::anonymous(loaded.image.len() as u64).unwrap();
         snapshot::restore(region.file(), &loaded).unwrap();
         let (code, stdout, stderr) =
@@ -49,8 +36,6 @@ fn validate_every_generation(dir: &Path) -> Vec<u64> {
             .and_then(|rest| rest.split(' ').next()?.parse().ok())
             .expect("restored line");
         progress.push(primes);
-        drop(store);
-        std::fs::remove_file(copy.path().join(format!("gen-{:020}.snap", loaded.number))).unwrap();
     }
     progress
 }
@@ -75,11 +60,11 @@ fn every_generation_persisted_while_the_program_runs_flat_out_restores_consisten
     // machine's load, the outcome must not.
     let store = dir.path().join("state");
     let deadline = std::time::Instant::now() + PATIENCE;
-    while generation_files(&store).len() < 20 {
+    while generations(&store).len() < 20 {
         assert!(
             std::time::Instant::now() < deadline,
             "only {} generations within {PATIENCE:?}:\n{}",
-            generation_files(&store).len(),
+            generations(&store).len(),
             sup.transcript()
         );
         std::thread::sleep(Duration::from_millis(20));
@@ -111,7 +96,7 @@ fn generations_are_persisted_while_the_program_runs_not_only_when_it_dies() {
     // recent progress.
     let store = dir.path().join("state");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while generation_files(&store).len() < 3 {
+    while generations(&store).len() < 3 {
         assert!(
             std::time::Instant::now() < deadline,
             "no generations while running:\n{}",
@@ -119,7 +104,8 @@ fn generations_are_persisted_while_the_program_runs_not_only_when_it_dies() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let progress = validate_every_generation(&store);
+    let copy = workdir();
+    let progress = validate_every_generation(&copy_store(&store, &copy.path().join("state")));
     assert!(progress.iter().any(|p| *p > 0), "{progress:?}");
     sup.signal(libc::SIGTERM);
     sup.wait();

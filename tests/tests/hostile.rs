@@ -4,27 +4,15 @@
 //! running, warns, and persists no unit the program did not commit.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use shm_snapshot_tests::torture::{every_generation, is_genuine, open_store, units_of};
-use shm_snapshot_tests::{Proc, Stream, generation_files, workdir};
+use shm_snapshot_tests::torture::{copy_store, is_genuine, newest_generations, open_store, units_of};
+use shm_snapshot_tests::{Proc, Stream, workdir};
 
 const HOSTILE: &str = env!("CARGO_BIN_EXE_hostile-child");
 
-/// Copies the generation files of the store at `from` into a new
-/// directory, skipping any pruned while copying.
-fn copy_store(from: &Path, into: PathBuf) -> PathBuf {
-    std::fs::create_dir(&into).unwrap();
-    for file in generation_files(from) {
-        match std::fs::copy(&file, into.join(file.file_name().unwrap())) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("copying {}: {e}", file.display()),
-        }
-    }
-    into
-}
+/// Generations the store keeps restorable.
+const KEEP: usize = 16;
 
 /// Checks every unit of `units` is genuine and was printed as committed.
 fn assert_genuine(what: &str, units: &[Vec<u8>], committed: &HashSet<Vec<u8>>) {
@@ -45,7 +33,12 @@ fn hostile_child_scribbling_on_its_region_never_gets_a_forged_unit_persisted() {
     let mut sup = Proc::supervise(
         dir.path(),
         "state",
-        &["--size=4MiB", "--fsync=never", "--interval=2ms", "--keep=16"],
+        &[
+            "--size=4MiB",
+            "--fsync=never",
+            "--interval=2ms",
+            &format!("--keep={KEEP}"),
+        ],
         &[HOSTILE, "--seconds", &seconds.to_string()],
     );
     sup.expect_out("committed ");
@@ -56,7 +49,7 @@ fn hostile_child_scribbling_on_its_region_never_gets_a_forged_unit_persisted() {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(400));
-        taken.push(copy_store(&state, copies.path().join(taken.len().to_string())));
+        taken.push(copy_store(&state, &copies.path().join(taken.len().to_string())));
     }
     let status = sup.wait();
     let transcript = sup.transcript();
@@ -113,7 +106,8 @@ fn hostile_child_scribbling_on_its_region_never_gets_a_forged_unit_persisted() {
             }
         }
     }
-    let last = every_generation(&state);
+    // The generations --keep keeps restorable.
+    let last = newest_generations(&state, KEEP);
     assert!(!last.is_empty());
     for loaded in &last {
         let units = units_of(loaded);

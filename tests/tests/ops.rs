@@ -11,7 +11,8 @@ use shm_snapshot::store::format::{Header, header};
 use shm_snapshot::store::{LOCK_FILE, Store, StoreOptions};
 use shm_snapshot::{Client, Config, Region};
 use shm_snapshot_tests::ops::{Ran, eventually, shm_restore};
-use shm_snapshot_tests::{Proc, Stream, bin, generation_files, is_gone, wait_gone, workdir};
+use shm_snapshot_tests::torture::{flip_byte, record, truncate};
+use shm_snapshot_tests::{Proc, Stream, bin, generations, is_gone, store_files, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -117,6 +118,11 @@ fn read_only_commands_work_while_a_supervisor_runs_and_changing_ones_refuse() {
         table.show()
     );
 
+    // The supervisor holds the store: inspect says it is being written.
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(doc["being_written"], true, "{doc}");
+    assert_eq!(doc["writer_pid"], sup.pid(), "{doc}");
+
     let units = shm_restore(d, &["inspect", "state", "--units"]);
     assert_ok(&units);
     for k in 0..5 {
@@ -171,14 +177,18 @@ fn read_only_commands_work_while_a_supervisor_runs_and_changing_ones_refuse() {
         sup.transcript()
     );
     assert!(is_gone(child));
-    // A clean exit leaves the store and its lock, nothing else.
+    // A clean exit leaves the store's files and its lock, nothing else.
+    let files = store_files(&d.join("state"));
     let mut left: Vec<String> = std::fs::read_dir(d.join("state"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".snap"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| !files.contains(p))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     left.sort();
     assert_eq!(left, ["lock"]);
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(doc["being_written"], false, "{doc}");
     let watch = shm_restore(d, &["watch", "state", "--once"]);
     assert_eq!(watch.code, Some(1), "{}", watch.show());
     assert!(
@@ -212,8 +222,11 @@ fn read_only_commands_never_fail_on_a_store_a_supervisor_commits_and_prunes_flat
     );
     sup.expect_out("restored primes=0");
     eventually("a few generations", || {
-        (generation_files(&d.join("state")).len() >= 2).then_some(())
+        (generations(&d.join("state")).len() >= 2).then_some(())
     });
+    // Retention removes whole files once a newer base is built (every few
+    // hundred milliseconds here): some of these go while the readers run.
+    let first_files = store_files(&d.join("state"));
     let started = Instant::now();
     let (mut rounds, mut pruned) = (0, 0);
     let mut newest = String::new();
@@ -249,6 +262,11 @@ fn read_only_commands_never_fail_on_a_store_a_supervisor_commits_and_prunes_flat
             .to_owned();
         rounds += 1;
     }
+    let now = store_files(&d.join("state"));
+    assert!(
+        first_files.iter().any(|f| !now.contains(f)),
+        "no file was removed while the readers ran: {first_files:?}, {now:?}"
+    );
     // The last export is a region primes-snapshot's units recover from.
     let image = std::fs::OpenOptions::new()
         .read(true)
@@ -278,14 +296,14 @@ fn verify_export_and_inspect_name_a_damaged_generation() {
     let d = dir.path();
     run_once(d, "state", "2");
     run_once(d, "state", "3");
-    let files = generation_files(&d.join("state"));
-    assert_eq!(files.len(), 2);
+    let state = d.join("state");
+    assert_eq!(generations(&state), [1, 2]);
     assert_ok(&shm_restore(d, &["verify", "state"]));
 
-    let mut bytes = std::fs::read(&files[1]).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
-    std::fs::write(&files[1], bytes).unwrap();
+    // The middle of generation 2's record: among its pages.
+    let two = record(&state, 2);
+    flip_byte(&two.path, (two.offset + two.bytes / 2) as i64);
+    let segment = two.path.file_name().unwrap().to_string_lossy().into_owned();
 
     let verify = shm_restore(d, &["verify", "state"]);
     assert_fails_with(
@@ -296,6 +314,7 @@ fn verify_export_and_inspect_name_a_damaged_generation() {
     assert_eq!(lines.len(), 2, "{}", verify.show());
     assert!(
         lines[0].starts_with("shm-restore: generation 2 is damaged: generation file ")
+            && lines[0].contains(&segment)
             && lines[0].contains("is corrupt"),
         "{}",
         verify.show()
@@ -305,6 +324,7 @@ fn verify_export_and_inspect_name_a_damaged_generation() {
     assert_eq!(inspect["newest_verified"], 1);
     assert_eq!(inspect["generations"][0]["number"], 2);
     assert_eq!(inspect["generations"][0]["status"], "damaged");
+    assert_eq!(inspect["generations"][0]["file"], segment.as_str());
     assert_eq!(inspect["generations"][1]["status"], "ok");
     assert_eq!(inspect["generations"][1]["units"], 2);
 
@@ -326,6 +346,182 @@ fn verify_export_and_inspect_name_a_damaged_generation() {
         export.show()
     );
     assert_eq!(recovered_from_image(&d.join("one")), ["unit-0", "unit-1"]);
+}
+
+#[test]
+fn inspect_shows_each_generation_as_a_base_or_a_delta_on_its_parent_in_its_file() {
+    let dir = workdir();
+    let d = dir.path();
+    let state = d.join("state");
+    for commits in ["1", "1", "1"] {
+        run_once(d, "state", commits);
+    }
+    let name = |n: u64| {
+        record(&state, n)
+            .path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    let shown: Vec<(u64, &str, Option<u64>, &str)> = doc["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["number"].as_u64().unwrap(),
+                g["kind"].as_str().unwrap(),
+                g["parent"].as_u64(),
+                g["file"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let (one, two, three) = (name(1), name(2), name(3));
+    assert_eq!(
+        shown,
+        [
+            (3, "delta", Some(2), three.as_str()),
+            (2, "delta", Some(1), two.as_str()),
+            (1, "base", None, one.as_str()),
+        ]
+    );
+    assert!(one.starts_with("base-") && two.starts_with("seg-") && three.starts_with("seg-"));
+    // Every file of the store, with its size; nothing is being written.
+    let files: Vec<(String, u64)> = store_files(&state)
+        .iter()
+        .map(|f| {
+            (
+                f.file_name().unwrap().to_string_lossy().into_owned(),
+                f.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    let listed: Vec<(String, u64)> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["file"].as_str().unwrap().to_owned(),
+                f["bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(listed, files);
+    assert_eq!(doc["being_written"], false);
+    assert_eq!(doc["tails"], serde_json::json!([]));
+    let table = shm_restore(d, &["inspect", "state"]);
+    assert_ok(&table);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert!(lines[0].contains("  FILE  "), "{}", table.show());
+    for (line, kind, file) in [
+        (lines[1], "delta on 2", &three),
+        (lines[2], "delta on 1", &two),
+        (lines[3], "base", &one),
+    ] {
+        assert!(
+            line.contains(kind) && line.contains(file.as_str()),
+            "{}",
+            table.show()
+        );
+    }
+    assert!(
+        lines[4].starts_with(&format!("3 generations in {} files, ", files.len())),
+        "{}",
+        table.show()
+    );
+}
+
+/// Two runs, then the segment of generation 2 cut inside its record, as an
+/// append a crash interrupted leaves it. Returns the segment's file name.
+fn store_with_a_torn_newest_record(d: &Path) -> String {
+    run_once(d, "state", "2");
+    run_once(d, "state", "1");
+    run_once(d, "state", "1");
+    let state = d.join("state");
+    let three = record(&state, 3);
+    truncate(&three.path, three.offset + three.bytes - 10);
+    assert_eq!(generations(&state), [1, 2]);
+    three.path.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_torn_record_is_a_segment_tail_not_a_generation_and_verify_counts_it_when_nobody_writes() {
+    let dir = workdir();
+    let d = dir.path();
+    let segment = store_with_a_torn_newest_record(d);
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(doc["newest_verified"], 2);
+    assert_eq!(doc["generations"].as_array().unwrap().len(), 2, "{doc}");
+    let tails = doc["tails"].as_array().unwrap();
+    assert_eq!(tails.len(), 1, "{doc}");
+    assert_eq!(tails[0]["file"], segment.as_str());
+    assert_eq!(tails[0]["offset"], 64, "its first record: {doc}");
+    assert_eq!(tails[0]["after"], serde_json::Value::Null);
+    assert_eq!(tails[0]["state"], "interrupted");
+    let table = shm_restore(d, &["inspect", "state"]);
+    assert_ok(&table);
+    assert!(
+        table.stdout.lines().any(|l| l
+            .starts_with(&format!("segment state/{segment} does not read from byte 64 on"))
+            && l.contains("an append a crash interrupted, or damage")),
+        "{}",
+        table.show()
+    );
+
+    let verify = shm_restore(d, &["verify", "state"]);
+    assert_fails_with(
+        &verify,
+        "every generation in state verifies, but 1 segment ends in bytes that do not read; newest verified: 2",
+    );
+    let lines: Vec<&str> = verify.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", verify.show());
+    assert!(
+        lines[0].starts_with(&format!("shm-restore: segment state/{segment} does not read")),
+        "{}",
+        verify.show()
+    );
+    // Reading changed nothing.
+    assert_eq!(generations(&d.join("state")), [1, 2]);
+}
+
+#[test]
+fn a_torn_end_of_the_newest_segment_of_a_store_being_written_is_a_record_being_appended() {
+    let dir = workdir();
+    let d = dir.path();
+    let segment = store_with_a_torn_newest_record(d);
+    // Held as a writer holds it: the lock taken, the store open.
+    let writer = shm_snapshot_tests::torture::open_store(&d.join("state"));
+    let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+    assert_eq!(doc["being_written"], true, "{doc}");
+    assert_eq!(doc["writer_pid"], std::process::id(), "{doc}");
+    assert_eq!(doc["tails"][0]["file"], segment.as_str(), "{doc}");
+    assert_eq!(doc["tails"][0]["state"], "appending", "{doc}");
+    let verify = shm_restore(d, &["verify", "state"]);
+    assert_ok(&verify);
+    assert!(
+        verify
+            .stdout
+            .starts_with("state: all 2 generations verify (1 base, 1 delta, ")
+            && verify.stdout.trim_end().ends_with(
+                "; newest verified: 2; 1 segment tail not counted while the store is being written"
+            ),
+        "{}",
+        verify.show()
+    );
+    drop(writer);
+    // A process another test forks meanwhile may hold a duplicate of the
+    // lock's descriptor until its exec closes it.
+    eventually("the lock released", || {
+        let doc = json(&shm_restore(d, &["inspect", "state", "--json"]));
+        (doc["being_written"] == false).then_some(())
+    });
+    assert_fails_with(
+        &shm_restore(d, &["verify", "state"]),
+        "1 segment ends in bytes that do not read",
+    );
 }
 
 /// Whether `shown` (a size as the subcommands print it: `812 B`,
@@ -350,8 +546,10 @@ fn shows_size(shown: &str, bytes: u64) -> bool {
 fn prune_keeps_the_newest_verified_generation_and_reports_what_it_freed() {
     let dir = workdir();
     let d = dir.path();
-    // 1 (base) and 2 (delta on 1); an import makes 3 a base, the next run
-    // 4 a delta on 3: 1 and 2 are needed by nothing newer.
+    let state = d.join("state");
+    // 1 (a base file) and 2 (a delta on 1, in a segment); an import makes
+    // 3 a base, the next run 4 a delta on 3: 1 and 2 are needed by nothing
+    // newer.
     run_once(d, "state", "1");
     run_once(d, "state", "1");
     assert_ok(&shm_restore(d, &["export", "state", "-o", "image"]));
@@ -363,42 +561,65 @@ fn prune_keeps_the_newest_verified_generation_and_reports_what_it_freed() {
         import.show()
     );
     run_once(d, "state", "1");
-    let files = generation_files(&d.join("state"));
-    assert_eq!(files.len(), 4);
+    assert_eq!(generations(&state), [1, 2, 3, 4]);
+    let [one, two, three, four] = [1, 2, 3, 4].map(|n| record(&state, n));
+    let files = store_files(&state);
     let sizes: Vec<u64> = files.iter().map(|f| f.metadata().unwrap().len()).collect();
     // The newest is damaged: keeping 1 keeps it, and the newest verified (3)
-    // with its chain (itself).
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&files[3])
-        .unwrap()
-        .set_len(200)
-        .unwrap();
+    // with its chain (itself). Everything else goes: the files of 1 and 2,
+    // and the segments each run made ahead of time and never used.
+    flip_byte(&four.path, (four.offset + four.bytes / 2) as i64);
+    let kept = [three.path.clone(), four.path.clone()];
     let prune = shm_restore(d, &["prune", "state", "--keep", "1"]);
     assert_ok(&prune);
     let lines: Vec<&str> = prune.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{}", prune.show());
-    for (line, n) in lines.iter().zip([2, 1]) {
+    let removed: Vec<(&Path, u64)> = files
+        .iter()
+        .zip(&sizes)
+        .filter(|(f, _)| !kept.contains(f))
+        .map(|(f, &size)| (f.as_path(), size))
+        .collect();
+    assert_eq!(lines.len(), removed.len() + 1, "{}", prune.show());
+    // Newest first: the file holding 2 before the one holding 1.
+    let position = |path: &Path| {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        lines
+            .iter()
+            .position(|l| l.starts_with(&format!("removed state/{name} (")))
+            .unwrap_or_else(|| panic!("{name} not removed:\n{}", prune.show()))
+    };
+    assert!(position(&two.path) < position(&one.path), "{}", prune.show());
+    for (path, size) in &removed {
+        let line = lines[position(path)];
+        let held = if *path == two.path {
+            "generation 2"
+        } else if *path == one.path {
+            "generation 1"
+        } else {
+            "no generation"
+        };
         let shown = line
-            .strip_prefix(&format!("removed generation {n} ("))
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.strip_prefix(&format!("{held}, ")))
             .and_then(|rest| rest.strip_suffix(')'))
-            .unwrap_or_else(|| panic!("not the removal of {n}: {line:?}\n{}", prune.show()));
+            .unwrap_or_else(|| panic!("{line:?} does not say {held:?}:\n{}", prune.show()));
         assert!(
-            shows_size(shown, sizes[n - 1]),
-            "generation {n} is {} bytes, not {shown}",
-            sizes[n - 1]
+            shows_size(shown, *size),
+            "{} is {size} bytes, not {shown}",
+            path.display()
         );
     }
-    let freed = lines[2]
-        .strip_prefix("removed 2 generations, freed ")
+    let total: u64 = removed.iter().map(|(_, size)| size).sum();
+    let freed = lines[removed.len()]
+        .strip_prefix(&format!(
+            "removed 2 generations in {} files, freed ",
+            removed.len()
+        ))
         .and_then(|rest| rest.strip_suffix("; 2 left, newest verified: 3"))
         .unwrap_or_else(|| panic!("{}", prune.show()));
-    assert!(
-        shows_size(freed, sizes[0] + sizes[1]),
-        "{} bytes removed, {freed} freed",
-        sizes[0] + sizes[1]
-    );
-    assert_eq!(generation_files(&d.join("state")), files[2..]);
+    assert!(shows_size(freed, total), "{total} bytes removed, {freed} freed");
+    assert_eq!(store_files(&state), kept);
+    assert_eq!(generations(&state), [3, 4]);
     // What is left still restores generation 3.
     let units = shm_restore(d, &["inspect", "state", "--units"]);
     assert_ok(&units);
@@ -440,14 +661,15 @@ fn prune_keeps_the_newest_generation_a_supervisor_restores_not_one_it_refuses() 
     store_with_an_unrestorable_newest(d);
     let prune = shm_restore(d, &["prune", "state", "--keep", "1"]);
     assert_ok(&prune);
-    assert!(
-        prune
-            .stdout
-            .starts_with("removed 0 generations, freed 0 B; 3 left, newest verified: 2"),
+    // Nothing goes: 3 is the newest, 2 the newest a supervisor restores,
+    // and 2 needs 1.
+    assert_eq!(
+        prune.stdout,
+        "removed 0 generations in 0 files, freed 0 B; 3 left, newest verified: 2\n",
         "{}",
         prune.show()
     );
-    assert_eq!(generation_files(&d.join("state")).len(), 3);
+    assert_eq!(generations(&d.join("state")), [1, 2, 3]);
     // The next supervisor skips 3 and restores 2.
     let mut run = Proc::supervise(d, "state", &at_exit_only(), &[CHILD]);
     assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
@@ -523,7 +745,7 @@ fn inspect_shows_a_creation_time_past_year_9999_as_milliseconds() {
     let dir = workdir();
     let d = dir.path();
     run_once(d, "state", "1");
-    let file = &generation_files(&d.join("state"))[0];
+    let file = &record(&d.join("state"), 1).path;
     // A header whose hash agrees with a creation time RFC 3339 cannot
     // write.
     let mut bytes = std::fs::read(file).unwrap();
@@ -590,7 +812,7 @@ fn an_exported_image_imports_into_a_new_store_and_restores() {
         &shm_restore(d, &["import", "text", "--snapshot", "d"]),
         "text is not a usable region image: ",
     );
-    assert!(generation_files(&d.join("d")).is_empty());
+    assert!(store_files(&d.join("d")).is_empty());
     assert_fails_with(
         &shm_restore(d, &["import", "missing", "--snapshot", "d"]),
         "cannot read missing",
@@ -616,7 +838,7 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     let grandchild: i32 = sup.expect_out("grandchild ")[11..].parse().unwrap();
     sup.expect_out("done");
     eventually("a generation and the status file", || {
-        (d.join("state/status.json").exists() && !generation_files(&d.join("state")).is_empty()).then_some(())
+        (d.join("state/status.json").exists() && !generations(&d.join("state")).is_empty()).then_some(())
     });
     sup.signal(libc::SIGKILL);
     sup.wait();
@@ -630,7 +852,7 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
         "the grandchild outlives a SIGKILLed supervisor"
     );
     // A generation being written when the supervisor died.
-    let temp = d.join("state/gen-00000000000000000099.4242.0.tmp");
+    let temp = d.join("state/base-00000000000000000099.4242.0.tmp");
     std::fs::write(&temp, b"partial").unwrap();
 
     let watch = shm_restore(d, &["watch", "state", "--once"]);
@@ -644,7 +866,7 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
     let cleanup = shm_restore(d, &["cleanup", "state"]);
     assert_ok(&cleanup);
     for text in [
-        "removed temporary file state/gen-00000000000000000099.4242.0.tmp",
+        "removed temporary file state/base-00000000000000000099.4242.0.tmp",
         "removed stale status file state/status.json",
         // The grandchild alone: the child died with the supervisor, and
         // its zombie, if not reaped yet, is not a process to kill.
@@ -659,13 +881,16 @@ fn cleanup_after_a_killed_supervisor_removes_its_leftovers_and_processes() {
         rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()).unwrap();
     }
     rustix::process::set_child_subreaper(None).unwrap();
-    let left: Vec<String> = std::fs::read_dir(d.join("state"))
+    let files = store_files(&d.join("state"));
+    let left: Vec<std::path::PathBuf> = std::fs::read_dir(d.join("state"))
         .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .map(|e| e.unwrap().path())
         .collect();
     assert!(
-        left.iter().any(|n| n.ends_with(".snap"))
-            && left.iter().all(|n| n.ends_with(".snap") || n == LOCK_FILE),
+        !files.is_empty()
+            && left
+                .iter()
+                .all(|p| files.contains(p) || p.file_name() == Some(LOCK_FILE.as_ref())),
         "{left:?}"
     );
     // The lock file stays (removing it races a supervisor starting), empty.
@@ -694,7 +919,7 @@ fn subcommands_on_a_missing_directory_or_a_non_store_fail_in_one_line() {
         ("missing", "no store at missing: no such directory"),
         (
             "empty",
-            "empty is not a shm-snapshot store (no lock file, no generation files)",
+            "empty is not a shm-snapshot store (no lock file, no segments, no base files)",
         ),
         ("file", "file is not a store: not a directory"),
     ] {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use shm_snapshot_tests::chaos::{check_nothing_lost, progress};
-use shm_snapshot_tests::{Proc, Stream, bin, generation_files, send, workdir};
+use shm_snapshot_tests::{Proc, Stream, bin, generations, send, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -215,7 +215,7 @@ fn a_program_that_commits_and_dies_at_once_is_paced_not_spun() {
         "{}",
         tail(&sup)
     );
-    assert!(!generation_files(&dir.path().join("state")).is_empty());
+    assert!(!generations(&dir.path().join("state")).is_empty());
 }
 
 /// The last lines seen, for failure messages.
@@ -239,7 +239,7 @@ fn a_restart_that_commits_nothing_writes_no_generation() {
     first.expect_out("done");
     first.signal(libc::SIGTERM);
     first.wait();
-    let before = generation_files(&state);
+    let before = generations(&state);
     assert!(!before.is_empty(), "{}", first.transcript());
     // The same units again: restored, proven by the snapshot thread and by
     // the stop's post-mortem, and never persisted a second time.
@@ -265,5 +265,5 @@ fn a_restart_that_commits_nothing_writes_no_generation() {
         "{}",
         second.transcript()
     );
-    assert_eq!(generation_files(&state), before, "{}", second.transcript());
+    assert_eq!(generations(&state), before, "{}", second.transcript());
 }

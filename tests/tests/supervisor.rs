@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use shm_snapshot_tests::{Proc, Stream, generation_files, is_gone, send, wait_gone, workdir};
+use shm_snapshot_tests::torture::{flip_byte, record, truncate};
+use shm_snapshot_tests::{Proc, Stream, generations, is_gone, send, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -149,19 +150,20 @@ fn at_exit_only() -> Vec<&'static str> {
     flags(&["--no-continuous"])
 }
 
-/// Two supervisor runs of 2 and 3 commits: generations 1 and 2 hold
-/// units 0-1 and 0-4.
+/// Two supervisor runs of 2 and 3 commits: generations 1 (a base file)
+/// and 2 (a delta, in a segment) hold units 0-1 and 0-4.
 fn two_generations(dir: &Path) {
     for commits in ["2", "3"] {
         let mut run = Proc::supervise(dir, "state", &at_exit_only(), &[CHILD, "--commit", commits]);
         assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
     }
-    assert_eq!(generation_files(&dir.join("state")).len(), 2);
+    assert_eq!(generations(&dir.join("state")), [1, 2]);
 }
 
-fn assert_falls_back_to_first_generation(dir: &Path) {
+/// A start restores generation 1, after a warning containing `warning`.
+fn assert_falls_back_to_first_generation(dir: &Path, warning: &str) {
     let mut run = Proc::supervise(dir, "state", &at_exit_only(), &[CHILD]);
-    run.expect_err("skipping a damaged generation");
+    run.expect_err(warning);
     assert_eq!(run.wait().code(), Some(0), "{}", run.transcript());
     assert_eq!(recovered_after(&run, 1), ["unit-0", "unit-1"]);
 }
@@ -170,27 +172,23 @@ fn assert_falls_back_to_first_generation(dir: &Path) {
 fn corrupted_newest_generation_falls_back_to_the_one_before_with_a_message() {
     let dir = workdir();
     two_generations(dir.path());
-    let newest = generation_files(&dir.path().join("state")).pop().unwrap();
-    let mut bytes = std::fs::read(&newest).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
-    std::fs::write(&newest, bytes).unwrap();
-    assert_falls_back_to_first_generation(dir.path());
+    // The middle of its record: among its pages.
+    let newest = record(&dir.path().join("state"), 2);
+    flip_byte(&newest.path, (newest.offset + newest.bytes / 2) as i64);
+    assert_falls_back_to_first_generation(dir.path(), "skipping a damaged generation");
 }
 
 #[test]
 fn truncated_newest_generation_falls_back_to_the_one_before_with_a_message() {
     let dir = workdir();
     two_generations(dir.path());
-    let newest = generation_files(&dir.path().join("state")).pop().unwrap();
-    let len = std::fs::metadata(&newest).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&newest)
-        .unwrap()
-        .set_len(len - 100)
-        .unwrap();
-    assert_falls_back_to_first_generation(dir.path());
+    // Its segment cut inside it, as an append a crash interrupted leaves
+    // it: the record is no generation, and the start says where its
+    // segment stops being readable.
+    let newest = record(&dir.path().join("state"), 2);
+    truncate(&newest.path, newest.offset + newest.bytes - 100);
+    let segment = newest.path.file_name().unwrap().to_string_lossy().into_owned();
+    assert_falls_back_to_first_generation(dir.path(), &format!("segment state/{segment} ends in"));
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! The supervisor itself killed with SIGKILL at random moments, again and
 //! again, and restarted on the same store: every start opens to a verified
 //! generation, the program's own validation of what it restored passes,
-//! and progress never falls below a generation that was reported durable;
-//! and (issue 12) every commit the program printed well before a kill is
+//! and progress never falls below a generation that was reported written.
+//! A generation is reported once its record is appended (or its base file
+//! named); a SIGKILL of the supervisor leaves the page cache intact, so
+//! every generation reported must be found after the kill, synced or not.
+//! And (issue 12) every commit the program printed well before a kill is
 //! restored by the next start.
 //!
 //! `TORTURE_KILLS=N` runs N rounds of the first test instead of the
@@ -26,7 +29,8 @@ fn env_u64(name: &str) -> Option<u64> {
         .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a number")))
 }
 
-/// Starts the supervisor with one log line per generation persisted.
+/// Starts the supervisor with one log line per generation written
+/// (`generation persisted`, at debug level).
 fn supervise(dir: &Path, fsync: &str, interval: &str) -> Proc {
     let mut command = Command::new(bin("shm-restore"));
     command
@@ -141,7 +145,7 @@ fn supervisor_killed_at_random_moments_always_restarts_on_its_durable_progress()
         if let Some(&newest_logged) = logged.iter().max() {
             assert!(
                 loaded.number >= newest_logged,
-                "{context}: generation {newest_logged} was reported persisted, but the store opens to {}",
+                "{context}: generation {newest_logged} was reported appended, but the store opens to {}",
                 loaded.number
             );
         }

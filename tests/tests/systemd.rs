@@ -12,8 +12,8 @@ use shm_snapshot_tests::systemd::{
     NotifySocket, is_memfd, resealed_copy, supervise_with_stored_region,
     supervise_with_stored_region_and_a_closed_fd, supervise_with_unaddressed_region,
 };
-use shm_snapshot_tests::torture::{flip_byte, open_store};
-use shm_snapshot_tests::{Proc, Stream, bin, generation_files, send, wait_gone, workdir};
+use shm_snapshot_tests::torture::{flip_byte, open_store, record};
+use shm_snapshot_tests::{Proc, Stream, bin, generations, send, wait_gone, workdir};
 
 const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
 
@@ -367,11 +367,15 @@ fn region_is_taken_back_when_no_generation_on_disk_verifies() {
     let dir = workdir();
     let region = memory_ahead_of_disk(dir.path());
     let state = dir.path().join("state");
-    let damaged = generation_files(&state);
-    assert!(!damaged.is_empty());
-    for file in &damaged {
-        flip_byte(file, 20);
+    // Every generation's record gets a flipped byte in its header.
+    let records: Vec<_> = generations(&state).iter().map(|&n| record(&state, n)).collect();
+    assert!(!records.is_empty());
+    for r in &records {
+        flip_byte(&r.path, (r.offset + 20) as i64);
     }
+    assert!(generations(&state).is_empty());
+    let mut damaged: Vec<_> = records.into_iter().map(|r| r.path).collect();
+    damaged.dedup();
     let before: Vec<Vec<u8>> = damaged
         .iter()
         .map(|f| std::fs::read(f).expect("reading"))
@@ -390,7 +394,7 @@ fn region_is_taken_back_when_no_generation_on_disk_verifies() {
         .collect();
     assert!(before == after, "the damaged generations stay as they were");
     assert!(
-        generation_files(&state).len() > damaged.len(),
+        !generations(&state).is_empty(),
         "the region's units are persisted as a new generation"
     );
 }

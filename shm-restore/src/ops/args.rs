@@ -41,13 +41,13 @@ pub struct Cli {
 pub enum Op {
     /// List a store's generations, newest first (read-only; safe while a supervisor runs).
     Inspect(Inspect),
-    /// Check every generation against its BLAKE3 hashes and that it restores; exit 1 naming each that fails.
+    /// Check every generation against its BLAKE3 hashes and that it restores, and every file read to its end; exit 1 naming each that fails.
     Verify(Verify),
     /// Write a generation as a raw region image (the bytes a restore puts in the region).
     Export(Export),
     /// Add a raw region image to a store as a new generation (a base).
     Import(Import),
-    /// Remove old generations and what only they need; never the newest one a supervisor restores.
+    /// Remove the files (segments, base files) the newest N generations and the newest one a supervisor restores do not need.
     Prune(Prune),
     /// Live view of the supervisor running on a store, refreshed every second.
     Watch(Watch),
@@ -61,7 +61,9 @@ pub enum Op {
 #[command(after_help = "\
 Units carry no commit time (committing reads no clock): --units shows when
 each unit was first persisted, the creation time of the oldest generation
-on disk that holds it. Times are UTC.")]
+on disk that holds it. Times are UTC. A segment that stops being readable
+before its end (a record being appended, or one a crash cut short) is
+listed after the generations, as a tail: it is not a generation.")]
 pub struct Inspect {
     /// The store directory.
     #[arg(value_name = "DIR")]

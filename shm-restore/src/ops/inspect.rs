@@ -2,6 +2,7 @@
 //! the units of one. Reads only, without the lock.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -9,14 +10,15 @@ use serde::Serialize;
 use shm_snapshot::layout::{Geometry, UnitRef};
 use shm_snapshot::meta::Meta;
 use shm_snapshot::snapshot;
-use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store};
+use shm_snapshot::store::{Checked, Condition, GenerationKind, Loaded, Store, StoreError};
 
 use super::args::Inspect;
 use shm_snapshot::restore::{checked_restorable, newest_checked_restorable};
 
 use super::load::{self, TRIES};
 use super::show::{self, human};
-use super::store::open_read_only;
+use super::store::{self, open_read_only};
+use super::tails::{self, TailJson};
 
 /// Bytes of each unit `--units` shows.
 const HEAD_BYTES: u64 = 16;
@@ -42,7 +44,22 @@ struct GenerationJson {
 struct StoreJson {
     store: String,
     newest_verified: Option<u64>,
+    /// Whether a process holds the store's lock (a supervisor writing it).
+    being_written: bool,
+    /// That process, when its pid is visible.
+    writer_pid: Option<u32>,
     generations: Vec<GenerationJson>,
+    /// Where segments stop being readable before their end.
+    tails: Vec<TailJson>,
+    /// The store's files: segments, base files, version 2 files.
+    files: Vec<FileJson>,
+}
+
+/// One file of the store in `inspect --json`.
+#[derive(Debug, Serialize)]
+struct FileJson {
+    file: String,
+    bytes: u64,
 }
 
 /// One unit in `inspect --units --json`.
@@ -64,11 +81,12 @@ struct UnitsJson {
     units: Vec<UnitJson>,
 }
 
-/// The status word of a generation, and what is wrong with it.
+/// The status word of a generation, and what is wrong with it (for one
+/// that is `ok`, a base file that does not verify, if it has one).
 pub fn status(c: &Checked) -> (&'static str, Option<String>) {
     match &c.condition {
         Condition::Intact => match checked_restorable(c) {
-            Ok(()) => ("ok", None),
+            Ok(()) => ("ok", c.damaged_base.as_ref().map(base_damage)),
             Err(why) => (
                 "unrestorable",
                 Some(format!("verifies but cannot be restored: {why}")),
@@ -80,6 +98,12 @@ pub fn status(c: &Checked) -> (&'static str, Option<String>) {
     }
 }
 
+/// What is wrong with a generation that restores from its record because
+/// its base file does not verify.
+pub fn base_damage(e: &StoreError) -> String {
+    format!("its base file does not verify, so it restores from its record: {e}")
+}
+
 fn units_of(c: &Checked) -> Option<Meta> {
     Meta::peek(c.meta.as_deref()?).ok()
 }
@@ -87,7 +111,7 @@ fn units_of(c: &Checked) -> Option<Meta> {
 /// Runs `inspect`.
 pub fn run(a: &Inspect) -> Result<ExitCode> {
     let mut store = open_read_only(&a.dir)?;
-    let checked = store.check_all()?;
+    let checked = load::check_all(&mut store)?;
     if a.units {
         return units(a, &mut store, checked);
     }
@@ -102,15 +126,18 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
                 Some(GenerationKind::Delta { parent, .. }) => (Some("delta"), Some(parent)),
                 _ => (None, None),
             };
+            // A generation whose header does not verify is reported under
+            // the file named for it.
+            let path = info
+                .map(|i| i.path.clone())
+                .or_else(|| store.generation_path(c.number));
             GenerationJson {
                 number: c.number,
                 created_ms: info.map(|i| i.created_ms),
                 created: info.map(|i| show::time(i.created_ms)),
                 kind,
                 parent,
-                file: info
-                    .and_then(|i| i.path.file_name())
-                    .map(|n| n.to_string_lossy().into_owned()),
+                file: path.as_deref().map(file_name),
                 units: units_of(c).map(|m| m.units.len()),
                 region_bytes: info.map(|i| i.region_len),
                 bytes_on_disk: c.bytes,
@@ -120,16 +147,24 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
         })
         .collect();
     let newest_verified = newest_checked_restorable(&checked);
+    let writer = store::writer(&a.dir);
+    let being_written = writer.is_some();
+    let tails = tails::tails(&store, being_written);
+    let files = files(&store, &checked);
     if a.json {
         let doc = StoreJson {
             store: a.dir.display().to_string(),
             newest_verified,
+            being_written,
+            writer_pid: writer.flatten(),
             generations: rows,
+            tails,
+            files,
         };
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && tails.is_empty() {
         println!("{}: no generations", a.dir.display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -148,39 +183,84 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
                 r.units.map_or_else(dash, |u| u.to_string()),
                 r.region_bytes.map_or_else(dash, human),
                 human(r.bytes_on_disk),
+                r.file.clone().unwrap_or_else(dash),
                 r.status.to_owned(),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        show::table(
-            &[
-                "GENERATION",
-                "CREATED (UTC)",
-                "KIND",
-                "UNITS",
-                "REGION",
-                "ON DISK",
-                "STATUS"
-            ],
-            &["GENERATION", "UNITS", "REGION", "ON DISK"],
-            &table,
-        )
-    );
+    if !table.is_empty() {
+        print!(
+            "{}",
+            show::table(
+                &[
+                    "GENERATION",
+                    "CREATED (UTC)",
+                    "KIND",
+                    "UNITS",
+                    "REGION",
+                    "ON DISK",
+                    "FILE",
+                    "STATUS"
+                ],
+                &["GENERATION", "UNITS", "REGION", "ON DISK"],
+                &table,
+            )
+        );
+    }
     for r in &rows {
         if let Some(problem) = &r.problem {
             println!("generation {}: {problem}", r.number);
         }
     }
-    let total: u64 = rows.iter().map(|r| r.bytes_on_disk).sum();
+    for t in &tails {
+        println!("{}", t.line(being_written));
+    }
+    let total: u64 = files.iter().map(|f| f.bytes).sum();
+    let writing = match writer {
+        Some(Some(pid)) => format!("; being written by pid {pid}"),
+        Some(None) => "; being written".to_owned(),
+        None => String::new(),
+    };
     println!(
-        "{}, {} on disk; newest verified: {}",
+        "{} in {}, {} on disk; newest verified: {}{writing}",
         show::count(rows.len(), "generation"),
+        show::count(files.len(), "file"),
         human(total),
         newest_verified.map_or_else(|| "none".to_owned(), |n| n.to_string())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// The store's files as of its last scan, with their sizes now: those it
+/// reads, and those named for a generation whose header does not verify.
+/// A file removed since (by the owner's retention) is left out.
+fn files(store: &Store, checked: &[Checked]) -> Vec<FileJson> {
+    let mut paths = store.files();
+    paths.extend(
+        checked
+            .iter()
+            .filter(|c| c.info.is_none())
+            .filter_map(|c| store.generation_path(c.number)),
+    );
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter_map(|p| {
+            let bytes = std::fs::metadata(&p).ok()?.len();
+            Some(FileJson {
+                file: file_name(&p),
+                bytes,
+            })
+        })
+        .collect()
 }
 
 /// `inspect --units`: the units of one generation.
@@ -306,7 +386,7 @@ fn newest_with_units(
             }
             Err(_) => {
                 attempt += 1;
-                checked = store.check_all()?;
+                checked = load::check_all(store)?;
             }
         }
     }

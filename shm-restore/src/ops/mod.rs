@@ -12,6 +12,7 @@ mod load;
 mod prune;
 mod show;
 mod store;
+mod tails;
 mod verify;
 mod watch;
 

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use shm_snapshot::store::GenerationKind;
 
 use super::args::Watch;
 use super::show::{self, human};
@@ -76,10 +77,16 @@ fn view(dir: &Path) -> Result<(String, bool)> {
             let store = open_read_only(dir)?;
             match store.generations().last() {
                 Some(g) => v.push_str(&format!(
-                    "newest generation on disk: {} ({} ago, {}, region {})\n",
+                    "newest generation on disk: {} ({} ago, {} in {}, region {})\n",
                     g.number,
                     since(g.created_ms),
-                    if g.is_base() { "base" } else { "delta" },
+                    match g.kind {
+                        GenerationKind::Base => "base".to_owned(),
+                        GenerationKind::Delta { parent } => format!("delta on {parent}"),
+                    },
+                    g.path
+                        .file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
                     human(g.region_len)
                 )),
                 None => v.push_str("no generations on disk\n"),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use shm_snapshot::restore::{self, Restorable};
-use shm_snapshot::store::{Damage, Numbers};
+use shm_snapshot::store::{Damage, Numbers, Store};
 use tracing::{info, warn};
 
 use crate::memory::Room;
@@ -169,5 +169,27 @@ pub fn restore_into_new(shared: &mut Shared, room: Room, on_damage: OnDamage) ->
 pub fn report(damage: &Damage, what: &str) {
     for cause in &damage.causes {
         warn!(generation = cause.generation, "{what}: {cause}");
+    }
+}
+
+/// One warning per segment that stops being readable before its end
+/// (STORE.md, "A segment"): an append a crash interrupted, or damage in a
+/// record's header or structure. The records there and after it in that
+/// segment are not generations of the store, so no skipped generation
+/// names them; this is where they are said. Called once, when the store is
+/// opened: the supervisor never appends to a segment it did not make.
+pub fn report_tails(store: &Store) {
+    for tail in store.tails() {
+        let after = match (tail.after, tail.offset) {
+            (Some(n), _) => format!("after generation {n}"),
+            (None, 0) => "from its header on".to_owned(),
+            (None, _) => "from its first record on".to_owned(),
+        };
+        warn!(
+            "segment {} ends in {} that do not read, {after}: an append a crash interrupted, or damage; nothing from there on is restored ({})",
+            tail.path.display(),
+            human(tail.bytes),
+            tail.why
+        );
     }
 }

@@ -6,6 +6,6 @@ mod ladder;
 mod post_mortem;
 mod take_back;
 
-pub use ladder::{OnDamage, When, apply, newest, restore_into_new};
+pub use ladder::{OnDamage, When, apply, newest, report_tails, restore_into_new};
 pub use post_mortem::{Left, Persist, post_mortem, post_mortem_while_busy};
 pub use take_back::take_back;

@@ -44,6 +44,7 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         None => Start::Fresh(memory::ensure_room(config.size).map_err(Refusal::of_size_flag)?),
     };
     let store = Store::open(&config.store_dir, config.store)?;
+    restore::report_tails(&store);
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
     let mut launcher = Launcher::new(&config.command)?;

@@ -4,6 +4,7 @@
 //! "Retention"). None of it takes the store's own lock: a job carries
 //! everything it needs, and its result is picked up by the writer.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -337,8 +338,8 @@ impl Worker {
             ));
         };
         let w = match readers.entry(loc.file) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
                 let f = self
                     .io
                     .open_read(path)

@@ -52,6 +52,11 @@ pub struct Checked {
     pub first_page: Option<Vec<u8>>,
     /// Whether it can be restored, and if not why.
     pub condition: Condition,
+    /// Its base file, when it has one besides its delta record and that
+    /// base file does not verify: the generation is judged by its record
+    /// and chain (as a load falls back to them), and this is the damage
+    /// the base file holds all the same.
+    pub damaged_base: Option<StoreError>,
 }
 
 /// Pages read while checking go nowhere once hashed, but the image's first
@@ -126,6 +131,7 @@ impl Store {
                                 meta: Some(meta),
                                 first_page,
                                 condition: Condition::Intact,
+                                damaged_base: None,
                             },
                         );
                         continue;
@@ -157,16 +163,22 @@ impl Store {
                         meta: None,
                         first_page: None,
                         condition,
+                        damaged_base: None,
                     },
                 );
                 continue;
             };
             discard.first = None;
             let read = records.read(self.io.as_mut(), &place, &mut discard);
-            let (meta, condition) = match read {
-                Ok(meta) => (Some(meta), Condition::Intact),
-                Err(e) if e.is_vanished() => (None, Condition::Vanished),
-                Err(e) => (None, Condition::Damaged(full_error.unwrap_or(e))),
+            let (meta, condition, damaged_base) = match read {
+                // A base file pruned while it was read is not damage.
+                Ok(meta) => (
+                    Some(meta),
+                    Condition::Intact,
+                    full_error.filter(|e| !e.is_vanished()),
+                ),
+                Err(e) if e.is_vanished() => (None, Condition::Vanished, None),
+                Err(e) => (None, Condition::Damaged(full_error.unwrap_or(e)), None),
             };
             let first_page = discard.first.take();
             let mut c = Checked {
@@ -176,6 +188,7 @@ impl Store {
                 meta,
                 first_page,
                 condition,
+                damaged_base,
             };
             let h = place.header;
             if matches!(c.condition, Condition::Intact) {
