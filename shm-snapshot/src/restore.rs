@@ -71,6 +71,9 @@ pub struct Generation {
     pub data_pages: Vec<bool>,
     /// Newer generations skipped on the way, by cause.
     pub skipped: Damage,
+    /// Base files that did not verify, read around through the records
+    /// they checkpoint (see [`crate::store::Loaded::damaged_bases`]).
+    pub damaged_bases: Vec<(u64, StoreError)>,
 }
 
 impl Generation {
@@ -209,6 +212,7 @@ pub fn newest_restorable(store: &mut Store, region_len: Option<u64>) -> Result<R
             meta,
             data_pages: loaded.data_pages,
             skipped,
+            damaged_bases: loaded.damaged_bases,
         })),
         None => Ok(Restorable::OtherSize {
             number: loaded.number,

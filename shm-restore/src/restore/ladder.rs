@@ -48,6 +48,14 @@ pub fn newest(shared: &mut Shared, region_len: u64) -> Result<Restorable> {
     {
         report(skipped, "skipping a damaged generation");
     }
+    if let Restorable::Generation(restore::Generation { damaged_bases, .. }) = &restorable {
+        for (generation, e) in damaged_bases {
+            warn!(
+                generation,
+                "a base file does not verify; its generation was read from the records it checkpoints: {e}"
+            );
+        }
+    }
     Ok(restorable)
 }
 

@@ -8,7 +8,7 @@ use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
 use super::hashes::{ImageHashes, NoMemory, zero_hash, zero_pages};
 use super::open::{Current, Loc, Store};
-use super::read::{ChunkSink, Place, Records, zeroed};
+use super::read::{ChunkSink, Place, Records, read_header, zeroed};
 use super::write::zero_locs;
 
 /// A generation loaded from the store.
@@ -26,6 +26,10 @@ pub struct Loaded {
     pub data_pages: Vec<bool>,
     /// Every newer generation that was skipped, newest first, with why.
     pub skipped: Vec<(u64, StoreError)>,
+    /// Base files that did not verify, by the generation they hold, where
+    /// the load read the records they checkpoint instead (the generation
+    /// itself was not lost, but the file is damaged).
+    pub damaged_bases: Vec<(u64, StoreError)>,
 }
 
 /// A verified, reassembled image.
@@ -103,6 +107,9 @@ impl Store {
         // Generations whose base file does not verify.
         let mut bad_full: BTreeSet<u64> = BTreeSet::new();
         let mut skipped = Vec::new();
+        // Base files that did not verify where the records they checkpoint
+        // were read instead.
+        let mut damaged_bases = Vec::new();
         // The verified image just below the delta where a chain failed.
         let mut spare: Option<Box<Image>> = None;
         let mut i = 0;
@@ -158,6 +165,7 @@ impl Store {
                         meta: image.meta,
                         data_pages,
                         skipped,
+                        damaged_bases,
                     }));
                 }
                 Err(failure) => {
@@ -174,7 +182,7 @@ impl Store {
                         // same candidate again without that base file.
                         bad_full.insert(failure.member);
                         self.bad_bases.insert(failure.member);
-                        pending.insert(failure.member, failure.error);
+                        damaged_bases.push((failure.member, failure.error));
                         continue;
                     }
                     let why = failure.error.to_string();
@@ -226,6 +234,7 @@ impl Store {
                         image: image.image,
                         meta: image.meta,
                         skipped: Vec::new(),
+                        damaged_bases: Vec::new(),
                     });
                 }
                 Err(f) if f.full && self.entries.get(&f.member).is_some_and(|e| e.delta.is_some()) => {
@@ -281,14 +290,17 @@ impl Store {
         }
         let entry = self
             .entries
-            .get_mut(&number)
+            .get(&number)
             .expect("candidates come from the entries");
         let Some(top) = entry.place().cloned() else {
-            return Err(match entry.problem.take() {
-                Some((_, _, e)) => e,
-                None => StoreError::Corrupt {
-                    path: entry.path().map(Path::to_owned).unwrap_or_default(),
-                    what: "header did not verify".to_owned(),
+            // The file stays listed (retention counts it): its error is
+            // read again rather than taken from the entry.
+            let path = entry.path().map(Path::to_owned).unwrap_or_default();
+            return Err(match read_header(self.io.as_mut(), &path) {
+                Err(e) => e,
+                Ok(_) => StoreError::Corrupt {
+                    path,
+                    what: "header did not verify when the store was scanned".to_owned(),
                 },
             });
         };

@@ -554,7 +554,26 @@ impl Store {
     /// Re-reads the directory: the headers of base files and version 2
     /// files, and the record skeletons of every segment. Reads only:
     /// nothing is created, changed or removed.
+    ///
+    /// A file that vanishes between the listing and its reading (an owner's
+    /// retention, which removes files covered by a base it has just named)
+    /// makes the scan start again, a few times: a listing made before the
+    /// base was named and read after its files were removed would see
+    /// neither.
     pub(crate) fn rescan(&mut self) -> Result<(), StoreError> {
+        /// Scans tried while files keep vanishing under them.
+        const TRIES: usize = 5;
+        for _ in 1..TRIES {
+            if self.rescan_once()? {
+                return Ok(());
+            }
+        }
+        self.rescan_once().map(drop)
+    }
+
+    /// One scan; `false` when a file vanished while it was read.
+    fn rescan_once(&mut self) -> Result<bool, StoreError> {
+        let mut vanished = false;
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
         let mut segments = BTreeMap::new();
         let mut seg_names = Vec::new();
@@ -592,7 +611,7 @@ impl Store {
                     }
                 }
                 // Removed since the listing (an owner pruning it): gone.
-                Err(problem) if problem.is_vanished() => {}
+                Err(problem) if problem.is_vanished() => vanished = true,
                 Err(problem) => {
                     // What is on disk, for reports: a header that does not
                     // verify says nothing of the file's size.
@@ -607,7 +626,10 @@ impl Store {
             let path = self.dir.join(names::segment(seq));
             let scan = match scan_segment(self.io.as_mut(), &path, seq) {
                 Ok(scan) => scan,
-                Err(e) if e.is_vanished() => continue,
+                Err(e) if e.is_vanished() => {
+                    vanished = true;
+                    continue;
+                }
                 Err(e) => {
                     segments.insert(
                         seq,
@@ -664,7 +686,7 @@ impl Store {
         self.next_number = self.next_number.max(newest.saturating_add(1));
         self.entries = entries;
         self.segments = segments;
-        Ok(())
+        Ok(!vanished)
     }
 }
 

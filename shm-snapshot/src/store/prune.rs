@@ -37,7 +37,9 @@ impl Pruned {
         self.removed.iter().map(|g| g.bytes).sum()
     }
 
-    /// Generations the removed files held.
+    /// Records of generations the removed files held (a generation whose
+    /// base file stays, or whose record was in a removed segment and has a
+    /// base file elsewhere, is counted though it is still restorable).
     pub fn generations_removed(&self) -> usize {
         self.removed.iter().map(|g| g.generations).sum()
     }

@@ -413,7 +413,6 @@ impl Store {
             .map(|(&n, _)| n)
             .collect();
         let mut kept: Vec<u64> = numbers.iter().rev().take(self.options.keep).copied().collect();
-        let oldest_kept = kept.last().copied().unwrap_or(0);
         kept.extend(self.current.as_ref().map(|c| c.number));
         let mut needed: HashSet<&Path> = HashSet::new();
         let mut visited = HashSet::new();
@@ -457,8 +456,11 @@ impl Store {
                     doomed.push((n, p.path.clone()));
                 }
             }
+            // A file whose header does not verify keeps nothing alive; it
+            // goes once `keep` generations newer than it exist.
+            let newer = numbers.len() - numbers.partition_point(|&m| m <= n);
             if let Some((path, _, _)) = &e.problem
-                && n < oldest_kept
+                && newer >= self.options.keep
             {
                 doomed.push((n, path.clone()));
             }
