@@ -7,7 +7,7 @@ use crate::meta::Meta;
 use crate::observe::{Anomalies, Observer};
 use crate::store::{self, Store};
 
-use super::{ArenaScan, Outcome, SnapshotError};
+use super::{ArenaScan, Outcome, SnapshotError, UnmarkedWrite};
 
 /// Chunks offered to the store at a time: 8 MiB, enough for the store to
 /// spread hashing over threads (it splits batches of a MiB or more).
@@ -51,6 +51,46 @@ pub struct Snapshotter {
     /// The units of the generation last persisted or staged: a snapshot
     /// that proves exactly these has nothing new to persist.
     last_units: Option<Vec<UnitRef>>,
+    /// [`ArenaScan::Check`]: chunks seen changed with their counters
+    /// unmoved, not yet proven unmarked.
+    suspects: Vec<Suspect>,
+    /// [`ArenaScan::Check`]: a suspect proven unmarked, waiting for the
+    /// next generation persisted to be reported with its number.
+    found: Option<Suspect>,
+    /// The unmarked write reported, once.
+    reported: Option<UnmarkedWrite>,
+    report: Report,
+}
+
+/// An arena chunk [`ArenaScan::Check`] saw changed while its counter had
+/// not moved. The write may still be in progress (a program marks after
+/// writing), so it is proven unmarked only once a unit the program
+/// published after it is seen and the counter still has not moved.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    chunk: u64,
+    counter: u64,
+    /// The program's next sequence number, read after the chunk was
+    /// compared: a unit numbered this or higher was published after the
+    /// write.
+    next_seq: u64,
+}
+
+/// A sink for an [`UnmarkedWrite`].
+type ReportFn = Box<dyn FnMut(&UnmarkedWrite) + Send>;
+
+/// Where an [`UnmarkedWrite`] is told.
+#[derive(Default)]
+struct Report(Option<ReportFn>);
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Report(set)"
+        } else {
+            "Report(none)"
+        })
+    }
 }
 
 /// A generation taken into the shadow, not yet in the store.
@@ -70,6 +110,18 @@ impl Snapshotter {
             scan,
             ..Snapshotter::default()
         }
+    }
+
+    /// Calls `report` with the first [`UnmarkedWrite`] that
+    /// [`ArenaScan::Check`] finds, once, right after the generation that
+    /// holds it is persisted.
+    pub fn on_unmarked_write(&mut self, report: impl FnMut(&UnmarkedWrite) + Send + 'static) {
+        self.report = Report(Some(Box::new(report)));
+    }
+
+    /// The unmarked write [`ArenaScan::Check`] reported, if any.
+    pub fn unmarked_write(&self) -> Option<UnmarkedWrite> {
+        self.reported
     }
 
     /// Forgets the shadow: the next snapshot copies the whole region again
@@ -189,6 +241,9 @@ impl Snapshotter {
         observer.copy_range(0, &mut self.shadow)?;
         self.dirty = vec![false; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
         self.all_dirty = true;
+        // A fresh shadow holds whatever the region holds: nothing in it is
+        // a change any more.
+        self.suspects.clear();
         self.ring_done = 0;
         self.shadow_geometry = Some(*g);
         Ok(())
@@ -222,19 +277,47 @@ impl Snapshotter {
                 copied += self.copy(observer, at, len)?;
             }
         }
-        // Arena chunks whose counters moved; or every chunk, compared.
-        let compare_all = match self.scan {
-            ArenaScan::Hash => true,
-            ArenaScan::Auto => self.counters.iter().all(|c| *c == 0),
-            ArenaScan::Hints => false,
+        // Arena chunks: those whose counters moved, and (by the mode) every
+        // other chunk compared with the shadow.
+        let marking = self.counters.iter().any(|c| *c != 0);
+        let (follow, compare) = match self.scan {
+            ArenaScan::Hash => (false, true),
+            ArenaScan::Hints => (true, false),
+            ArenaScan::Auto => (marking, !marking),
+            ArenaScan::Check => (true, true),
         };
+        let checking = self.scan == ArenaScan::Check && marking;
+        if checking {
+            self.confirm_suspects(pre);
+        }
+        let mut unmarked = Vec::new();
         for i in 0..self.counters.len() {
             let at = g.arena_offset + i as u64 * g.chunk_bytes;
             let len = g.chunk_bytes.min(g.region_len - at);
-            if compare_all {
-                copied += self.copy_if_changed(observer, at, len)?;
-            } else if self.counters[i] != self.shadow_counters[i] {
+            if follow && self.counters[i] != self.shadow_counters[i] {
                 copied += self.copy(observer, at, len)?;
+            } else if compare {
+                let (n, changed) = self.copy_if_changed(observer, at, len)?;
+                copied += n;
+                if checking && changed {
+                    unmarked.push(i as u64);
+                }
+            }
+        }
+        if !unmarked.is_empty() {
+            // ORDERING: relaxed, a hint read after the chunks were
+            // compared: a unit numbered at least this was published after
+            // the writes the comparison saw (FORMAT.md, "The marking rule").
+            let next_seq = observer.next_seq();
+            for chunk in unmarked {
+                if !self.suspects.iter().any(|s| s.chunk == chunk) {
+                    let counter = self.counters[chunk as usize];
+                    self.suspects.push(Suspect {
+                        chunk,
+                        counter,
+                        next_seq,
+                    });
+                }
             }
         }
         between();
@@ -264,16 +347,47 @@ impl Snapshotter {
     }
 
     /// Copies `[at, at + len)` aside and into the shadow only where it
-    /// differs, marking those chunks changed.
-    fn copy_if_changed(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
+    /// differs, marking those chunks changed. Returns the bytes read and
+    /// whether they differed.
+    fn copy_if_changed(
+        &mut self,
+        observer: &Observer,
+        at: u64,
+        len: u64,
+    ) -> Result<(u64, bool), RegionError> {
         self.scratch.resize(len as usize, 0);
         observer.copy_range(at, &mut self.scratch)?;
         let shadow = &mut self.shadow[at as usize..(at + len) as usize];
-        if *shadow != self.scratch[..] {
+        let changed = *shadow != self.scratch[..];
+        if changed {
             shadow.copy_from_slice(&self.scratch);
             self.mark(at, len);
         }
-        Ok(len)
+        Ok((len, changed))
+    }
+
+    /// [`ArenaScan::Check`], with this window's counters read after Pre:
+    /// drops the suspects whose counters moved since (their writes were
+    /// marked after all), and proves unmarked the first whose counter
+    /// stayed put while a unit published after its write is valid in
+    /// `pre`: the program had to mark the write before publishing it.
+    fn confirm_suspects(&mut self, pre: &[UnitRef]) {
+        let newest = pre.iter().map(UnitRef::seq).max().unwrap_or(0);
+        let counters = &self.counters;
+        let mut proven = None;
+        self.suspects.retain(|s| {
+            if counters[s.chunk as usize] != s.counter {
+                return false;
+            }
+            if newest >= s.next_seq {
+                proven = proven.or(Some(*s));
+                return false;
+            }
+            true
+        });
+        if self.reported.is_none() && self.found.is_none() {
+            self.found = proven;
+        }
     }
 
     fn mark(&mut self, at: u64, len: u64) {
@@ -376,6 +490,19 @@ impl Snapshotter {
         let persisted = tx.commit(&encoded)?;
         self.dirty.iter_mut().for_each(|d| *d = false);
         self.all_dirty = false;
+        if let Some(found) = self.found.take() {
+            let unmarked = UnmarkedWrite {
+                chunk: found.chunk,
+                arena_offset: found.chunk * g.chunk_bytes,
+                len: g.chunk_bytes.min(g.arena_len - found.chunk * g.chunk_bytes),
+                counter: found.counter,
+                generation: persisted.number,
+            };
+            self.reported = Some(unmarked);
+            if let Some(report) = self.report.0.as_mut() {
+                report(&unmarked);
+            }
+        }
         Ok(Outcome::Persisted {
             persisted,
             units: staged.meta.units.len(),

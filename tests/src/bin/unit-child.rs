@@ -1,7 +1,13 @@
 //! A test program for the supervisor: prints what it recovered, commits
 //! numbered units, then does what it is told.
 //!
-//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term|heartbeat] [--grandchild] [--list-fds]`
+//! `unit-child [--commit N] [--unit-bytes B] [--pause-ms M] [--unmarked-write CHUNK] [--then sleep|exit:CODE|ignore-term|heartbeat] [--grandchild] [--list-fds]`
+//!
+//! `--pause-ms M` sleeps M ms after each commit. `--unmarked-write CHUNK`,
+//! after the first commit and its pause, writes arena chunk 0 through the
+//! client (which marks it), then arena chunk CHUNK through the region's
+//! file, as a client that forgets to mark a write does, and prints
+//! `unmarked <CHUNK>`.
 //!
 //! `--then heartbeat` stays busy without committing, calling
 //! `Client::heartbeat` every 20 ms.
@@ -26,6 +32,8 @@ fn main() {
     let mut then = String::from("exit:0");
     let mut grandchild = false;
     let mut list_fds = false;
+    let mut pause_ms = 0u64;
+    let mut unmarked: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,6 +42,14 @@ fn main() {
             "--then" => then = args.next().expect("--then WHAT"),
             "--grandchild" => grandchild = true,
             "--list-fds" => list_fds = true,
+            "--pause-ms" => pause_ms = args.next().and_then(|v| v.parse().ok()).expect("--pause-ms M"),
+            "--unmarked-write" => {
+                unmarked = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--unmarked-write CHUNK"),
+                )
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -100,6 +116,21 @@ fn main() {
         let id = client.commit(payload.as_bytes()).expect("commit");
         writeln!(out, "committed {} {payload}", id.0).unwrap();
         out.flush().unwrap();
+        if pause_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        }
+        if let Some(chunk) = unmarked.take() {
+            use std::os::unix::fs::FileExt;
+            client.arena().write(0, b"marked").expect("arena write");
+            let g = *client.geometry();
+            let at = g.arena_offset + chunk * g.chunk_bytes;
+            client
+                .region()
+                .file()
+                .write_all_at(b"not marked", at)
+                .expect("writing the region's file");
+            writeln!(out, "unmarked {chunk}").unwrap();
+        }
     }
     writeln!(out, "done").unwrap();
     out.flush().unwrap();

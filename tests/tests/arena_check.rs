@@ -1,0 +1,70 @@
+//! `--arena-scan=check` against a real program: an arena write the program
+//! did not mark is reported in one line, and its bytes reach the store.
+
+use shm_snapshot_tests::{Proc, Stream, workdir};
+
+const CHILD: &str = env!("CARGO_BIN_EXE_unit-child");
+
+#[test]
+fn check_mode_names_the_chunk_of_an_unmarked_write_and_its_generation() {
+    let dir = workdir();
+    let mut sup = Proc::supervise(
+        dir.path(),
+        "state",
+        &["--arena-scan=check", "--size=8MiB", "--fsync=never"],
+        &[
+            CHILD,
+            "--unmarked-write",
+            "7",
+            "--commit",
+            "6",
+            "--pause-ms",
+            "30",
+            "--then",
+            "sleep",
+        ],
+    );
+    sup.expect_out("unmarked 7");
+    let line = sup.expect_err("unmarked arena write");
+    assert!(
+        line.contains("chunk 7 (arena bytes 458752..524288)") && line.contains("found by generation "),
+        "{line}"
+    );
+    sup.expect_out("done");
+    sup.signal(libc::SIGTERM);
+    sup.wait();
+    let reports = sup
+        .lines(Stream::Err)
+        .iter()
+        .filter(|l| l.contains("unmarked arena write"))
+        .count();
+    assert_eq!(reports, 1, "{}", sup.transcript());
+}
+
+#[test]
+fn auto_mode_says_nothing_of_the_same_program() {
+    let dir = workdir();
+    let mut sup = Proc::supervise(
+        dir.path(),
+        "state",
+        &["--size=8MiB", "--fsync=never"],
+        &[
+            CHILD,
+            "--unmarked-write",
+            "7",
+            "--commit",
+            "6",
+            "--pause-ms",
+            "30",
+            "--then",
+            "exit:0",
+        ],
+    );
+    let status = sup.wait();
+    assert_eq!(status.code(), Some(0), "{}", sup.transcript());
+    assert!(
+        sup.lines(Stream::Err).iter().all(|l| !l.contains("unmarked")),
+        "{}",
+        sup.transcript()
+    );
+}
