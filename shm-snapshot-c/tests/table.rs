@@ -9,10 +9,10 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use shm::{Client, Config, Region};
 use shm_snapshot_tests::chaos::run_supervisor;
+use shm_snapshot_tests::table::{Progress, check_nothing_lost, fold, mix, progress, region_claiming};
 use shm_snapshot_tests::{run_with_region, workdir};
-use support::{Progress, check_nothing_lost, progress, table};
+use support::table;
 
 #[test]
 fn the_example_runs_alone_on_a_private_region() {
@@ -34,35 +34,6 @@ fn the_example_runs_alone_on_a_private_region() {
             Progress::Committed(256)
         ]
     );
-}
-
-/// A region whose newest unit says `entries` entries fold to `checksum`,
-/// over an arena holding `table`.
-fn region_claiming(entries: u64, checksum: u64, table: &[u64]) -> std::fs::File {
-    let region = Region::anonymous(8 << 20).expect("region");
-    let file = region.file().try_clone().expect("fd");
-    let mut client = Client::open(region, &Config::default()).expect("laid out");
-    let mut unit = entries.to_le_bytes().to_vec();
-    unit.extend(checksum.to_le_bytes());
-    let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
-    client
-        .commit_with(&unit, |tx| tx.arena().write(0, &bytes))
-        .expect("committing");
-    file
-}
-
-/// The example's functions, in Rust, to forge regions it must refuse.
-fn mix(i: u64) -> u64 {
-    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn fold(entries: &[u64]) -> u64 {
-    entries.iter().fold(0xcbf2_9ce4_8422_2325, |h, e| {
-        (h ^ e).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 #[test]
