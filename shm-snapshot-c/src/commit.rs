@@ -7,7 +7,9 @@ use shm::{CommitWithError, Tx};
 
 use crate::client::{shm_snapshot_client, with_client};
 use crate::status::shm_snapshot_status::{self, *};
-use crate::status::{Failure, bytes, bytes_mut, guard};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::status::{Failure, bytes, bytes_mut, fail, guard, panicked};
 
 /// A commit in progress, lent to the work function of
 /// `shm_snapshot_commit_with` for the duration of that call, on that
@@ -26,6 +28,7 @@ pub struct shm_snapshot_tx {
 pub type shm_snapshot_work =
     Option<unsafe extern "C" fn(tx: *mut shm_snapshot_tx, context: *mut c_void) -> c_int>;
 
+#[inline]
 fn stores(seq_out: *mut u64, seq: u64) {
     if !seq_out.is_null() {
         // SAFETY: a non-NULL `seq_out` points to a writable u64, by the
@@ -50,6 +53,35 @@ pub unsafe extern "C" fn shm_snapshot_commit(
     len: usize,
     seq_out: *mut u64,
 ) -> shm_snapshot_status {
+    // The common case on its own, as lean as the Rust call it wraps: a
+    // live client, readable bytes, a commit that succeeds.
+    // SAFETY: NULL or a live, unshared handle, by the contract above.
+    if let Some(handle) = unsafe { client.as_mut() }
+        && !handle.poisoned
+        && (!unit.is_null() || len == 0)
+        && len <= isize::MAX as usize
+    {
+        let unit: &[u8] = if len == 0 {
+            &[]
+        } else {
+            // SAFETY: non-NULL, at most isize::MAX bytes, readable by the
+            // caller's contract.
+            unsafe { std::slice::from_raw_parts(unit.cast::<u8>(), len) }
+        };
+        let client = &mut handle.client;
+        return match catch_unwind(AssertUnwindSafe(|| client.commit(unit))) {
+            Ok(Ok(id)) => {
+                stores(seq_out, id.0);
+                SHM_SNAPSHOT_OK
+            }
+            Ok(Err(e)) => fail(e.into()),
+            Err(payload) => {
+                handle.poisoned = true;
+                panicked(payload)
+            }
+        };
+    }
+    // Anything else, reported by the general path.
     // SAFETY: forwarded from this function's contract.
     unsafe {
         with_client(client, |c| {

@@ -156,21 +156,30 @@ pub(crate) fn guard(f: impl FnOnce() -> Result<(), Failure>, on_panic: impl FnOn
         Ok(Err(failure)) => fail(failure),
         Err(payload) => {
             on_panic();
-            let why = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            fail(Failure::new(
-                SHM_SNAPSHOT_E_PANIC,
-                format!("internal error: {why}"),
-            ))
+            panicked(payload)
         }
     }
 }
 
+/// Records a caught panic as the thread's last error.
+#[cold]
+#[inline(never)]
+pub(crate) fn panicked(payload: Box<dyn std::any::Any + Send>) -> shm_snapshot_status {
+    let why = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    fail(Failure::new(
+        SHM_SNAPSHOT_E_PANIC,
+        format!("internal error: {why}"),
+    ))
+}
+
 /// Records `failure` as the thread's last error and returns its code.
-fn fail(failure: Failure) -> shm_snapshot_status {
+#[cold]
+#[inline(never)]
+pub(crate) fn fail(failure: Failure) -> shm_snapshot_status {
     let message = CString::new(failure.message.replace('\0', " ")).unwrap_or_default();
     LAST_ERROR.with(|last| *last.borrow_mut() = message);
     failure.status
