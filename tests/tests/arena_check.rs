@@ -1,5 +1,5 @@
 //! `--arena-scan=check` against a real program: an arena write the program
-//! did not mark is reported in one line, and its bytes reach the store.
+//! did not mark is reported in one line, once.
 
 use shm_snapshot_tests::{Proc, Stream, workdir};
 
@@ -12,14 +12,19 @@ fn check_mode_names_the_chunk_of_an_unmarked_write_and_its_generation() {
         dir.path(),
         "state",
         &["--arena-scan=check", "--size=8MiB", "--fsync=never"],
+        // Commits keep coming after the write (until the test stops it),
+        // so the check sees one published after it however late its
+        // snapshots run.
         &[
             CHILD,
             "--unmarked-write",
             "7",
+            "--store",
+            "state",
             "--commit",
-            "6",
+            "1000",
             "--pause-ms",
-            "30",
+            "20",
             "--then",
             "sleep",
         ],
@@ -30,7 +35,6 @@ fn check_mode_names_the_chunk_of_an_unmarked_write_and_its_generation() {
         line.contains("chunk 7 (arena bytes 458752..524288)") && line.contains("found by generation "),
         "{line}"
     );
-    sup.expect_out("done");
     sup.signal(libc::SIGTERM);
     sup.wait();
     let reports = sup
@@ -39,32 +43,4 @@ fn check_mode_names_the_chunk_of_an_unmarked_write_and_its_generation() {
         .filter(|l| l.contains("unmarked arena write"))
         .count();
     assert_eq!(reports, 1, "{}", sup.transcript());
-}
-
-#[test]
-fn auto_mode_says_nothing_of_the_same_program() {
-    let dir = workdir();
-    let mut sup = Proc::supervise(
-        dir.path(),
-        "state",
-        &["--size=8MiB", "--fsync=never"],
-        &[
-            CHILD,
-            "--unmarked-write",
-            "7",
-            "--commit",
-            "6",
-            "--pause-ms",
-            "30",
-            "--then",
-            "exit:0",
-        ],
-    );
-    let status = sup.wait();
-    assert_eq!(status.code(), Some(0), "{}", sup.transcript());
-    assert!(
-        sup.lines(Stream::Err).iter().all(|l| !l.contains("unmarked")),
-        "{}",
-        sup.transcript()
-    );
 }
