@@ -48,6 +48,8 @@ pub enum ArenaScan {
     Hints,
     /// Hash every arena chunk for every generation.
     Hash,
+    /// As hash, and log the first arena write the program did not mark.
+    Check,
 }
 
 impl From<ArenaScan> for shm_snapshot::snapshot::ArenaScan {
@@ -56,6 +58,7 @@ impl From<ArenaScan> for shm_snapshot::snapshot::ArenaScan {
             ArenaScan::Auto => Self::Auto,
             ArenaScan::Hints => Self::Hints,
             ArenaScan::Hash => Self::Hash,
+            ArenaScan::Check => Self::Check,
         }
     }
 }
@@ -119,7 +122,7 @@ pub struct Args {
     #[arg(long)]
     pub no_continuous: bool,
 
-    /// How changed arena chunks are found: the program's write counters, hashing every chunk, or counters once the program moves any.
+    /// How changed arena chunks are found: the program's write counters, hashing every chunk, counters once the program moves any, or hashing and logging the first unmarked write (for program authors).
     #[arg(long, value_enum, value_name = "HOW", default_value_t = ArenaScan::Auto)]
     pub arena_scan: ArenaScan,
 

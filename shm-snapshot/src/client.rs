@@ -122,6 +122,15 @@ impl Client {
             }
         };
         let cursor = counter(header::CURSOR, "cursor")?;
+        // Every unit starts on a word: a cursor that is not a multiple of 8
+        // would place the next unit where no reader accepts it.
+        if !cursor.is_multiple_of(8) {
+            return Err(RegionError::ImpossibleField {
+                field: "cursor",
+                value: cursor,
+                why: "not a multiple of 8",
+            });
+        }
         let next_seq = counter(header::NEXT_SEQ, "next sequence number")?;
         let commits = counter(header::COMMIT_COUNT, "commit count")?;
         let mut units = valid_units(words, &g)?;
@@ -245,6 +254,11 @@ impl Client {
         }
         let start = self.cursor;
         let end = start + layout::pad(len);
+        // A unit must end at or below 2^62 (invariant 8): a reader refuses
+        // a slot whose unit ends beyond it.
+        if end > limits::MAX_COUNTER {
+            return Err(CommitError::StreamExhausted { end }.into());
+        }
 
         // Step 1-2: invalidate every unit the reservation overlaps and the
         // one whose slot it reuses, before any of their bytes change.
@@ -405,10 +419,15 @@ impl Tx<'_> {
 }
 
 /// Fails unless the header, the unit table and the chunk counters are all
-/// zero (the sections a layout relies on starting blank).
+/// zero (the sections a layout relies on starting blank), but for the
+/// host's flag word, which a host may set before any client lays the
+/// region out.
 fn check_blank(words: &[crate::sync::AtomicU64], g: &Geometry) -> Result<(), RegionError> {
     let end = g.counters_offset + g.counters * layout::COUNTER_SIZE;
     for at in (0..end).step_by(8) {
+        if at == header::HOST_FLAGS {
+            continue;
+        }
         if words::load(words, at, Relaxed) != 0 {
             return Err(RegionError::NotBlank { offset: at });
         }

@@ -45,6 +45,17 @@ pub(crate) fn region_fd(
     let names = listen_fdnames.ok_or(RegionError::EnvMissing {
         var: "LISTEN_FDNAMES",
     })?;
+    // systemd's rule (sd_listen_fds_with_names): one name per descriptor.
+    // A different count means the variables do not describe the same
+    // descriptors, and picking one by position could map the wrong file.
+    let named = names.split(':').count();
+    if named as u64 != u64::from(count) {
+        return Err(RegionError::EnvMalformed {
+            var: "LISTEN_FDNAMES",
+            value: names.to_owned(),
+            why: "does not name exactly the LISTEN_FDS descriptors (one name per descriptor)",
+        });
+    }
     let index =
         names
             .split(':')
@@ -52,13 +63,6 @@ pub(crate) fn region_fd(
             .ok_or_else(|| RegionError::NameMissing {
                 names: names.to_owned(),
             })?;
-    if index as u64 >= u64::from(count) {
-        return Err(RegionError::EnvMalformed {
-            var: "LISTEN_FDNAMES",
-            value: names.to_owned(),
-            why: "names SHM_SHARED_FD past the LISTEN_FDS descriptors",
-        });
-    }
     Ok(LISTEN_FDS_START + index as i32)
 }
 
@@ -74,6 +78,14 @@ mod tests {
     fn region_is_found_by_name_after_other_descriptors() {
         assert_eq!(fd(Some("1"), Some("SHM_SHARED_FD"), Some("42")), Ok(3));
         assert_eq!(fd(Some("3"), Some("http:SHM_SHARED_FD:x"), None), Ok(4));
+    }
+
+    #[test]
+    fn a_name_count_other_than_the_descriptor_count_is_refused() {
+        for (fds, names) in [("1", "SHM_SHARED_FD:extra"), ("2", "SHM_SHARED_FD")] {
+            let err = fd(Some(fds), Some(names), None).unwrap_err();
+            assert!(err.contains("one name per descriptor"), "{fds} {names}: {err}");
+        }
     }
 
     #[test]
@@ -113,14 +125,14 @@ mod tests {
                 .contains("not a process id")
         );
         assert!(
-            fd(Some("1"), Some("a:b"), None)
+            fd(Some("2"), Some("a:b"), None)
                 .unwrap_err()
                 .contains("has no entry named SHM_SHARED_FD")
         );
         assert!(
             fd(Some("1"), Some("a:SHM_SHARED_FD"), None)
                 .unwrap_err()
-                .contains("past the LISTEN_FDS")
+                .contains("one name per descriptor")
         );
     }
 }

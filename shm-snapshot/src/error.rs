@@ -168,6 +168,14 @@ pub enum CommitError {
         /// The sequence number the unit would have had.
         seq: u64,
     },
+    /// The unit would end past stream offset 2^62, the largest a region
+    /// may hold: only a region that has carried 2^62 bytes of units (or a
+    /// corrupt header) gets here.
+    #[error("unit would end at stream offset {end}, past the last a region can hold (2^62)")]
+    StreamExhausted {
+        /// The stream offset the unit would end at.
+        end: u64,
+    },
     /// A patch inside `commit_with` fell outside the unit.
     #[error("patch of {len} bytes at {offset} is outside the unit of {unit_len} bytes")]
     PatchOutOfBounds {

@@ -69,7 +69,7 @@ pub mod store;
 mod sync;
 mod words;
 
-pub use arena::Arena;
+pub use arena::{Arena, ArenaWords};
 pub use client::{Client, Config, Tx, Unit, UnitId};
 pub use env::FD_NAME;
 pub use error::{ArenaError, CommitError, CommitWithError, RegionError};

@@ -682,10 +682,14 @@ fn arena_access_outside_the_arena_is_refused() {
         arena.write(usize::MAX, b"x").is_err(),
         "a write whose end overflows"
     );
-    assert!(arena.mark_written(len, 1).is_err(), "marking past the end");
+    let words = len / 8;
     assert!(
-        arena.mark_written(1, usize::MAX).is_err(),
-        "marking a range whose end overflows"
+        arena.update_words(words..words + 1, |_| ()).is_err(),
+        "updating a word past the end"
+    );
+    assert!(
+        arena.update_words(words - 1..usize::MAX, |_| ()).is_err(),
+        "updating a range whose end is far past the end"
     );
 
     let mut tail = [0xffu8; 8];
@@ -701,7 +705,8 @@ fn arena_access_outside_the_arena_is_refused() {
 }
 
 #[test]
-fn mark_written_moves_the_counters_of_exactly_the_chunks_touched() {
+fn arena_writes_move_the_counters_of_exactly_the_chunks_touched() {
+    use std::sync::atomic::Ordering::Relaxed;
     let client = small_client();
     let arena = client.arena();
     let chunk = arena.chunk_bytes();
@@ -716,33 +721,62 @@ fn mark_written_moves_the_counters_of_exactly_the_chunks_touched() {
     assert_eq!(counters(), vec![0; chunks]);
 
     arena
-        .mark_written(chunk - 3, 6)
-        .expect("marking across a chunk boundary");
+        .write(chunk - 3, b"across")
+        .expect("writing across a chunk boundary");
     assert_eq!(counters(), [1, 1, 0]);
     arena
-        .mark_written(2 * chunk, chunk)
-        .expect("marking the whole last chunk");
+        .write(2 * chunk, &vec![7; chunk])
+        .expect("writing the whole last chunk");
     assert_eq!(counters(), [1, 1, 1]);
-    arena
-        .mark_written(chunk - 1, 1)
-        .expect("marking a chunk's last byte");
+    arena.write(chunk - 1, b"x").expect("writing a chunk's last byte");
     assert_eq!(counters(), [2, 1, 1]);
-    arena.mark_written(chunk, 0).expect("marking nothing");
-    assert_eq!(counters(), [2, 1, 1], "an empty range touches no chunk");
-    arena.write(chunk + 1, b"write").expect("writing");
-    assert_eq!(counters(), [2, 2, 1], "a write marks the chunks it touches");
-    arena
-        .mark_written(0, arena.len())
-        .expect("marking the whole arena");
-    assert_eq!(counters(), [3, 3, 2]);
+    arena.write(chunk, b"").expect("writing nothing");
+    assert_eq!(counters(), [2, 1, 1], "an empty write touches no chunk");
 
-    // A write through the words, then marked by hand.
-    arena.words()[chunk / 8].store(0x0102_0304_0506_0708, std::sync::atomic::Ordering::Relaxed);
-    arena.mark_written(chunk, 8).expect("marking");
-    assert_eq!(counters(), [3, 4, 2]);
+    // Words changed in place are marked once the closure returns.
+    let word = chunk / 8;
+    let old = arena
+        .update_words(word..word + 1, |w| w[0].swap(0x0102_0304_0506_0708, Relaxed))
+        .expect("updating a word");
+    assert_eq!(old, u64::from_le_bytes(*b"oss\0\0\0\0\0"));
+    assert_eq!(counters(), [2, 2, 1]);
+    arena
+        .update_words(word - 1..word + 1, |_| ())
+        .expect("updating two words across chunks");
+    assert_eq!(
+        counters(),
+        [3, 3, 1],
+        "a closure's range is marked whatever it stored"
+    );
+    arena.update_words(word..word, |_| ()).expect("an empty range");
+    assert_eq!(counters(), [3, 3, 1], "an empty range touches no chunk");
+    assert_eq!(arena.words().load(word, Relaxed), Some(0x0102_0304_0506_0708));
+    assert_eq!(arena.words().load(arena.words().len(), Relaxed), None);
     let mut back = [0u8; 8];
     arena.read(chunk, &mut back).expect("reading");
     assert_eq!(u64::from_le_bytes(back), 0x0102_0304_0506_0708);
+}
+
+#[test]
+fn words_stored_by_a_closure_that_panics_are_marked_all_the_same() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let client = small_client();
+    let arena = client.arena();
+    let panicked = std::panic::catch_unwind(|| {
+        arena
+            .update_words(0..2, |w| {
+                w[1].store(42, Relaxed);
+                panic!("the program's own bug, after a store");
+            })
+            .ok()
+    });
+    assert!(panicked.is_err());
+    assert_eq!(arena.words().load(1, Relaxed), Some(42));
+    assert_eq!(
+        arena.chunk_counter(0),
+        Some(1),
+        "the stored word's chunk is marked"
+    );
 }
 
 #[test]
@@ -997,6 +1031,61 @@ fn commits_stop_cleanly_when_sequence_numbers_run_out_instead_of_wrapping() {
         client.recover().expect("recover").len(),
         1,
         "the refused unit was not published"
+    );
+}
+
+#[test]
+fn commits_stop_cleanly_when_the_stream_would_pass_two_to_the_62() {
+    // A unit ending past 2^62 would be refused by every reader; the commit
+    // fails instead, and the region keeps opening.
+    let region = small_client().into_region();
+    write_u64(&region, header::CURSOR, limits::MAX_COUNTER - 16);
+    let mut client = Client::open(region, &SMALL).expect("region opens");
+    client
+        .commit(&[1; 16])
+        .expect("a unit ending exactly at 2^62 fits");
+    let err = client.commit(b"x").unwrap_err();
+    assert_eq!(
+        err,
+        CommitError::StreamExhausted {
+            end: limits::MAX_COUNTER + 8
+        }
+    );
+    assert!(err.to_string().contains("2^62"), "{err}");
+    let client = Client::open(client.into_region(), &SMALL).expect("the region still opens");
+    assert_eq!(client.recover().expect("recover").len(), 1);
+}
+
+#[test]
+fn cursor_off_a_word_boundary_is_impossible() {
+    let (region, _) = region_with_two_units();
+    let cursor = read_u64(&region, header::CURSOR);
+    write_u64(&region, header::CURSOR, cursor + 3);
+    let err = refuse(region, &SMALL);
+    assert!(
+        matches!(
+            err,
+            RegionError::ImpossibleField {
+                field: "cursor",
+                why: "not a multiple of 8",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn host_flags_set_before_the_layout_do_not_make_a_region_unblank() {
+    // A host may ask for a wake-up before any client laid the region out.
+    let len = region_len_for(&SMALL, 0);
+    let region = Region::anonymous(len).expect("creating a memfd region");
+    write_u64(&region, header::HOST_FLAGS, layout::HOST_SLEEPING);
+    let mut client = Client::open(region, &SMALL).expect("laid out around the host's flag");
+    client.commit(b"first").expect("committing");
+    assert_eq!(
+        read_u64(client.region(), header::HOST_FLAGS),
+        layout::HOST_SLEEPING
     );
 }
 

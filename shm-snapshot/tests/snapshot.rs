@@ -164,17 +164,156 @@ fn arena_writes_without_hints_are_found_by_hashing() {
     let mut snapshotter = Snapshotter::new(ArenaScan::Auto);
     client.commit(b"first").unwrap();
     snapshotter.take(&observer, &mut store).unwrap();
-    // Written through the raw words, with no `mark_written`: no counter moves.
-    let far_word = (3 << 20) / 8;
-    client.arena().words()[far_word].store(0xfeed, std::sync::atomic::Ordering::Relaxed);
+    // Written around the client, as a client that never marks writes
+    // does: no counter moves.
+    let far = 3 << 20;
+    unmarked_write(&client, far, &0xfeed_u64.to_le_bytes());
     client.commit(b"second").unwrap();
     snapshotter.take(&observer, &mut store).unwrap();
     let loaded = store.load_newest().unwrap().unwrap();
-    let at = observer.geometry().arena_offset as usize + far_word * 8;
+    let at = observer.geometry().arena_offset as usize + far;
     assert_eq!(
         u64::from_le_bytes(loaded.image[at..at + 8].try_into().unwrap()),
         0xfeed
     );
+}
+
+/// Writes arena bytes through the region's file, moving no counter: what a
+/// client written from FORMAT.md that forgets to mark does.
+fn unmarked_write(client: &Client, arena_offset: usize, bytes: &[u8]) {
+    let at = client.geometry().arena_offset + arena_offset as u64;
+    client.region().file().write_all_at(bytes, at).unwrap();
+}
+
+/// The persisted newest generation's arena bytes at `arena_offset`.
+fn persisted_arena(
+    store: &mut Store,
+    g: &shm_snapshot::layout::Geometry,
+    arena_offset: usize,
+    len: usize,
+) -> Vec<u8> {
+    let loaded = store.load_newest().unwrap().unwrap();
+    let at = g.arena_offset as usize + arena_offset;
+    loaded.image[at..at + len].to_vec()
+}
+
+#[test]
+fn auto_follows_the_marks_once_any_moved_so_an_unmarked_write_is_not_copied() {
+    // The rule check mode is there to catch: under auto, a program that
+    // marks some writes must mark all of them.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Auto);
+    client
+        .commit_with(b"marked", |tx| tx.arena().write(0, &[1; 64]))
+        .unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    unmarked_write(&client, 2 << 20, &[2; 64]);
+    client.commit(b"describes the unmarked write").unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    let g = *observer.geometry();
+    assert_eq!(persisted_arena(&mut store, &g, 0, 64), [1; 64]);
+    assert_eq!(
+        persisted_arena(&mut store, &g, 2 << 20, 64),
+        [0; 64],
+        "not copied"
+    );
+    assert_eq!(snapshotter.unmarked_write(), None, "auto reports nothing");
+}
+
+#[test]
+fn check_reports_an_unmarked_write_once_a_later_commit_shows_it_was_never_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Check);
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    snapshotter.on_unmarked_write(move |w| sink.lock().unwrap().push(*w));
+    client
+        .commit_with(b"marked", |tx| tx.arena().write(0, &[1; 64]))
+        .unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+
+    let chunk = client.arena().chunk_bytes();
+    unmarked_write(&client, 5 * chunk + 8, &[2; 64]);
+    client.commit(b"after the write").unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    assert_eq!(
+        snapshotter.unmarked_write(),
+        None,
+        "not proven yet: it may be marked later"
+    );
+    client
+        .commit(b"later still, and the write was never marked")
+        .unwrap();
+    let Outcome::Persisted { persisted, .. } = snapshotter.take(&observer, &mut store).unwrap() else {
+        panic!("a generation")
+    };
+    let found = snapshotter.unmarked_write().expect("reported");
+    assert_eq!(found.chunk, 5);
+    assert_eq!(found.arena_offset, 5 * chunk as u64);
+    assert_eq!(found.counter, 0);
+    assert_eq!(found.generation, persisted.number);
+    assert_eq!(*reports.lock().unwrap(), [found], "told once");
+    let line = found.to_string();
+    assert!(
+        line.starts_with("unmarked arena write: chunk 5 (arena bytes ") && !line.contains('\n'),
+        "{line}"
+    );
+    // Check copies what it compares: the generations hold the write.
+    let g = *observer.geometry();
+    assert_eq!(persisted_arena(&mut store, &g, 5 * chunk + 8, 64), [2; 64]);
+
+    // A second unmarked write is copied too, and not reported again.
+    unmarked_write(&client, 7 * chunk, &[3; 8]);
+    for unit in [b"one", b"two"] {
+        client.commit(unit).unwrap();
+        snapshotter.take(&observer, &mut store).unwrap();
+    }
+    assert_eq!(reports.lock().unwrap().len(), 1);
+    assert_eq!(persisted_arena(&mut store, &g, 7 * chunk, 8), [3; 8]);
+}
+
+#[test]
+fn check_says_nothing_of_a_write_marked_after_a_snapshot_saw_it() {
+    // A program marks after it writes: a snapshot between the two sees the
+    // bytes changed and the counter not yet moved.
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Check);
+    client
+        .commit_with(b"marked", |tx| tx.arena().write(0, &[1; 64]))
+        .unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    let at = 3 * client.arena().chunk_bytes();
+    unmarked_write(&client, at, &[4; 16]);
+    snapshotter.take(&observer, &mut store).unwrap();
+    // The mark lands (the same bytes again, through the API), then a commit.
+    client
+        .commit_with(b"now marked", |tx| tx.arena().write(at, &[4; 16]))
+        .unwrap();
+    client.commit(b"and later").unwrap();
+    snapshotter.take(&observer, &mut store).unwrap();
+    assert_eq!(snapshotter.unmarked_write(), None);
+}
+
+#[test]
+fn check_says_nothing_of_a_program_that_never_marks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let (mut client, observer) = client_and_observer();
+    let mut snapshotter = Snapshotter::new(ArenaScan::Check);
+    for k in 0..3u8 {
+        unmarked_write(&client, usize::from(k) << 16, &[k + 1; 32]);
+        client.commit(&[k]).unwrap();
+        snapshotter.take(&observer, &mut store).unwrap();
+    }
+    assert_eq!(snapshotter.unmarked_write(), None);
+    let g = *observer.geometry();
+    assert_eq!(persisted_arena(&mut store, &g, 2 << 16, 32), [3; 32]);
 }
 
 #[test]

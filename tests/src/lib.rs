@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod ops;
 pub mod systemd;
+pub mod table;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -48,9 +48,12 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
     let mut launcher = Launcher::new(&config.command)?;
+    let mut snapshotter = Snapshotter::new(config.snapshots.arena_scan);
+    // Only `--arena-scan=check` finds unmarked writes; one line, once.
+    snapshotter.on_unmarked_write(|found| tracing::warn!("{found}"));
     let mut shared = Shared {
         store,
-        snapshotter: Snapshotter::new(config.snapshots.arena_scan),
+        snapshotter,
         stats: Default::default(),
     };
     let (region, replacing) = match start {

@@ -11,5 +11,5 @@ mod outcome;
 mod snapshotter;
 
 pub use image::{Restored, apply_meta, image_geometry, observe_file, restorable, restorable_head, restore};
-pub use outcome::{ArenaScan, Outcome, RestoreError, SnapshotError};
+pub use outcome::{ArenaScan, Outcome, RestoreError, SnapshotError, UnmarkedWrite};
 pub use snapshotter::{Snapshotter, quiet_meta};

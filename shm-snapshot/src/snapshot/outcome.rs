@@ -118,15 +118,59 @@ pub enum Outcome {
     },
 }
 
-/// How a snapshot finds the arena chunks that changed.
+/// How a snapshot finds the arena chunks that changed. What each mode
+/// relies on from the program is FORMAT.md's "The marking rule".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ArenaScan {
     /// Follow the program's write counters once it has moved any; while it
-    /// has moved none, hash every arena chunk.
+    /// has moved none, compare every arena chunk. Safe for a program that
+    /// marks every arena write and for one that never marks any.
     #[default]
     Auto,
-    /// Only the chunks whose write counters moved.
+    /// Only the chunks whose write counters moved. Safe only for a program
+    /// that marks every arena write.
     Hints,
-    /// Hash every arena chunk every time.
+    /// Compare every arena chunk every time. Safe for any program.
     Hash,
+    /// For program authors: copy the chunks whose counters moved and
+    /// compare every other chunk, as `Hash` does (so the generations are
+    /// right whatever the program does), and report the first chunk that
+    /// changed while its counter stayed put across a later commit of a
+    /// program that marks writes ([`UnmarkedWrite`]): the write `Auto` and
+    /// `Hints` would have lost.
+    Check,
+}
+
+/// An arena write the program did not mark, found by [`ArenaScan::Check`]:
+/// the bytes of `chunk` changed while its write counter stayed at
+/// `counter`, and the program then published a newer unit (by which time
+/// the marking rule says the write must have been marked) without moving
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnmarkedWrite {
+    /// The arena chunk (its index from the arena's start).
+    pub chunk: u64,
+    /// The chunk's first byte, as an arena offset.
+    pub arena_offset: u64,
+    /// The chunk's length in bytes.
+    pub len: u64,
+    /// The write counter that did not move.
+    pub counter: u64,
+    /// The first generation persisted after the check found it, which
+    /// holds the unmarked bytes (the check copied them).
+    pub generation: u64,
+}
+
+impl std::fmt::Display for UnmarkedWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unmarked arena write: chunk {} (arena bytes {}..{}) changed while its write counter stayed at {} across a later commit; found by generation {} (--arena-scan=auto or hints would have lost it)",
+            self.chunk,
+            self.arena_offset,
+            self.arena_offset + self.len,
+            self.counter,
+            self.generation
+        )
+    }
 }

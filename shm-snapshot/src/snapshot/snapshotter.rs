@@ -7,7 +7,7 @@ use crate::meta::Meta;
 use crate::observe::{Anomalies, Observer};
 use crate::store::{self, Store};
 
-use super::{ArenaScan, Outcome, SnapshotError};
+use super::{ArenaScan, Outcome, SnapshotError, UnmarkedWrite};
 
 /// Chunks offered to the store at a time: 8 MiB, enough for the store to
 /// spread hashing over threads (it splits batches of a MiB or more).
@@ -55,6 +55,46 @@ pub struct Snapshotter {
     /// on it (a restored image, or all zero): the first snapshot takes it
     /// as the copy of the region instead of copying the whole region.
     known: bool,
+    /// [`ArenaScan::Check`]: chunks seen changed with their counters
+    /// unmoved, not yet proven unmarked.
+    suspects: Vec<Suspect>,
+    /// [`ArenaScan::Check`]: a suspect proven unmarked, waiting for the
+    /// next generation persisted to be reported with its number.
+    found: Option<Suspect>,
+    /// The unmarked write reported, once.
+    reported: Option<UnmarkedWrite>,
+    report: Report,
+}
+
+/// An arena chunk [`ArenaScan::Check`] saw changed while its counter had
+/// not moved. The write may still be in progress (a program marks after
+/// writing), so it is proven unmarked only once a unit the program
+/// published after it is seen and the counter still has not moved.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    chunk: u64,
+    counter: u64,
+    /// The program's next sequence number, read after the chunk was
+    /// compared: a unit numbered this or higher was published after the
+    /// write.
+    next_seq: u64,
+}
+
+/// A sink for an [`UnmarkedWrite`].
+type ReportFn = Box<dyn FnMut(&UnmarkedWrite) + Send>;
+
+/// Where an [`UnmarkedWrite`] is told.
+#[derive(Default)]
+struct Report(Option<ReportFn>);
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Report(set)"
+        } else {
+            "Report(none)"
+        })
+    }
 }
 
 /// A generation taken into the shadow, not yet in the store.
@@ -74,6 +114,18 @@ impl Snapshotter {
             scan,
             ..Snapshotter::default()
         }
+    }
+
+    /// Calls `report` with the first [`UnmarkedWrite`] that
+    /// [`ArenaScan::Check`] finds, once, right after the generation that
+    /// holds it is persisted.
+    pub fn on_unmarked_write(&mut self, report: impl FnMut(&UnmarkedWrite) + Send + 'static) {
+        self.report = Report(Some(Box::new(report)));
+    }
+
+    /// The unmarked write [`ArenaScan::Check`] reported, if any.
+    pub fn unmarked_write(&self) -> Option<UnmarkedWrite> {
+        self.reported
     }
 
     /// Forgets the shadow: the next snapshot copies the whole region again
@@ -225,6 +277,9 @@ impl Snapshotter {
         observer.copy_range(0, &mut self.shadow)?;
         self.dirty = vec![0; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
         self.all_dirty = true;
+        // A fresh shadow holds whatever the region holds: nothing in it is
+        // a change any more.
+        self.suspects.clear();
         self.ring_done = 0;
         self.shadow_geometry = Some(*g);
         Ok(())
@@ -278,17 +333,47 @@ impl Snapshotter {
                 copied += self.copy(observer, at, len)?;
             }
         }
-        // Arena chunks whose counters moved; or every chunk, compared.
-        let compare_all = match self.scan {
-            ArenaScan::Hash => true,
-            ArenaScan::Auto => self.counters.iter().all(|c| *c == 0),
-            ArenaScan::Hints => false,
+        // Arena chunks: those whose counters moved, and (by the mode) every
+        // other chunk compared with the shadow.
+        let marking = self.counters.iter().any(|c| *c != 0);
+        let (follow, compare) = match self.scan {
+            ArenaScan::Hash => (false, true),
+            ArenaScan::Hints => (true, false),
+            ArenaScan::Auto => (marking, !marking),
+            ArenaScan::Check => (true, true),
         };
+        let checking = self.scan == ArenaScan::Check && marking;
+        if checking {
+            self.confirm_suspects(pre);
+        }
+        let mut unmarked = Vec::new();
         for i in 0..self.counters.len() {
             let at = g.arena_offset + i as u64 * g.chunk_bytes;
             let len = g.chunk_bytes.min(g.region_len - at);
-            if compare_all || self.counters[i] != self.shadow_counters[i] {
+            if follow && self.counters[i] != self.shadow_counters[i] {
                 copied += self.copy(observer, at, len)?;
+            } else if compare {
+                let (n, changed) = self.copy_if_changed(observer, at, len)?;
+                copied += n;
+                if checking && changed {
+                    unmarked.push(i as u64);
+                }
+            }
+        }
+        if !unmarked.is_empty() {
+            // ORDERING: relaxed, a hint read after the chunks were
+            // compared: a unit numbered at least this was published after
+            // the writes the comparison saw (FORMAT.md, "The marking rule").
+            let next_seq = observer.next_seq();
+            for chunk in unmarked {
+                if !self.suspects.iter().any(|s| s.chunk == chunk) {
+                    let counter = self.counters[chunk as usize];
+                    self.suspects.push(Suspect {
+                        chunk,
+                        counter,
+                        next_seq,
+                    });
+                }
             }
         }
         between();
@@ -313,9 +398,25 @@ impl Snapshotter {
         if len == 0 {
             return Ok(0);
         }
+        self.copy_if_changed(observer, at, len).map(|(n, _)| n)
+    }
+
+    /// Copies `[at, at + len)` of the region aside, then into the shadow
+    /// page by page where it differs, marking those pages changed. Returns
+    /// the bytes read and whether any differed.
+    fn copy_if_changed(
+        &mut self,
+        observer: &Observer,
+        at: u64,
+        len: u64,
+    ) -> Result<(u64, bool), RegionError> {
+        if len == 0 {
+            return Ok((0, false));
+        }
         self.scratch.resize(len as usize, 0);
         observer.copy_range(at, &mut self.scratch)?;
         let page = store::PAGE_BYTES;
+        let mut changed = false;
         let mut from = at;
         while from < at + len {
             // Up to the next page boundary of the region.
@@ -325,10 +426,35 @@ impl Snapshotter {
             if *shadow != self.scratch[a..b] {
                 shadow.copy_from_slice(&self.scratch[a..b]);
                 self.mark(from, to - from);
+                changed = true;
             }
             from = to;
         }
-        Ok(len)
+        Ok((len, changed))
+    }
+
+    /// [`ArenaScan::Check`], with this window's counters read after Pre:
+    /// drops the suspects whose counters moved since (their writes were
+    /// marked after all), and proves unmarked the first whose counter
+    /// stayed put while a unit published after its write is valid in
+    /// `pre`: the program had to mark the write before publishing it.
+    fn confirm_suspects(&mut self, pre: &[UnitRef]) {
+        let newest = pre.iter().map(UnitRef::seq).max().unwrap_or(0);
+        let counters = &self.counters;
+        let mut proven = None;
+        self.suspects.retain(|s| {
+            if counters[s.chunk as usize] != s.counter {
+                return false;
+            }
+            if newest >= s.next_seq {
+                proven = proven.or(Some(*s));
+                return false;
+            }
+            true
+        });
+        if self.reported.is_none() && self.found.is_none() {
+            self.found = proven;
+        }
     }
 
     /// Marks the pages of `[at, at + len)` changed.
@@ -444,6 +570,19 @@ impl Snapshotter {
         let persisted = tx.commit(&encoded)?;
         self.dirty.iter_mut().for_each(|d| *d = 0);
         self.all_dirty = false;
+        if let Some(found) = self.found.take() {
+            let unmarked = UnmarkedWrite {
+                chunk: found.chunk,
+                arena_offset: found.chunk * g.chunk_bytes,
+                len: g.chunk_bytes.min(g.arena_len - found.chunk * g.chunk_bytes),
+                counter: found.counter,
+                generation: persisted.number,
+            };
+            self.reported = Some(unmarked);
+            if let Some(report) = self.report.0.as_mut() {
+                report(&unmarked);
+            }
+        }
         Ok(Outcome::Persisted {
             persisted,
             units: staged.meta.units.len(),

@@ -1,7 +1,14 @@
 //! A test program for the supervisor: prints what it recovered, commits
 //! numbered units, then does what it is told.
 //!
-//! `unit-child [--commit N] [--unit-bytes B] [--then sleep|exit:CODE|ignore-term|heartbeat] [--grandchild] [--list-fds]`
+//! `unit-child [--commit N] [--unit-bytes B] [--pause-ms M] [--unmarked-write CHUNK --store DIR] [--then sleep|exit:CODE|ignore-term|heartbeat] [--grandchild] [--list-fds]`
+//!
+//! `--pause-ms M` sleeps M ms after each commit. `--unmarked-write CHUNK`,
+//! after the first commit, waits for a generation file in the store `DIR`
+//! (so the supervisor has a copy of the region from before the write),
+//! writes arena chunk 0 through the client (which marks it), then arena
+//! chunk CHUNK through the region's file, as a client that forgets to mark
+//! a write does, and prints `unmarked <CHUNK>`.
 //!
 //! `--then heartbeat` stays busy without committing, calling
 //! `Client::heartbeat` every 20 ms.
@@ -26,6 +33,9 @@ fn main() {
     let mut then = String::from("exit:0");
     let mut grandchild = false;
     let mut list_fds = false;
+    let mut pause_ms = 0u64;
+    let mut unmarked: Option<u64> = None;
+    let mut store: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -34,6 +44,15 @@ fn main() {
             "--then" => then = args.next().expect("--then WHAT"),
             "--grandchild" => grandchild = true,
             "--list-fds" => list_fds = true,
+            "--pause-ms" => pause_ms = args.next().and_then(|v| v.parse().ok()).expect("--pause-ms M"),
+            "--store" => store = Some(args.next().expect("--store DIR").into()),
+            "--unmarked-write" => {
+                unmarked = Some(
+                    args.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--unmarked-write CHUNK"),
+                )
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -100,6 +119,22 @@ fn main() {
         let id = client.commit(payload.as_bytes()).expect("commit");
         writeln!(out, "committed {} {payload}", id.0).unwrap();
         out.flush().unwrap();
+        if pause_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        }
+        if let Some(chunk) = unmarked.take() {
+            use std::os::unix::fs::FileExt;
+            wait_for_generation(store.as_deref().expect("--unmarked-write needs --store DIR"));
+            client.arena().write(0, b"marked").expect("arena write");
+            let g = *client.geometry();
+            let at = g.arena_offset + chunk * g.chunk_bytes;
+            client
+                .region()
+                .file()
+                .write_all_at(b"not marked", at)
+                .expect("writing the region's file");
+            writeln!(out, "unmarked {chunk}").unwrap();
+        }
     }
     writeln!(out, "done").unwrap();
     out.flush().unwrap();
@@ -137,4 +172,25 @@ fn open_fds() -> Vec<String> {
         .collect();
     fds.sort_unstable();
     fds.iter().map(u32::to_string).collect()
+}
+
+/// Waits until the store `dir` holds a generation file; exits with status
+/// 6 if none comes within 30 s.
+fn wait_for_generation(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let found = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "snap"));
+        if found {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("unit-child: no generation in {} within 30 s", dir.display());
+            std::process::exit(6);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
