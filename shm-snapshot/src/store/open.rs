@@ -288,6 +288,8 @@ pub struct Store {
     /// around through their records: retention keeps those records
     /// instead of stopping a chain at the damaged base.
     pub(crate) bad_bases: std::collections::BTreeSet<u64>,
+    /// The directory's entries as the last scan listed them, sorted.
+    pub(crate) listed: Vec<std::ffi::OsString>,
     /// Opened by [`Store::open_read_only`]: no lock, no writes.
     pub(crate) read_only: bool,
     /// Temporary files a dead writer left, removed when the store opened.
@@ -335,6 +337,7 @@ impl Store {
             temp_seq: 0,
             last_skipped: Vec::new(),
             bad_bases: std::collections::BTreeSet::new(),
+            listed: Vec::new(),
             read_only,
             temp_removed: Vec::new(),
             writer: None,
@@ -554,13 +557,33 @@ impl Store {
     /// Re-reads the directory: the headers of base files and version 2
     /// files, and the record skeletons of every segment. Reads only:
     /// nothing is created, changed or removed.
+    ///
+    /// A file listed but gone when read, or a listing that changed while
+    /// the files were read, is an owner's retention at work, which removes
+    /// files only once a newer base makes them unnecessary: the directory
+    /// is read again, so that base (made after the first listing) is seen
+    /// too and the chains it ends are whole.
     pub(crate) fn rescan(&mut self) -> Result<(), StoreError> {
+        for _ in 1..RESCANS {
+            if !self.scan_once()? {
+                return Ok(());
+            }
+        }
+        self.scan_once().map(|_| ())
+    }
+
+    /// One listing and reading of the directory; whether a file listed was
+    /// gone when read, or the listing changed meanwhile.
+    fn scan_once(&mut self) -> Result<bool, StoreError> {
+        let mut vanished = false;
+        let mut listed = self.list()?;
+        listed.sort_unstable();
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
         let mut segments = BTreeMap::new();
         let mut seg_names = Vec::new();
         let mut newest = 0u64;
-        for name in self.list()? {
-            let (number, legacy) = match names::classify(&name) {
+        for name in &listed {
+            let (number, legacy) = match names::classify(name) {
                 Name::Segment(seq) => {
                     seg_names.push(seq);
                     continue;
@@ -570,7 +593,7 @@ impl Store {
                 _ => continue,
             };
             newest = newest.max(number);
-            let path = self.dir.join(&name);
+            let path = self.dir.join(name);
             let read = read_header(self.io.as_mut(), &path).and_then(|(header, size)| {
                 whole_file_rule(&path, number, legacy, &header)?;
                 Ok((header, size))
@@ -592,7 +615,7 @@ impl Store {
                     }
                 }
                 // Removed since the listing (an owner pruning it): gone.
-                Err(problem) if problem.is_vanished() => {}
+                Err(problem) if problem.is_vanished() => vanished = true,
                 Err(problem) => {
                     // What is on disk, for reports: a header that does not
                     // verify says nothing of the file's size.
@@ -607,7 +630,10 @@ impl Store {
             let path = self.dir.join(names::segment(seq));
             let scan = match scan_segment(self.io.as_mut(), &path, seq) {
                 Ok(scan) => scan,
-                Err(e) if e.is_vanished() => continue,
+                Err(e) if e.is_vanished() => {
+                    vanished = true;
+                    continue;
+                }
                 Err(e) => {
                     segments.insert(
                         seq,
@@ -664,9 +690,24 @@ impl Store {
         self.next_number = self.next_number.max(newest.saturating_add(1));
         self.entries = entries;
         self.segments = segments;
-        Ok(())
+        self.listed = listed;
+        Ok(vanished || self.listing_changed()?)
+    }
+
+    /// Whether the directory's entries differ from those the last scan
+    /// listed: files an owner made or removed since.
+    pub(crate) fn listing_changed(&mut self) -> Result<bool, StoreError> {
+        let mut now = self.list()?;
+        now.sort_unstable();
+        Ok(now != self.listed)
     }
 }
+
+/// How many times a scan lists the directory when files keep vanishing
+/// between its listing and their reading: an owner's retention removes a
+/// few files at a time, after a base that takes far longer to build than a
+/// scan takes.
+const RESCANS: usize = 4;
 
 /// Checks what a file that holds one record must: the number of its name,
 /// and the kind its name says (STORE.md, "A base file", "Stores written by
