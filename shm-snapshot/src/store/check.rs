@@ -54,6 +54,11 @@ pub struct Checked {
     pub condition: Condition,
 }
 
+/// How many times [`Store::check_all`] checks a store whose files an owner
+/// removes meanwhile: each time is one scan and one reading of every file,
+/// and an owner lets files go a few at a time, after a base.
+const CHECKS: usize = 3;
+
 /// Pages read while checking go nowhere once hashed, but the image's first
 /// page, which is kept once its record verified.
 struct Discard {
@@ -89,7 +94,30 @@ impl Store {
     ///
     /// Reads only: on a store another process owns, a generation removed
     /// while it is checked is reported [`Condition::Vanished`], not damaged.
+    /// A generation whose chain broke while files vanished or the directory
+    /// changed is checked again from a new scan: the owner removes files
+    /// only once a newer base makes them unnecessary, and the new scan
+    /// finds that base.
     pub fn check_all(&mut self) -> Result<Vec<Checked>, StoreError> {
+        let mut checked = self.check_once()?;
+        for _ in 1..CHECKS {
+            let broken = checked
+                .iter()
+                .any(|c| matches!(c.condition, Condition::BrokenChain(_)));
+            if !broken {
+                break;
+            }
+            let vanished = checked.iter().any(|c| matches!(c.condition, Condition::Vanished));
+            if !vanished && !self.listing_changed()? {
+                break;
+            }
+            checked = self.check_once()?;
+        }
+        Ok(checked)
+    }
+
+    /// One scan and check of every generation.
+    fn check_once(&mut self) -> Result<Vec<Checked>, StoreError> {
         self.rescan()?;
         let mut discard = Discard {
             page: vec![0; PAGE_BYTES as usize],
