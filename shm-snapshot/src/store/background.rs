@@ -4,6 +4,7 @@
 //! "Retention"). None of it takes the store's own lock: a job carries
 //! everything it needs, and its result is picked up by the writer.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -98,26 +99,24 @@ impl Jobs {
             let (sender, receiver) = mpsc::channel::<Job>();
             let results = done.clone();
             let mut w = worker(io.fork());
-            match std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("store-background".to_owned())
                 .spawn(move || {
                     for job in receiver {
                         let d = w.run(job);
                         results.lock().unwrap_or_else(|e| e.into_inner()).push(d);
                     }
-                }) {
-                Ok(thread) => {
-                    return Jobs {
-                        sender: Some(sender),
-                        done,
-                        thread: Some(thread),
-                        inline: None,
-                        cancel,
-                    };
-                }
-                // No thread to be had: the work happens on the caller's
-                // thread instead.
-                Err(_) => {}
+                });
+            // No thread to be had: the work happens on the caller's thread
+            // instead, below.
+            if let Ok(thread) = spawned {
+                return Jobs {
+                    sender: Some(sender),
+                    done,
+                    thread: Some(thread),
+                    inline: None,
+                    cancel,
+                };
             }
         }
         Jobs {
@@ -338,14 +337,16 @@ impl Worker {
                 ),
             ));
         };
-        if !readers.contains_key(&loc.file) {
-            let f = self
-                .io
-                .open_read(path)
-                .map_err(|e| StoreError::io("opening store file", path, e))?;
-            readers.insert(loc.file, f.reader);
-        }
-        let r = readers.get_mut(&loc.file).expect("inserted above");
+        let r = match readers.entry(loc.file) {
+            Entry::Occupied(open) => open.into_mut(),
+            Entry::Vacant(slot) => {
+                let f = self
+                    .io
+                    .open_read(path)
+                    .map_err(|e| StoreError::io("opening store file", path, e))?;
+                slot.insert(f.reader)
+            }
+        };
         let mut read = |r: &mut Box<dyn SeekRead>| {
             r.seek(SeekFrom::Start(loc.offset))?;
             r.read_exact(bytes)
