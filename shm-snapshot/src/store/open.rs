@@ -625,10 +625,23 @@ impl Store {
             }
         }
         seg_names.sort_unstable();
-        for seq in seg_names {
+        // Read newest first, then taken oldest first. A segment only grows,
+        // and every record of a newer segment was appended after every
+        // record of an older one: reading the older ones last finds every
+        // record a newer one's chain needs, even while an owner appends.
+        let mut scans: Vec<_> = seg_names
+            .iter()
+            .rev()
+            .map(|&seq| {
+                let path = self.dir.join(names::segment(seq));
+                let scan = scan_segment(self.io.as_mut(), &path, seq);
+                (seq, path, scan)
+            })
+            .collect();
+        scans.reverse();
+        for (seq, path, scan) in scans {
             self.next_seq = self.next_seq.max(seq.saturating_add(1));
-            let path = self.dir.join(names::segment(seq));
-            let scan = match scan_segment(self.io.as_mut(), &path, seq) {
+            let scan = match scan {
                 Ok(scan) => scan,
                 Err(e) if e.is_vanished() => {
                     vanished = true;
