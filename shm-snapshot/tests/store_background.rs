@@ -116,6 +116,9 @@ impl Removals {
 struct GatedIo {
     /// Writes to a `base-*.tmp` file made by a background handle wait here.
     base_writes: Option<Arc<Gate>>,
+    /// Writes to a `seg-*.tmp` file (a spare segment being made) made by a
+    /// background handle wait here.
+    segment_writes: Option<Arc<Gate>>,
     /// Every `sync_data` waits here.
     syncs: Option<Arc<Gate>>,
     removals: Arc<Removals>,
@@ -176,10 +179,17 @@ impl StoreIo for GatedIo {
 
     fn create_new(&mut self, path: &Path) -> io::Result<Box<dyn StoreFile>> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let base_temp = name.starts_with("base-") && name.ends_with(".tmp");
+        let temp = name.ends_with(".tmp") && self.forked;
+        let writes = if temp && name.starts_with("base-") {
+            self.base_writes.clone()
+        } else if temp && name.starts_with("seg-") {
+            self.segment_writes.clone()
+        } else {
+            None
+        };
         Ok(Box::new(GatedFile {
             inner: RealIo.create_new(path)?,
-            writes: self.base_writes.clone().filter(|_| self.forked && base_temp),
+            writes,
             syncs: self.syncs.clone(),
         }))
     }
@@ -410,6 +420,59 @@ fn append_returns_before_the_sync_and_take_synced_covers_every_generation_in_ord
     let syncs = gate.reached();
     assert!(syncs <= 2, "{syncs} syncs");
     assert_eq!(numbers.len() as u64, syncs, "{numbers:?}");
+}
+
+#[test]
+fn segments_are_taken_in_sequence_order_even_when_the_spare_is_late() {
+    // The spare segment asked for with the first delta is held at a gate,
+    // and a base starts, so the next delta needs a segment before the
+    // spare is there.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let gate = Arc::new(Gate::default());
+    let io = GatedIo {
+        segment_writes: Some(gate.clone()),
+        ..GatedIo::default()
+    };
+    let opts = StoreOptions {
+        keep: 100,
+        fsync: false,
+        background: true,
+        base_after_bytes: 1,
+        ..StoreOptions::default()
+    };
+    let mut store = Store::open_with_io(dir, opts, Box::new(io)).unwrap();
+    let mut image = sparse(2);
+    // The segment each delta was appended to, in the order appended.
+    let mut segments = Vec::new();
+    for g in 1..=12u64 {
+        image[(CHUNK + g) as usize] ^= 1;
+        let p = commit(&mut store, &image, b"");
+        if !p.base {
+            let (path, _, _) = record_of(&store, p.number);
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            let seq: u64 = name["seg-".len()..name.len() - ".log".len()].parse().unwrap();
+            segments.push((p.number, seq));
+        }
+        if g == 2 {
+            gate.wait_reached(1);
+        }
+        if g == 3 {
+            gate.open();
+        }
+        if g >= 3 {
+            store.finish_background();
+        }
+    }
+    assert!(!gate.gave_up());
+    // The log is the segments in sequence order: a record never goes to a
+    // segment older than one a record went to before it.
+    assert!(segments.windows(2).all(|w| w[0].1 <= w[1].1), "{segments:?}");
+    let used: std::collections::BTreeSet<u64> = segments.iter().map(|s| s.1).collect();
+    assert!(used.len() >= 4, "{segments:?}");
+    drop(store);
+    let mut reader = Store::open_read_only(dir).unwrap();
+    assert!(reader.load_newest().unwrap().unwrap().image == image);
 }
 
 /// Commits `count` generations of a sparse region into a store opened with

@@ -1184,7 +1184,11 @@ fn an_owner_committing_and_pruning_in_another_thread_never_makes_a_reader_see_da
                     intact += 1;
                 }
                 Condition::Vanished => vanished += 1,
-                other => panic!("generation {} reported {other:?}", c.number),
+                other => panic!(
+                    "generation {} reported {other:?}; the directory holds {:?} now",
+                    c.number,
+                    common::file_names(&dir)
+                ),
             }
         }
         checks += 1;
