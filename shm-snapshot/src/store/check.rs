@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::error::StoreError;
-use super::format::PAGE_BYTES;
+use super::format::{PAGE_BYTES, VERSION};
+use super::names;
 use super::open::{GenerationInfo, Store};
-use super::read::{ChunkSink, Records, read_header};
+use super::read::{ChunkSink, Place, Records, read_header};
 
 /// What [`Store::check_all`] found of one generation.
 #[derive(Debug)]
@@ -94,6 +95,10 @@ impl Store {
     ///
     /// Reads only: on a store another process owns, a generation removed
     /// while it is checked is reported [`Condition::Vanished`], not damaged.
+    /// The owner removes a file only once a newer base makes it
+    /// unnecessary, and that base may have been made after the scan: a
+    /// delta whose parent is missing or vanished is whole through the base
+    /// of its parent, or its own, if one is there by now.
     pub fn check_all(&mut self) -> Result<Vec<Checked>, StoreError> {
         self.rescan()?;
         let mut discard = Discard {
@@ -191,7 +196,24 @@ impl Store {
                 damaged_base,
             };
             let h = place.header;
-            if matches!(c.condition, Condition::Intact) {
+            // The parent's file is gone: the base the owner made before
+            // removing it, if it verifies, stands for the parent; or the
+            // generation's own base stands for it whole.
+            let parent_gone = checked
+                .get(&h.parent)
+                .is_none_or(|p| matches!(p.condition, Condition::Vanished));
+            let mut from_parent_base = None;
+            if matches!(c.condition, Condition::Intact) && parent_gone {
+                if let Some((_, first)) = self.base_now(h.parent, h.region_len, &mut discard) {
+                    from_parent_base = Some(first);
+                } else if let Some((meta, first)) = self.base_now(number, h.region_len, &mut discard) {
+                    c.meta = Some(meta);
+                    c.first_page = Some(first);
+                    checked.insert(number, c);
+                    continue;
+                }
+            }
+            if matches!(c.condition, Condition::Intact) && from_parent_base.is_none() {
                 let broken = |why: String| {
                     Condition::BrokenChain(StoreError::BrokenChain {
                         path: place.path.clone(),
@@ -217,7 +239,8 @@ impl Store {
             c.first_page = match &c.condition {
                 Condition::Intact => {
                     // A page a delta does not hold is its parent's.
-                    let inherited = checked.get(&h.parent).and_then(|p| p.first_page.clone());
+                    let inherited = from_parent_base
+                        .or_else(|| checked.get(&h.parent).and_then(|p| p.first_page.clone()));
                     let len = h.region_len.min(PAGE_BYTES) as usize;
                     Some(c.first_page.take().or(inherited).unwrap_or_else(|| vec![0; len]))
                 }
@@ -245,6 +268,40 @@ impl Store {
 }
 
 impl Store {
+    /// The base file of generation `number` as it is now, if it is there,
+    /// is a base of `region_len` bytes and verifies whole: its meta blob
+    /// and the first page of its image.
+    fn base_now(
+        &mut self,
+        number: u64,
+        region_len: u64,
+        discard: &mut Discard,
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
+        let path = self.dir.join(names::base(number));
+        let (header, len) = read_header(self.io.as_mut(), &path).ok()?;
+        let fits = header.number == number
+            && header.version == VERSION
+            && header.is_base()
+            && header.region_len == region_len;
+        if !fits {
+            return None;
+        }
+        let place = Place {
+            path,
+            offset: 0,
+            len,
+            header,
+            whole_file: true,
+        };
+        discard.first = None;
+        let meta = Records::default().read(self.io.as_mut(), &place, discard).ok()?;
+        let first = discard
+            .first
+            .take()
+            .unwrap_or_else(|| vec![0; region_len.min(PAGE_BYTES) as usize]);
+        Some((meta, first))
+    }
+
     /// Why the header of generation `number` did not verify when scanned,
     /// taken from its entry (the next scan finds it again).
     fn entry_problem(&mut self, number: u64) -> StoreError {

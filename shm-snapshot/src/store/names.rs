@@ -57,12 +57,14 @@ pub(crate) fn base_temp(number: u64, pid: u32, n: u64) -> String {
     format!("{BASE_PREFIX}{number:0DIGITS$}.{pid}.{n}{TEMP_SUFFIX}")
 }
 
+/// A kind of numbered name: its prefix, its suffix, and what it is.
+type Kind = (&'static str, &'static str, fn(u64) -> Name);
+
 /// Classifies a directory entry's name.
 pub(crate) fn classify(name: &OsStr) -> Name {
     let Some(name) = name.to_str() else {
         return Name::Other;
     };
-    type Kind = (&'static str, &'static str, fn(u64) -> Name);
     let kinds: [Kind; 3] = [
         (SEGMENT_PREFIX, SEGMENT_SUFFIX, Name::Segment),
         (BASE_PREFIX, BASE_SUFFIX, Name::Base),

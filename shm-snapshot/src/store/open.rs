@@ -288,6 +288,8 @@ pub struct Store {
     /// around through their records: retention keeps those records
     /// instead of stopping a chain at the damaged base.
     pub(crate) bad_bases: std::collections::BTreeSet<u64>,
+    /// The directory's entries as the last scan listed them, sorted.
+    pub(crate) listed: Vec<std::ffi::OsString>,
     /// Opened by [`Store::open_read_only`]: no lock, no writes.
     pub(crate) read_only: bool,
     /// Temporary files a dead writer left, removed when the store opened.
@@ -335,6 +337,7 @@ impl Store {
             temp_seq: 0,
             last_skipped: Vec::new(),
             bad_bases: std::collections::BTreeSet::new(),
+            listed: Vec::new(),
             read_only,
             temp_removed: Vec::new(),
             writer: None,
@@ -555,31 +558,32 @@ impl Store {
     /// files, and the record skeletons of every segment. Reads only:
     /// nothing is created, changed or removed.
     ///
-    /// A file that vanishes between the listing and its reading (an owner's
-    /// retention, which removes files covered by a base it has just named)
-    /// makes the scan start again, a few times: a listing made before the
-    /// base was named and read after its files were removed would see
-    /// neither.
+    /// A file listed but gone when read, or a listing that changed while
+    /// the files were read, is an owner's retention at work, which removes
+    /// files only once a newer base makes them unnecessary: the directory
+    /// is read again, so that base (made after the first listing) is seen
+    /// too and the chains it ends are whole.
     pub(crate) fn rescan(&mut self) -> Result<(), StoreError> {
-        /// Scans tried while files keep vanishing under them.
-        const TRIES: usize = 5;
-        for _ in 1..TRIES {
-            if self.rescan_once()? {
+        for _ in 1..RESCANS {
+            if !self.scan_once()? {
                 return Ok(());
             }
         }
-        self.rescan_once().map(drop)
+        self.scan_once().map(|_| ())
     }
 
-    /// One scan; `false` when a file vanished while it was read.
-    fn rescan_once(&mut self) -> Result<bool, StoreError> {
+    /// One listing and reading of the directory; whether a file listed was
+    /// gone when read, or the listing changed meanwhile.
+    fn scan_once(&mut self) -> Result<bool, StoreError> {
         let mut vanished = false;
+        let mut listed = self.list()?;
+        listed.sort_unstable();
         let mut entries: BTreeMap<u64, Entry> = BTreeMap::new();
         let mut segments = BTreeMap::new();
         let mut seg_names = Vec::new();
         let mut newest = 0u64;
-        for name in self.list()? {
-            let (number, legacy) = match names::classify(&name) {
+        for name in &listed {
+            let (number, legacy) = match names::classify(name) {
                 Name::Segment(seq) => {
                     seg_names.push(seq);
                     continue;
@@ -589,7 +593,7 @@ impl Store {
                 _ => continue,
             };
             newest = newest.max(number);
-            let path = self.dir.join(&name);
+            let path = self.dir.join(name);
             let read = read_header(self.io.as_mut(), &path).and_then(|(header, size)| {
                 whole_file_rule(&path, number, legacy, &header)?;
                 Ok((header, size))
@@ -621,10 +625,23 @@ impl Store {
             }
         }
         seg_names.sort_unstable();
-        for seq in seg_names {
+        // Read newest first, then taken oldest first. A segment only grows,
+        // and every record of a newer segment was appended after every
+        // record of an older one: reading the older ones last finds every
+        // record a newer one's chain needs, even while an owner appends.
+        let mut scans: Vec<_> = seg_names
+            .iter()
+            .rev()
+            .map(|&seq| {
+                let path = self.dir.join(names::segment(seq));
+                let scan = scan_segment(self.io.as_mut(), &path, seq);
+                (seq, path, scan)
+            })
+            .collect();
+        scans.reverse();
+        for (seq, path, scan) in scans {
             self.next_seq = self.next_seq.max(seq.saturating_add(1));
-            let path = self.dir.join(names::segment(seq));
-            let scan = match scan_segment(self.io.as_mut(), &path, seq) {
+            let scan = match scan {
                 Ok(scan) => scan,
                 Err(e) if e.is_vanished() => {
                     vanished = true;
@@ -686,9 +703,24 @@ impl Store {
         self.next_number = self.next_number.max(newest.saturating_add(1));
         self.entries = entries;
         self.segments = segments;
-        Ok(!vanished)
+        self.listed = listed;
+        Ok(vanished || self.listing_changed()?)
+    }
+
+    /// Whether the directory's entries differ from those the last scan
+    /// listed: files an owner made or removed since.
+    pub(crate) fn listing_changed(&mut self) -> Result<bool, StoreError> {
+        let mut now = self.list()?;
+        now.sort_unstable();
+        Ok(now != self.listed)
     }
 }
+
+/// How many times a scan lists the directory when files keep vanishing
+/// between its listing and their reading: an owner's retention removes a
+/// few files at a time, after a base that takes far longer to build than a
+/// scan takes.
+const RESCANS: usize = 4;
 
 /// Checks what a file that holds one record must: the number of its name,
 /// and the kind its name says (STORE.md, "A base file", "Stores written by

@@ -27,6 +27,9 @@ pub(crate) struct Writer {
     /// A segment made ahead of time, and one being made.
     spare: Option<Spare>,
     spare_pending: Option<u64>,
+    /// The sequence number of the newest segment records went to: a
+    /// segment taken later must have a larger one.
+    newest_seq: u64,
     building: Option<Building>,
     /// Retention ran since a base finished, but kept the files before that
     /// base for generations older than it: it runs again once the newest
@@ -72,6 +75,7 @@ impl Store {
                 jobs: Jobs::new(self.io.fork(), self.dir.clone(), o.fsync, o.background),
                 spare: None,
                 spare_pending: None,
+                newest_seq: 0,
                 building: None,
                 retain_after: None,
                 first_delta: true,
@@ -134,6 +138,16 @@ impl Store {
         for done in w.jobs.take_done() {
             let w = self.writer.as_mut().expect("checked above");
             match done {
+                // A spare that comes after a segment was made on the spot
+                // (it was late) has an older sequence number than that
+                // segment: taking it later would put newer records in an
+                // older segment, against the log's order. It goes, empty,
+                // and a new one is asked for.
+                Done::Spare(Ok(spare)) if spare.seq < w.newest_seq => {
+                    w.spare_pending = None;
+                    w.jobs.submit(Job::Remove(vec![spare.path]));
+                    self.ask_spare();
+                }
                 Done::Spare(Ok(spare)) => {
                     w.spare = Some(spare);
                     w.spare_pending = None;
@@ -248,6 +262,7 @@ impl Store {
             },
         );
         let w = self.writer();
+        w.newest_seq = w.newest_seq.max(spare.seq);
         w.syncer.add_segment(spare.seq, handle);
         w.segment = Some(Active {
             seq: spare.seq,
