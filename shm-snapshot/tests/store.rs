@@ -495,6 +495,7 @@ fn retention_keeps_the_newest_generations_and_their_chains_and_removes_whole_fil
     // A sparse region, whose base is a few pages: a base is built every
     // few deltas, each starting a new segment.
     let len = 8 * CHUNK;
+    const GENERATIONS: u64 = 60;
     for keep in [1usize, 3] {
         let (_tmp, dir, mut store) = fresh(StoreOptions {
             keep,
@@ -506,7 +507,7 @@ fn retention_keeps_the_newest_generations_and_their_chains_and_removes_whole_fil
         let mut written = BTreeMap::new();
         let mut seen = BTreeSet::new();
         let mut pruned = 0;
-        for g in 1..=60u64 {
+        for g in 1..=GENERATIONS {
             image[((g % 8) * CHUNK + g) as usize] ^= 1;
             let p = commit(&mut store, &image, &g.to_le_bytes());
             pruned += p.pruned;
@@ -545,7 +546,7 @@ fn retention_keeps_the_newest_generations_and_their_chains_and_removes_whole_fil
             );
         }
         drop(store);
-        assert_eq!(load_fresh(&dir).0.image, written[&60]);
+        assert_eq!(load_fresh(&dir).0.image, written[&GENERATIONS]);
     }
 }
 

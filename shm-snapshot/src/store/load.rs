@@ -8,7 +8,7 @@ use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
 use super::hashes::{ImageHashes, NoMemory, zero_hash, zero_pages};
 use super::open::{Current, Loc, Store};
-use super::read::{ChunkSink, Place, Records, read_header, zeroed};
+use super::read::{ChunkSink, Place, Records, zeroed};
 use super::write::zero_locs;
 
 /// A generation loaded from the store.
@@ -290,19 +290,23 @@ impl Store {
         }
         let entry = self
             .entries
-            .get(&number)
+            .get_mut(&number)
             .expect("candidates come from the entries");
         let Some(top) = entry.place().cloned() else {
-            // The file stays listed (retention counts it): its error is
-            // read again rather than taken from the entry.
-            let path = entry.path().map(Path::to_owned).unwrap_or_default();
-            return Err(match read_header(self.io.as_mut(), &path) {
-                Err(e) => e,
-                Ok(_) => StoreError::Corrupt {
-                    path,
-                    what: "header did not verify when the store was scanned".to_owned(),
-                },
-            });
+            // The file stays listed (retention counts it); its error is
+            // reported now, and a placeholder says so to later readers.
+            let Some((path, size, error)) = entry.problem.take() else {
+                return Err(StoreError::Corrupt {
+                    path: entry.path().map(Path::to_owned).unwrap_or_default(),
+                    what: "header did not verify".to_owned(),
+                });
+            };
+            let reported = StoreError::Corrupt {
+                path: path.clone(),
+                what: format!("header did not verify ({error})"),
+            };
+            entry.problem = Some((path, size, reported));
+            return Err(error);
         };
         let broken = |needs: u64, why: String| StoreError::BrokenChain {
             path: top.path.clone(),

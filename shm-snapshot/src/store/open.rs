@@ -37,7 +37,7 @@ pub struct StoreOptions {
     /// fixed order: for tests that count or fail I/O operations.
     pub background: bool,
     /// Bytes of deltas appended since the newest base before the next base
-    /// is built (default 8 MiB); the threshold is at least the newest
+    /// is built (default 8 MiB); the threshold is at least half the newest
     /// base's size (STORE.md, "Bases in the background").
     pub base_after_bytes: u64,
 }

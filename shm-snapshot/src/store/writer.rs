@@ -374,7 +374,7 @@ impl Store {
         let Some(c) = self.current.as_mut() else {
             return;
         };
-        if c.since_base < threshold.max(c.base_bytes) {
+        if c.since_base < threshold.max(c.base_bytes / 2) {
             return;
         }
         c.since_base = 0;
