@@ -114,3 +114,52 @@ pub fn dump(path: &std::path::Path) -> String {
         })
         .collect()
 }
+
+/// The table example's arguments for a run that commits ten units and
+/// exits: 320 entries, 32 a commit, no pause between commits.
+pub const TEN_COMMITS: [&str; 6] = ["--limit", "320", "--batch", "32", "--interval-ms", "0"];
+
+/// What [`dump`] prints for the region a run with [`TEN_COMMITS`] left:
+/// ten units, the table growing by 32 entries each, their checksums as the
+/// Rust side folds them.
+pub fn ten_commits_dump() -> String {
+    (1..=10u64)
+        .map(|k| {
+            let hex: String = unit_for(32 * k).iter().map(|b| format!("{b:02x}")).collect();
+            format!("unit {k} {hex}\n")
+        })
+        .collect()
+}
+
+/// Runs `program` (the command line of a program that commits and exits 0)
+/// under `shm-restore` with an 8 MiB region on the store `state` in `dir`,
+/// waits for it, and exports the newest generation to `dir/image`, whose
+/// path it returns.
+pub fn run_and_export(dir: &std::path::Path, program: &[&str]) -> std::path::PathBuf {
+    let mut sup = crate::Proc::supervise(dir, "state", &["--size=8MiB", "--fsync=never"], program);
+    let status = sup.wait();
+    assert_eq!(status.code(), Some(0), "{}", sup.transcript());
+    let out = std::process::Command::new(crate::bin("shm-restore"))
+        .current_dir(dir)
+        .args(["export", "state", "-o", "image"])
+        .output()
+        .expect("running shm-restore export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join("image")
+}
+
+/// The command line of a Rust program that commits twelve units of 40
+/// bytes and exits 0.
+pub fn rust_units() -> Vec<String> {
+    [
+        crate::bin("unit-child").to_str().expect("UTF-8"),
+        "--commit",
+        "12",
+        "--unit-bytes",
+        "40",
+        "--then",
+        "exit:0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
