@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use shm_snapshot_tests::chaos::run_supervisor;
-use shm_snapshot_tests::table::{Progress, check_nothing_lost, fold, mix, progress, region_claiming};
+use shm_snapshot_tests::table::{Progress, check_chaos_run, fold, mix, progress, region_claiming};
 use shm_snapshot_tests::{run_with_region, workdir};
 use support::{python, table};
 
@@ -100,31 +100,5 @@ fn the_example_survives_chaos_kills_with_nothing_committed_lost() {
         ],
         Duration::from_secs(60) + Duration::from_millis(800) * kills as u32,
     );
-    let log = finished.transcript();
-    assert!(
-        !finished.err.lines().any(|l| l.starts_with("inconsistent")),
-        "a start found its restored table inconsistent:\n{log}"
-    );
-    let lines = progress(&finished.out);
-    let starts = check_nothing_lost(&lines).unwrap_or_else(|e| panic!("{e}\n{log}"));
-    assert_eq!(finished.status.code(), Some(0), "{log}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report.json")).expect("report"))
-            .expect("JSON");
-    assert_eq!(report["kills"], kills, "{report:#}");
-    assert_eq!(report["failures"]["total"], 0, "{report:#}");
-    assert_eq!(report["last_run"]["committed"], true, "{report:#}");
-    assert!(
-        starts as u64 > kills / 2,
-        "most starts printed what they restored: {starts} of {}",
-        kills + 1
-    );
-    let committed = lines
-        .iter()
-        .filter(|l| matches!(l, Progress::Committed(_)))
-        .count();
-    println!(
-        "Python example: {kills} kills, 0 failures, {starts} restores checked, {committed} commits, restore p50 {} ms, p99 {} ms",
-        report["restore_ms"]["p50"], report["restore_ms"]["p99"]
-    );
+    check_chaos_run(&finished, dir.path(), kills, "Python example");
 }

@@ -163,3 +163,38 @@ pub fn rust_units() -> Vec<String> {
     .map(str::to_owned)
     .to_vec()
 }
+
+/// Checks what a chaos run of a table example (`--report=report.json` in
+/// `dir`, `kills` kills) left: no start found its restored table
+/// inconsistent, nothing committed was lost, the run exited 0, the report
+/// counts every kill and no failure, and most starts printed what they
+/// restored. Prints one line of figures naming `example`.
+pub fn check_chaos_run(finished: &crate::chaos::Finished, dir: &std::path::Path, kills: u64, example: &str) {
+    let log = finished.transcript();
+    assert!(
+        !finished.err.lines().any(|l| l.starts_with("inconsistent")),
+        "a start found its restored table inconsistent:\n{log}"
+    );
+    let lines = progress(&finished.out);
+    let starts = check_nothing_lost(&lines).unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(finished.status.code(), Some(0), "{log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).expect("report"))
+            .expect("JSON");
+    assert_eq!(report["kills"], kills, "{report:#}");
+    assert_eq!(report["failures"]["total"], 0, "{report:#}");
+    assert_eq!(report["last_run"]["committed"], true, "{report:#}");
+    assert!(
+        starts as u64 > kills / 2,
+        "most starts printed what they restored: {starts} of {}",
+        kills + 1
+    );
+    let committed = lines
+        .iter()
+        .filter(|l| matches!(l, Progress::Committed(_)))
+        .count();
+    println!(
+        "{example}: {kills} kills, 0 failures, {starts} restores checked, {committed} commits, restore p50 {} ms, p99 {} ms",
+        report["restore_ms"]["p50"], report["restore_ms"]["p99"]
+    );
+}
