@@ -24,6 +24,7 @@ mod names;
 mod open;
 mod prune;
 mod read;
+mod scan;
 mod sync;
 mod write;
 mod writer;
