@@ -142,24 +142,9 @@ pub mod trailer {
     const _: () = assert!(LEN == 56);
 }
 
-/// Byte offsets of a segment's header, the first bytes of the file.
-pub mod segment {
-    use super::HASH_LEN;
-    /// [`super::SEGMENT_MAGIC`].
-    pub const MAGIC: usize = 0;
-    /// [`super::VERSION`].
-    pub const VERSION: usize = MAGIC + 8;
-    /// The segment's sequence number.
-    pub const SEQ: usize = VERSION + 8;
-    /// Creation time, milliseconds since the Unix epoch.
-    pub const CREATED_MS: usize = SEQ + 8;
-    /// BLAKE3 of the bytes before it.
-    pub const HASH: usize = CREATED_MS + 8;
-    /// Length of the header; the first record starts here.
-    pub const LEN: usize = HASH + HASH_LEN;
-
-    const _: () = assert!(LEN == 64);
-}
+/// Byte offsets of a segment's header, and its decoded form.
+pub mod segment;
+pub use segment::SegmentHeader;
 
 /// The smallest possible generation record: a header, an empty meta record
 /// and the trailer.
@@ -344,70 +329,6 @@ impl Header {
             ));
         }
         Ok(h)
-    }
-}
-
-/// The decoded header of a segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentHeader {
-    /// The segment's sequence number.
-    pub seq: u64,
-    /// Creation time, milliseconds since the Unix epoch.
-    pub created_ms: u64,
-}
-
-impl SegmentHeader {
-    /// Encodes the header, its hash included.
-    pub fn encode(&self) -> [u8; segment::LEN] {
-        let mut b = [0u8; segment::LEN];
-        b[segment::MAGIC..][..8].copy_from_slice(&SEGMENT_MAGIC);
-        put(&mut b, segment::VERSION, VERSION);
-        put(&mut b, segment::SEQ, self.seq);
-        put(&mut b, segment::CREATED_MS, self.created_ms);
-        let hash = blake3::hash(&b[..segment::HASH]);
-        b[segment::HASH..].copy_from_slice(hash.as_bytes());
-        b
-    }
-
-    /// Decodes and checks a segment header: magic, version, hash, and a
-    /// sequence number of at least 1.
-    pub fn decode(b: &[u8; segment::LEN]) -> Result<SegmentHeader, Defect> {
-        let magic = &b[segment::MAGIC..][..8];
-        if magic != SEGMENT_MAGIC {
-            return Err(Defect::new(
-                "segment magic",
-                0,
-                show_tag(&SEGMENT_MAGIC),
-                show_tag(magic),
-            ));
-        }
-        let version = get(b, segment::VERSION);
-        if version != VERSION {
-            return Err(Defect::new(
-                "segment version",
-                segment::VERSION as u64,
-                format!("{VERSION} (the version this build reads)"),
-                version,
-            ));
-        }
-        let stored = hash_at(b, segment::HASH);
-        let computed = blake3::hash(&b[..segment::HASH]);
-        if stored != computed {
-            return Err(Defect::new(
-                "segment header_hash",
-                segment::HASH as u64,
-                stored.to_hex(),
-                format!("{} (the hash of the header's bytes)", computed.to_hex()),
-            ));
-        }
-        let seq = get(b, segment::SEQ);
-        if seq == 0 {
-            return Err(Defect::new("segment seq", segment::SEQ as u64, "at least 1", 0));
-        }
-        Ok(SegmentHeader {
-            seq,
-            created_ms: get(b, segment::CREATED_MS),
-        })
     }
 }
 
