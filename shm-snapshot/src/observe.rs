@@ -260,6 +260,31 @@ impl Observer {
         }));
     }
 
+    /// Reads the arena chunks' write counters (untrusted hints) into
+    /// `known`, which holds the values read last time (resized to the
+    /// count, new entries zero), and lists in `moved`, in increasing order,
+    /// the chunks whose counter differs from it.
+    pub fn update_counters(&self, known: &mut Vec<u64>, moved: &mut Vec<u64>) {
+        let g = &self.geometry;
+        let chunks = g.arena_len.div_ceil(g.chunk_bytes);
+        known.resize(chunks as usize, 0);
+        moved.clear();
+        let words = self.region.words();
+        for (i, slot) in known.iter_mut().enumerate() {
+            // ORDERING: acquire; pairs with the client's release increment
+            // in `Arena::mark_written`, as in `chunk_counters`.
+            let counter = words::load(
+                words,
+                g.counters_offset + i as u64 * layout::COUNTER_SIZE,
+                Acquire,
+            );
+            if counter != *slot {
+                *slot = counter;
+                moved.push(i as u64);
+            }
+        }
+    }
+
     /// Post: which of the `pre` units are still valid with the same sequence
     /// number, after everything copied since `pre`. Those are consistent in
     /// this snapshot. Units that break the ring's chain are dropped too,

@@ -97,10 +97,12 @@ pub fn apply(
                 When::AfterDeath => generation.write_to(region.file()),
             }
             .with_context(|| format!("restoring generation {}", generation.number))?;
-            // The region holds the image now: it is the snapshotter's copy.
+            // The region holds the image now: the snapshotter keeps a hash
+            // of each page, and the image is let go.
             shared
                 .snapshotter
-                .restored_image(&generation.meta, generation.image);
+                .restored_image(&generation.meta, &generation.image, &generation.data_pages);
+            drop(generation);
             info!(
                 generation = restored.number,
                 units = restored.units,

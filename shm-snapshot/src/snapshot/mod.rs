@@ -9,7 +9,9 @@
 mod image;
 mod outcome;
 mod snapshotter;
+mod staging;
 
 pub use image::{Restored, apply_meta, image_geometry, observe_file, restorable, restorable_head, restore};
 pub use outcome::{ArenaScan, Outcome, RestoreError, SnapshotError, UnmarkedWrite};
 pub use snapshotter::{Snapshotter, quiet_meta};
+pub use staging::STAGING_BYTES;

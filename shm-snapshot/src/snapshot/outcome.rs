@@ -22,6 +22,22 @@ pub enum SnapshotError {
     /// [`SnapshotError::Region`].
     #[error("region's units: {0}")]
     Meta(MetaError),
+    /// Pages past the staging area's memory bound could not be written to
+    /// (or read back from) the unnamed file in the store's directory that
+    /// holds them; nothing was written to the store.
+    #[error("staging the changed pages in a temporary file in {}: {source}", dir.display())]
+    Staging {
+        /// The store's directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The store began a full generation where only the changed pages were
+    /// staged; nothing was written, and the next snapshot copies every page.
+    #[error(
+        "the store needs a full generation; nothing was written, and the next snapshot copies every page"
+    )]
+    NeedsFull,
 }
 
 // Not `#[from]`: that would make the inner error a source as well as part

@@ -1,60 +1,81 @@
-//! The snapshotter: Pre, copy into the shadow, Post, and the generation
-//! proven there staged and persisted.
+//! The snapshotter: Pre, copy what changed into the staging area, Post,
+//! and the generation proven there persisted.
 
-use crate::error::RegionError;
+use std::path::Path;
+
 use crate::layout::{self, Geometry, UnitRef, header};
 use crate::meta::Meta;
 use crate::observe::{Anomalies, Observer};
-use crate::store::{self, Store};
+use crate::store::{CHUNK_BYTES, PAGE_BYTES, Store};
 
+use super::staging::{Entry, PAGE, Staging, page_hash, zero_hash};
 use super::{ArenaScan, Outcome, SnapshotError, UnmarkedWrite};
 
 /// Chunks offered to the store at a time: 8 MiB, enough for the store to
 /// spread hashing over threads (it splits batches of a MiB or more).
 const RUN_CHUNKS: u64 = 128;
 
-/// Takes consistent snapshots of one region into a store.
+/// Takes consistent snapshots of one region into a store, without a copy
+/// of the region.
 ///
-/// It keeps a shadow copy of the region (memory the size of the region),
-/// made once outside any snapshot. Between Pre and Post a snapshot then
-/// copies into the shadow only what can have changed: the header and unit
-/// table, the ring bytes of units newer than the last kept ones, and the
-/// arena chunks whose write counters moved (or, by [`ArenaScan`], every
-/// arena chunk that differs from the shadow). That window is a few memory
-/// copies, so a program committing fast still leaves units valid across
-/// it. Hashing and writing to the store happen after Post, from the shadow;
-/// the store writes only what differs from its newest generation.
+/// It keeps a short hash of every page as the store's newest generation
+/// holds it (8 bytes a 4 KiB page) and the arena write counters read at the
+/// last snapshot. Between Pre and Post a snapshot reads only what can have
+/// changed (the header and unit table, the ring bytes of units newer than
+/// the last kept ones, the arena chunks whose write counters moved, or by
+/// [`ArenaScan`] every arena page), hashes each page it reads and copies the
+/// pages whose hash differs into a staging area ([`STAGING_BYTES`] in
+/// memory, the rest in an unnamed file in the store's directory). That
+/// window is memory copies and short hashes, so a program committing fast
+/// still leaves units valid across it. Hashing with blake3 and writing to
+/// the store happen after Post, from the staging area.
+///
+/// A generation the store must write in full (its first after a failed
+/// sync) needs every page: the snapshot before it copies every page that
+/// is not zero into the staging area outside any window (a *prime*, with
+/// the counters read first), and the window then copies what changed since,
+/// as the design's copy of a whole region always did.
+///
+/// [`STAGING_BYTES`]: super::STAGING_BYTES
 #[derive(Debug, Default)]
 pub struct Snapshotter {
     scan: ArenaScan,
-    /// The region as last copied, chunk by chunk.
-    shadow: Vec<u8>,
-    /// The geometry the shadow was made for; `None` until it is primed.
-    shadow_geometry: Option<Geometry>,
-    /// The arena write counters read before the shadow's arena chunks were
-    /// last copied: a counter that differs now means newer data.
-    shadow_counters: Vec<u64>,
-    /// Stream offset past the newest kept unit: the shadow's ring bytes
-    /// before it belong to units that were proven intact, and valid units'
-    /// bytes never change.
+    /// The geometry the page hashes and counters were taken for; `None`
+    /// until the first snapshot.
+    geometry: Option<Geometry>,
+    /// What [`Snapshotter::known`] describes.
+    reference: Reference,
+    /// For each page of the region, [`page_hash`] of its bytes in the
+    /// reference (the store's newest generation, once one is persisted).
+    known: Vec<u64>,
+    /// Pages of `known` that are not the zero page's hash.
+    known_nonzero: u64,
+    /// The arena write counters read before the newest copies were made
+    /// (staged, or in the reference): a counter that differs now means
+    /// newer data. Updated in place by each window.
+    ref_counters: Vec<u64>,
+    /// The chunks whose counters the last window saw move, in order.
+    moved: Vec<u64>,
+    /// Stream offset past the newest kept unit: ring bytes before it belong
+    /// to units that were proven intact, and valid units' bytes never
+    /// change.
     ring_done: u64,
-    /// For each store chunk, the pages (bit `p` for page `p`) whose shadow
-    /// bytes changed since the newest persisted generation.
-    dirty: Vec<u64>,
-    /// Every chunk counts as changed (a fresh shadow, or after `forget`).
-    all_dirty: bool,
-    counters: Vec<u64>,
+    /// Pages copied since the newest persisted generation, newest copy of
+    /// each: what the next generation offers.
+    staging: Staging,
+    /// The staging area holds every page that is not zero (a prime ran):
+    /// the next generation offers every page, zero where none is staged.
+    full: bool,
     pre: Vec<UnitRef>,
-    scratch: Vec<u8>,
-    /// A generation in the shadow waiting to be persisted.
+    /// One page read from the region.
+    page: Vec<u8>,
+    /// Reused buffer of chunks offered to the store.
+    chunks: Vec<u8>,
+    /// A generation staged and proven, waiting to be persisted.
     staged: Option<Staged>,
     /// The units of the generation last persisted or staged: a snapshot
     /// that proves exactly these has nothing new to persist.
     last_units: Option<Vec<UnitRef>>,
-    /// The shadow holds what the region held before the program started
-    /// on it (a restored image, or all zero): the first snapshot takes it
-    /// as the copy of the region instead of copying the whole region.
-    known: bool,
     /// [`ArenaScan::Check`]: chunks seen changed with their counters
     /// unmoved, not yet proven unmarked.
     suspects: Vec<Suspect>,
@@ -64,6 +85,21 @@ pub struct Snapshotter {
     /// The unmarked write reported, once.
     reported: Option<UnmarkedWrite>,
     report: Report,
+}
+
+/// What the page hashes ([`Snapshotter::known`]) describe.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Reference {
+    /// Nothing known: the next generation needs every page (a prime).
+    #[default]
+    Unknown,
+    /// A blank region: every page zero. Right for a store that writes a
+    /// full generation next (whose pages not offered are zero); against
+    /// any other store, a prime.
+    Blank,
+    /// The store's newest generation, which is also what the region held
+    /// before the program changed it: only changed pages are needed.
+    Store,
 }
 
 /// An arena chunk [`ArenaScan::Check`] saw changed while its counter had
@@ -116,6 +152,14 @@ impl Snapshotter {
         }
     }
 
+    /// Holds at most `bytes` of copied pages in memory (whole pages, at
+    /// least one) instead of [`STAGING_BYTES`](super::STAGING_BYTES); the
+    /// rest of a generation that changed more goes to the spill file.
+    pub fn with_staging_bytes(mut self, bytes: usize) -> Snapshotter {
+        self.staging.set_bound(bytes);
+        self
+    }
+
     /// Calls `report` with the first [`UnmarkedWrite`] that
     /// [`ArenaScan::Check`] finds, once, right after the generation that
     /// holds it is persisted.
@@ -128,18 +172,21 @@ impl Snapshotter {
         self.reported
     }
 
-    /// Forgets the shadow: the next snapshot copies the whole region again
-    /// and offers every chunk. Call it after rewriting the region (restoring
-    /// a generation).
+    /// Forgets what the snapshotter knows of the region: the next snapshot
+    /// reads every page (a prime, outside the window) and its generation
+    /// offers every page. Call it after rewriting the region with what the
+    /// snapshotter was not told of.
     pub fn forget(&mut self) {
         debug_assert!(
             self.staged.is_none(),
-            "a staged generation is persisted (persist_staged) before the shadow is forgotten"
+            "a staged generation is persisted (persist_staged) before the region is forgotten"
         );
-        self.shadow_geometry = None;
+        self.geometry = None;
+        self.reference = Reference::Unknown;
         self.staged = None;
         self.last_units = None;
-        self.known = false;
+        self.full = false;
+        self.staging.reset(0);
     }
 
     /// After the region was rewritten with a generation of the store whose
@@ -151,35 +198,62 @@ impl Snapshotter {
     }
 
     /// As [`Snapshotter::restored`], where `image` is what the region was
-    /// just made to hold (the generation's image; its unit table and
-    /// counters as `meta` says are rewritten by every snapshot anyway). The
-    /// image becomes the shadow: the first snapshot after the restore copies
-    /// only what the program changed since, not the whole region, so a
-    /// restart is followed by a generation as quickly as any other.
-    pub fn restored_image(&mut self, meta: &Meta, image: Vec<u8>) {
+    /// just made to hold: the store's newest generation (its unit table
+    /// and counters as `meta` says are rewritten by every snapshot anyway).
+    /// Only the pages `data_pages` marks (all of them when it is empty) are
+    /// read; the others are zero. The snapshotter keeps a short hash of each
+    /// page, not the image: the first snapshot after the restore copies
+    /// only what the program changed since, so a restart is followed by a
+    /// generation as quickly as any other.
+    pub fn restored_image(&mut self, meta: &Meta, image: &[u8], data_pages: &[bool]) {
         self.restored(meta);
-        self.shadow = image;
-        self.known = true;
+        let pages = (image.len() as u64).div_ceil(PAGE_BYTES);
+        let zero = zero_hash();
+        self.known = vec![zero; pages as usize];
+        for (p, bytes) in image.chunks(PAGE).enumerate() {
+            if data_pages.get(p).copied().unwrap_or(data_pages.is_empty()) {
+                self.known[p] = page_hash(bytes);
+            }
+        }
+        self.count_known();
+        // The counters the image holds are the ones the region held when
+        // the generation was taken: a chunk whose counter moved since is
+        // read by the next window.
+        self.ref_counters.clear();
+        if let Ok(g) = super::image_geometry(image) {
+            let chunks = g.arena_len.div_ceil(g.chunk_bytes);
+            self.ref_counters.extend((0..chunks).map(|i| {
+                let at = (g.counters_offset + i * layout::COUNTER_SIZE) as usize;
+                image
+                    .get(at..at + 8)
+                    .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            }));
+        }
+        self.reference = Reference::Store;
     }
 
-    /// The region was just made blank (all zero) for a program to start on:
-    /// the shadow is a blank image of `region_len` bytes (its pages are not
-    /// touched until written), and the first snapshot copies only what the
-    /// program wrote. Every chunk counts as changed for the store. (Without
-    /// the memory for it now, the first snapshot copies the region as after
-    /// [`Snapshotter::forget`].)
+    /// The region was just made blank (all zero) for a program to start on,
+    /// `region_len` bytes long: the first snapshot copies only what the
+    /// program wrote.
     pub fn blank(&mut self, region_len: u64) {
         self.forget();
-        if let Ok(blank) = store::zeroed(region_len, std::path::Path::new("the region's shadow")) {
-            self.shadow = blank;
-            self.known = true;
-        }
+        self.known = vec![zero_hash(); region_len.div_ceil(PAGE_BYTES) as usize];
+        self.known_nonzero = 0;
+        self.ref_counters.clear();
+        self.reference = Reference::Blank;
     }
 
     /// Whether a generation taken by [`Snapshotter::stage`] waits to be
     /// persisted.
     pub fn has_staged(&self) -> bool {
         self.staged.is_some()
+    }
+
+    /// Bytes of copied pages held in memory now (at most
+    /// [`STAGING_BYTES`](super::STAGING_BYTES); a generation that changed
+    /// more holds the rest in a file).
+    pub fn staging_bytes(&self) -> usize {
+        self.staging.memory_bytes()
     }
 
     /// Takes one snapshot: Pre, copy what can have changed, Post, and
@@ -205,12 +279,11 @@ impl Snapshotter {
         }
     }
 
-    /// The memory half of [`Snapshotter::take`]: Pre, copy into the shadow,
-    /// Post, and keep the generation proven there for
+    /// The memory half of [`Snapshotter::take`]: Pre, copy into the staging
+    /// area, Post, and keep the generation proven there for
     /// [`Snapshotter::persist_staged`] ([`Outcome::Staged`]). Nothing is
-    /// hashed or written. A generation staged before and not persisted yet
-    /// is persisted first (the copy would overwrite its bytes in the
-    /// shadow), which is the only store access.
+    /// written to the store. A generation staged before and not persisted
+    /// yet is persisted first.
     ///
     /// Meant for a quiet region (after a death): the region can be made to
     /// hold exactly the staged generation with [`apply_meta`](super::apply_meta) at once, and
@@ -230,90 +303,110 @@ impl Snapshotter {
         }
         let g = *observer.geometry();
         observer.check_header()?;
-        if self.shadow_geometry != Some(g) {
-            if self.known && self.shadow.len() as u64 == g.region_len {
-                self.adopt(&g);
-            } else {
-                self.prime(observer, &g)?;
-            }
+        if self.geometry != Some(g) {
+            self.adopt(&g);
+        }
+        let next_full = store.next_is_full(g.region_len);
+        let prime = !self.full
+            && match self.reference {
+                Reference::Unknown => true,
+                Reference::Blank => !next_full,
+                Reference::Store => next_full && self.known_nonzero > 0,
+            };
+        if prime {
+            self.prime(observer, &g, store.dir())?;
         }
         let commit_count = observer.commit_count();
         let next_seq = observer.next_seq();
         let mut pre = std::mem::take(&mut self.pre);
         let mut anomalies = observer.pre(&mut pre);
-        let result =
-            self.window(observer, &g, &pre, &mut anomalies, between)
-                .and_then(|window| match window {
-                    None => Ok(Outcome::NoConsistentUnit {
+        let result = self
+            .window(observer, &g, &pre, &mut anomalies, store.dir(), between)
+            .and_then(|window| match window {
+                None => Ok(Outcome::NoConsistentUnit {
+                    anomalies,
+                    pre_units: pre.len(),
+                }),
+                Some((kept, bytes_scanned)) => {
+                    let newest_pre = pre.iter().map(UnitRef::seq).max();
+                    self.keep(
+                        &g,
+                        kept,
+                        newest_pre,
+                        commit_count,
+                        next_seq,
                         anomalies,
-                        pre_units: pre.len(),
-                    }),
-                    Some((kept, bytes_scanned)) => {
-                        let newest_pre = pre.iter().map(UnitRef::seq).max();
-                        self.keep(
-                            &g,
-                            kept,
-                            newest_pre,
-                            commit_count,
-                            next_seq,
-                            anomalies,
-                            bytes_scanned,
-                        )
-                    }
-                });
+                        bytes_scanned,
+                    )
+                }
+            });
         self.pre = pre;
         result
     }
 
-    /// Copies the whole region into a fresh shadow, outside any snapshot.
-    fn prime(&mut self, observer: &Observer, g: &Geometry) -> Result<(), RegionError> {
+    /// Takes the page hashes and counters as they are for a region laid out
+    /// as `g`: a restored image or a blank region of its length; anything
+    /// else is unknown, and the next snapshot primes.
+    fn adopt(&mut self, g: &Geometry) {
+        let pages = g.region_len.div_ceil(PAGE_BYTES);
+        if self.reference == Reference::Unknown || self.known.len() as u64 != pages {
+            self.reference = Reference::Unknown;
+            self.known = vec![zero_hash(); pages as usize];
+            self.known_nonzero = 0;
+        }
+        let chunks = g.arena_len.div_ceil(g.chunk_bytes) as usize;
+        // A blank region's counters are zero; a restored one's were read
+        // from its image, and are kept if they fit this layout.
+        if self.ref_counters.len() != chunks {
+            self.ref_counters = vec![0; chunks];
+        }
+        self.staging.reset(pages);
+        self.full = false;
+        self.ring_done = 0;
+        self.suspects.clear();
+        self.geometry = Some(*g);
+    }
+
+    /// Copies every page of the region that is not zero into the staging
+    /// area, outside any window: the next generation holds every page. The
+    /// window that follows copies what changed since.
+    fn prime(&mut self, observer: &Observer, g: &Geometry, dir: &Path) -> Result<(), SnapshotError> {
         // ORDERING: counters first, then the copy: a write that lands after
-        // the counters were read moves its counter again, and a later window
+        // the counters were read moves its counter again, and the window
         // copies it.
-        observer.chunk_counters(&mut self.shadow_counters);
-        self.known = false;
-        self.shadow.clear();
-        self.shadow.resize(g.region_len as usize, 0);
-        observer.copy_range(0, &mut self.shadow)?;
-        self.dirty = vec![0; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
-        self.all_dirty = true;
-        // A fresh shadow holds whatever the region holds: nothing in it is
-        // a change any more.
+        observer.update_counters(&mut self.ref_counters, &mut self.moved);
+        let pages = g.region_len.div_ceil(PAGE_BYTES);
+        self.staging.reset(pages);
+        for p in 0..pages {
+            let at = p * PAGE_BYTES;
+            let len = PAGE_BYTES.min(g.region_len - at) as usize;
+            self.page.resize(len, 0);
+            observer.copy_range(at, &mut self.page)?;
+            if self.page.iter().any(|b| *b != 0) {
+                let hash = page_hash(&self.page);
+                self.staging
+                    .put(p, &self.page, hash, dir)
+                    .map_err(|e| spill_error(dir, e))?;
+            }
+        }
+        self.full = true;
+        // A fresh copy holds whatever the region holds: nothing in it is a
+        // change any more.
         self.suspects.clear();
         self.ring_done = 0;
-        self.shadow_geometry = Some(*g);
         Ok(())
     }
 
-    /// Takes the shadow as it is as the copy of the region before the program
-    /// started (see [`Snapshotter::known`]): the write counters it holds are
-    /// the ones the region held then, so a chunk whose counter moved since
-    /// is copied by the next window, and the rest is as the shadow says.
-    fn adopt(&mut self, g: &Geometry) {
-        let chunks = g.arena_len.div_ceil(g.chunk_bytes);
-        self.shadow_counters.clear();
-        self.shadow_counters.extend((0..chunks).map(|i| {
-            let at = (g.counters_offset + i * layout::COUNTER_SIZE) as usize;
-            u64::from_le_bytes(self.shadow[at..at + 8].try_into().expect("8 bytes"))
-        }));
-        self.dirty = vec![0; g.region_len.div_ceil(store::CHUNK_BYTES) as usize];
-        // A blank shadow is no generation of the store: offer everything
-        // once (a store without a current image writes a base anyway).
-        self.all_dirty = self.last_units.is_none();
-        self.ring_done = 0;
-        self.shadow_geometry = Some(*g);
-        self.known = false;
-    }
-
-    /// Between Pre and Post: copies into the shadow what can have changed,
-    /// then runs Post. Returns the kept units and the bytes copied, or
-    /// `None` when no unit survived.
+    /// Between Pre and Post: reads what can have changed, stages the pages
+    /// that differ, then runs Post. Returns the kept units and the bytes
+    /// read, or `None` when no unit survived.
     fn window(
         &mut self,
         observer: &Observer,
         g: &Geometry,
         pre: &[UnitRef],
         anomalies: &mut Anomalies,
+        dir: &Path,
         between: impl FnOnce(),
     ) -> Result<Option<(Vec<UnitRef>, u64)>, SnapshotError> {
         if pre.is_empty() {
@@ -321,21 +414,40 @@ impl Snapshotter {
         }
         // ORDERING: the counters are read after Pre's acquire loads, so any
         // arena write a Pre unit describes has moved its counter by now.
-        observer.chunk_counters(&mut self.counters);
-        let mut copied = 0;
-        // Header, unit table and counters: small, and always rewritten.
-        copied += self.copy(observer, 0, g.ring_offset)?;
+        observer.update_counters(&mut self.ref_counters, &mut self.moved);
+        let mut read = 0;
+        // Header and unit table: compared page by page.
+        for p in 0..g.counters_offset.div_ceil(PAGE_BYTES) {
+            read += self.examine(observer, g, p, dir)?.0;
+        }
+        // The counters' pages that hold a counter that moved (the others
+        // hold what was read last time).
+        let per_page = PAGE_BYTES / layout::COUNTER_SIZE;
+        let first = g.counters_offset / PAGE_BYTES;
+        let mut last_page = None;
+        for k in 0..self.moved.len() {
+            let p =
+                first + (g.counters_offset % PAGE_BYTES / layout::COUNTER_SIZE + self.moved[k]) / per_page;
+            if last_page != Some(p) && p * PAGE_BYTES < g.ring_offset {
+                read += self.examine(observer, g, p, dir)?.0;
+                last_page = Some(p);
+            }
+        }
         // The ring bytes of units newer than the last kept ones.
         let newest_end = pre.iter().map(UnitRef::end).max().unwrap_or(0);
         let low = self.ring_done.max(newest_end.saturating_sub(g.ring_bytes));
         if low < newest_end {
             for (at, len) in g.ring_spans(low, newest_end - low) {
-                copied += self.copy(observer, at, len)?;
+                if len > 0 {
+                    for p in at / PAGE_BYTES..(at + len).div_ceil(PAGE_BYTES) {
+                        read += self.examine(observer, g, p, dir)?.0;
+                    }
+                }
             }
         }
         // Arena chunks: those whose counters moved, and (by the mode) every
-        // other chunk compared with the shadow.
-        let marking = self.counters.iter().any(|c| *c != 0);
+        // other chunk compared with what the store holds.
+        let marking = self.ref_counters.iter().any(|c| *c != 0);
         let (follow, compare) = match self.scan {
             ArenaScan::Hash => (false, true),
             ArenaScan::Hints => (true, false),
@@ -347,18 +459,33 @@ impl Snapshotter {
             self.confirm_suspects(pre);
         }
         let mut unmarked = Vec::new();
-        for i in 0..self.counters.len() {
-            let at = g.arena_offset + i as u64 * g.chunk_bytes;
-            let len = g.chunk_bytes.min(g.region_len - at);
-            if follow && self.counters[i] != self.shadow_counters[i] {
-                copied += self.copy(observer, at, len)?;
-            } else if compare {
-                let (n, changed) = self.copy_if_changed(observer, at, len)?;
-                copied += n;
-                if checking && changed {
-                    unmarked.push(i as u64);
+        let chunks = self.ref_counters.len() as u64;
+        let mut next_moved = 0;
+        let mut i = 0;
+        while i < chunks {
+            // Following alone, only the chunks that moved are visited.
+            if !compare {
+                match self.moved.get(next_moved) {
+                    Some(&m) => i = m,
+                    None => break,
                 }
             }
+            let moved = follow && self.moved.get(next_moved) == Some(&i);
+            if self.moved.get(next_moved) == Some(&i) {
+                next_moved += 1;
+            }
+            let at = g.arena_offset + i * g.chunk_bytes;
+            let end = (at + g.chunk_bytes).min(g.region_len);
+            let mut changed = false;
+            for p in at / PAGE_BYTES..end.div_ceil(PAGE_BYTES) {
+                let (n, differs) = self.examine(observer, g, p, dir)?;
+                read += n;
+                changed |= differs;
+            }
+            if checking && !moved && changed {
+                unmarked.push(i);
+            }
+            i += 1;
         }
         if !unmarked.is_empty() {
             // ORDERING: relaxed, a hint read after the chunks were
@@ -367,7 +494,7 @@ impl Snapshotter {
             let next_seq = observer.next_seq();
             for chunk in unmarked {
                 if !self.suspects.iter().any(|s| s.chunk == chunk) {
-                    let counter = self.counters[chunk as usize];
+                    let counter = self.ref_counters[chunk as usize];
                     self.suspects.push(Suspect {
                         chunk,
                         counter,
@@ -381,56 +508,39 @@ impl Snapshotter {
         let mut kept = Vec::new();
         let post = observer.post(pre, &mut kept);
         anomalies.broken_chain += post.broken_chain;
-        // Whatever Post says, the shadow now holds data at least as new as
-        // the counters read above.
-        std::mem::swap(&mut self.shadow_counters, &mut self.counters);
+        // Whatever Post says, the staging area and the page hashes now hold
+        // data at least as new as the counters read above (now in
+        // `ref_counters`).
         if kept.is_empty() {
             return Ok(None);
         }
         self.ring_done = kept.last().map_or(self.ring_done, UnitRef::end);
-        Ok(Some((kept, copied)))
+        Ok(Some((kept, read)))
     }
 
-    /// Copies `[at, at + len)` of the region aside, then into the shadow
-    /// page by page where it differs, marking those pages changed: the
-    /// store then hashes only pages that changed. Returns the bytes read.
-    fn copy(&mut self, observer: &Observer, at: u64, len: u64) -> Result<u64, RegionError> {
-        if len == 0 {
-            return Ok(0);
-        }
-        self.copy_if_changed(observer, at, len).map(|(n, _)| n)
-    }
-
-    /// Copies `[at, at + len)` of the region aside, then into the shadow
-    /// page by page where it differs, marking those pages changed. Returns
-    /// the bytes read and whether any differed.
-    fn copy_if_changed(
+    /// Reads page `p` of the region and stages it if its hash differs from
+    /// its newest copy's (staged, or in the reference). Returns the bytes
+    /// read and whether it differed.
+    fn examine(
         &mut self,
         observer: &Observer,
-        at: u64,
-        len: u64,
-    ) -> Result<(u64, bool), RegionError> {
-        if len == 0 {
-            return Ok((0, false));
+        g: &Geometry,
+        p: u64,
+        dir: &Path,
+    ) -> Result<(u64, bool), SnapshotError> {
+        let at = p * PAGE_BYTES;
+        let len = PAGE_BYTES.min(g.region_len - at) as usize;
+        self.page.resize(len, 0);
+        observer.copy_range(at, &mut self.page)?;
+        let hash = page_hash(&self.page);
+        let newest = self.staging.hash_of(p).unwrap_or(self.known[p as usize]);
+        if hash == newest {
+            return Ok((len as u64, false));
         }
-        self.scratch.resize(len as usize, 0);
-        observer.copy_range(at, &mut self.scratch)?;
-        let page = store::PAGE_BYTES;
-        let mut changed = false;
-        let mut from = at;
-        while from < at + len {
-            // Up to the next page boundary of the region.
-            let to = ((from / page + 1) * page).min(at + len);
-            let (a, b) = ((from - at) as usize, (to - at) as usize);
-            let shadow = &mut self.shadow[from as usize..to as usize];
-            if *shadow != self.scratch[a..b] {
-                shadow.copy_from_slice(&self.scratch[a..b]);
-                self.mark(from, to - from);
-                changed = true;
-            }
-            from = to;
-        }
-        Ok((len, changed))
+        self.staging
+            .put(p, &self.page, hash, dir)
+            .map_err(|e| spill_error(dir, e))?;
+        Ok((len as u64, true))
     }
 
     /// [`ArenaScan::Check`], with this window's counters read after Pre:
@@ -440,7 +550,7 @@ impl Snapshotter {
     /// `pre`: the program had to mark the write before publishing it.
     fn confirm_suspects(&mut self, pre: &[UnitRef]) {
         let newest = pre.iter().map(UnitRef::seq).max().unwrap_or(0);
-        let counters = &self.counters;
+        let counters = &self.ref_counters;
         let mut proven = None;
         self.suspects.retain(|s| {
             if counters[s.chunk as usize] != s.counter {
@@ -457,14 +567,10 @@ impl Snapshotter {
         }
     }
 
-    /// Marks the pages of `[at, at + len)` changed.
-    fn mark(&mut self, at: u64, len: u64) {
-        let page = store::PAGE_BYTES;
-        for p in at / page..=(at + len - 1) / page {
-            let chunk = (p * page / store::CHUNK_BYTES) as usize;
-            let within = (p * page % store::CHUNK_BYTES) / page;
-            self.dirty[chunk] |= 1 << within;
-        }
+    /// Recounts the page hashes that are not the zero page's.
+    fn count_known(&mut self) {
+        let zero = zero_hash();
+        self.known_nonzero = self.known.iter().filter(|h| **h != zero).count() as u64;
     }
 
     /// After Post: the meta of what was proven, kept as the staged
@@ -507,10 +613,10 @@ impl Snapshotter {
     }
 
     /// Writes the generation [`Snapshotter::stage`] took as a generation of
-    /// `store`: the shadow's changed chunks and the meta. `None` when none
-    /// waits. On failure the generation is dropped (the region is ahead of
-    /// the store); the chunks it changed stay marked, so the next
-    /// generation persisted carries them.
+    /// `store`: the staged pages that differ from the store's newest
+    /// generation, and the meta. `None` when none waits. On failure the
+    /// generation is dropped (the region is ahead of the store); its pages
+    /// stay staged, so the next generation persisted carries them.
     pub fn persist_staged(&mut self, store: &mut Store) -> Result<Option<Outcome>, SnapshotError> {
         let Some(staged) = self.staged.take() else {
             return Ok(None);
@@ -522,54 +628,79 @@ impl Snapshotter {
         persisted.map(Some)
     }
 
-    /// Writes the changed chunks of the shadow and `staged`'s meta as a
-    /// generation.
+    /// Writes the staged pages and `staged`'s meta as a generation.
     fn persist(&mut self, store: &mut Store, staged: &Staged) -> Result<Outcome, SnapshotError> {
         let g = &staged.geometry;
-        // The header as laid out: a child may have scribbled on it after
-        // `check_header`, during the copy.
-        let mut canonical = vec![(header::MAGIC, layout::MAGIC)];
-        canonical.extend(g.fixed_fields());
-        for (at, value) in canonical {
-            self.shadow[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
-        }
-        self.mark(0, header::FIXED_END);
+        let dir = store.dir().to_owned();
+        self.canonical_header(g, &dir)?;
         let encoded = staged.meta.encode();
+        self.staging.sort();
         let mut tx = store.begin(g.region_len)?;
         let base = tx.is_base();
-        let chunks = self.dirty.len() as u64;
-        if !base && !self.all_dirty {
-            // Only the pages that changed, chunk by chunk.
-            for (index, &pages) in self.dirty.iter().enumerate() {
-                if pages == 0 {
-                    continue;
-                }
-                let at = index * store::CHUNK_BYTES as usize;
-                let end = (at + store::CHUNK_BYTES as usize).min(self.shadow.len());
-                tx.put_pages(index as u64, pages, &self.shadow[at..end])?;
-            }
+        if base && !self.full && self.known_nonzero > 0 {
+            // Dropping the transaction leaves the store as it was; the next
+            // snapshot sees `next_is_full` and primes.
+            return Err(SnapshotError::NeedsFull);
         }
-        let mut index = if !base && !self.all_dirty { chunks } else { 0 };
-        while index < chunks {
-            let offered = |i: u64| base || self.all_dirty || self.dirty[i as usize] != 0;
-            if !offered(index) {
-                index += 1;
-                continue;
+        let chunks = g.region_len.div_ceil(CHUNK_BYTES);
+        let entries = self.staging.entries();
+        let staging = &self.staging;
+        let read = |e: &Entry, out: &mut [u8]| staging.read(e, out).map_err(|err| spill_error(&dir, err));
+        let page_range = |page: u64, from: u64| {
+            let at = (page * PAGE_BYTES - from) as usize;
+            let len = PAGE_BYTES.min(g.region_len - page * PAGE_BYTES) as usize;
+            at..at + len
+        };
+        if self.full {
+            // Every chunk, zero where no page is staged, a run at a time
+            // (the store hashes a run on several threads).
+            let mut e = 0;
+            for first in (0..chunks).step_by(RUN_CHUNKS as usize) {
+                let from = first * CHUNK_BYTES;
+                let to = ((first + RUN_CHUNKS) * CHUNK_BYTES).min(g.region_len);
+                self.chunks.clear();
+                self.chunks.resize((to - from) as usize, 0);
+                while let Some(entry) = entries.get(e).filter(|x| x.page * PAGE_BYTES < to) {
+                    read(entry, &mut self.chunks[page_range(entry.page, from)])?;
+                    e += 1;
+                }
+                tx.put_chunks(first, &self.chunks)?;
             }
-            let mut last = index + 1;
-            while last < chunks && last - index < RUN_CHUNKS && offered(last) {
-                last += 1;
+        } else {
+            // Chunk by chunk, only the pages that differ from the store's.
+            let mut e = 0;
+            while e < entries.len() {
+                let index = entries[e].page * PAGE_BYTES / CHUNK_BYTES;
+                let from = index * CHUNK_BYTES;
+                let to = (from + CHUNK_BYTES).min(g.region_len);
+                self.chunks.clear();
+                self.chunks.resize((to - from) as usize, 0);
+                let mut pages = 0u64;
+                while let Some(entry) = entries.get(e).filter(|x| x.page * PAGE_BYTES < to) {
+                    if base || entry.hash != self.known[entry.page as usize] {
+                        read(entry, &mut self.chunks[page_range(entry.page, from)])?;
+                        pages |= 1 << (entry.page - from / PAGE_BYTES);
+                    }
+                    e += 1;
+                }
+                if pages != 0 {
+                    tx.put_pages(index, pages, &self.chunks)?;
+                }
             }
-            let at = (index * store::CHUNK_BYTES) as usize;
-            let end = ((last * store::CHUNK_BYTES) as usize).min(self.shadow.len());
-            // The store writes only pages that differ from its newest
-            // generation (from zero, in a base).
-            tx.put_chunks(index, &self.shadow[at..end])?;
-            index = last;
         }
         let persisted = tx.commit(&encoded)?;
-        self.dirty.iter_mut().for_each(|d| *d = 0);
-        self.all_dirty = false;
+        // The store's newest generation is what was staged.
+        let zero = zero_hash();
+        if self.full {
+            self.known.fill(zero);
+        }
+        for e in self.staging.entries() {
+            self.known[e.page as usize] = e.hash;
+        }
+        self.count_known();
+        self.staging.reset(self.known.len() as u64);
+        self.full = false;
+        self.reference = Reference::Store;
         if let Some(found) = self.found.take() {
             let unmarked = UnmarkedWrite {
                 chunk: found.chunk,
@@ -592,6 +723,40 @@ impl Snapshotter {
             covers: staged.covers,
             bytes_scanned: staged.bytes_scanned,
         })
+    }
+
+    /// Makes the staged header page hold the header as laid out: a child
+    /// may have scribbled on it during the copy. (An unstaged header page
+    /// is the store's, written this way before.)
+    fn canonical_header(&mut self, g: &Geometry, dir: &Path) -> Result<(), SnapshotError> {
+        let Some(entry) = self.staging.entries().iter().find(|e| e.page == 0).copied() else {
+            return Ok(());
+        };
+        let len = PAGE_BYTES.min(g.region_len) as usize;
+        self.page.resize(len, 0);
+        self.staging
+            .read(&entry, &mut self.page)
+            .map_err(|e| spill_error(dir, e))?;
+        let mut canonical = vec![(header::MAGIC, layout::MAGIC)];
+        canonical.extend(g.fixed_fields());
+        for (at, value) in canonical {
+            self.page[at as usize..at as usize + 8].copy_from_slice(&value.to_le_bytes());
+        }
+        let hash = page_hash(&self.page);
+        if hash != entry.hash {
+            self.staging
+                .put(0, &self.page, hash, dir)
+                .map_err(|e| spill_error(dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// A failure to stage pages past the memory bound, or to read them back.
+fn spill_error(dir: &Path, source: std::io::Error) -> SnapshotError {
+    SnapshotError::Staging {
+        dir: dir.to_owned(),
+        source,
     }
 }
 

@@ -20,6 +20,7 @@ use super::hashes::zero_hash;
 use super::io::{SeekRead, StoreFile, StoreIo};
 use super::names;
 use super::open::Loc;
+use super::paged::Paged;
 
 /// Milliseconds since the Unix epoch, now.
 pub(crate) fn now_ms() -> u64 {
@@ -43,9 +44,9 @@ pub(crate) struct BaseJob {
     pub created_ms: u64,
     pub meta: Vec<u8>,
     /// The image's page hashes.
-    pub page_hashes: Vec<blake3::Hash>,
+    pub page_hashes: Paged<blake3::Hash>,
     /// Where each page's bytes are.
-    pub locs: Vec<Loc>,
+    pub locs: Paged<Loc>,
     /// The files `locs` names, by id.
     pub paths: BTreeMap<u32, PathBuf>,
     /// The temporary name to write it under.
@@ -255,11 +256,11 @@ impl Worker {
             for page in 0..format::pages_in(chunk_len) {
                 let g = first + page as usize;
                 let len = format::page_len(chunk_len, page) as usize;
-                let hash = job.page_hashes[g];
+                let hash = job.page_hashes.get(g);
                 if hash == zero_hash(len as u64) {
                     continue;
                 }
-                let loc = job.locs[g];
+                let loc = job.locs.get(g);
                 let bytes = &mut page_buf[..len];
                 self.read_page(&mut readers, job, loc, g, bytes)?;
                 let found = blake3::hash(bytes);

@@ -9,6 +9,7 @@ use std::thread;
 use blake3::Hash;
 
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
+use super::paged::Paged;
 
 /// The hashes of one chunk: of its bytes (when known), and of each of its
 /// pages.
@@ -73,7 +74,7 @@ impl ChunkHashes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ImageHashes {
     chunks: Vec<Option<Hash>>,
-    pages: Vec<Hash>,
+    pages: Paged<Hash>,
 }
 
 /// The memory for an image's hashes could not be had.
@@ -92,10 +93,13 @@ impl ImageHashes {
         if tail != 0 {
             chunks[count as usize - 1] = Some(zero_hash(tail));
         }
-        Ok(ImageHashes {
-            chunks,
-            pages: zero_pages(region_len)?,
-        })
+        let count = region_len.div_ceil(PAGE_BYTES);
+        let mut pages = Paged::filled(count, zero_hash(PAGE_BYTES))?;
+        let tail = region_len % PAGE_BYTES;
+        if tail != 0 {
+            pages.set(count as usize - 1, zero_hash(tail));
+        }
+        Ok(ImageHashes { chunks, pages })
     }
 
     /// Hashes made of page hashes already known (a load's): a chunk whose
@@ -123,11 +127,12 @@ impl ImageHashes {
                 *slot = Some(zero_hash(len));
             }
         }
+        let pages = Paged::from_vec(&pages, zero_page)?;
         Ok(ImageHashes { chunks, pages })
     }
 
     /// The page hashes, one per page of the image.
-    pub fn pages(&self) -> &[Hash] {
+    pub fn pages(&self) -> &Paged<Hash> {
         &self.pages
     }
 
@@ -138,16 +143,13 @@ impl ImageHashes {
 
     /// The page hashes of chunk `index`.
     pub fn pages_of(&self, index: u64) -> &[Hash] {
-        let first = (index * PAGES_PER_CHUNK) as usize;
-        let end = (first + PAGES_PER_CHUNK as usize).min(self.pages.len());
-        &self.pages[first..end]
+        self.pages.block(index as usize)
     }
 
     /// Replaces the hashes of chunk `index`.
     pub fn set(&mut self, index: u64, hashes: &ChunkHashes) {
         self.chunks[index as usize] = hashes.chunk;
-        let first = (index * PAGES_PER_CHUNK) as usize;
-        self.pages[first..first + hashes.count].copy_from_slice(hashes.pages());
+        self.pages.set_block(index as usize, hashes.pages());
     }
 }
 

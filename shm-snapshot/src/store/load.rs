@@ -8,6 +8,7 @@ use super::error::StoreError;
 use super::format::{self, CHUNK_BYTES, PAGE_BYTES, PAGES_PER_CHUNK};
 use super::hashes::{ImageHashes, NoMemory, zero_hash, zero_pages};
 use super::open::{Current, Loc, Store};
+use super::paged::Paged;
 use super::read::{ChunkSink, Place, Records, zeroed};
 use super::write::zero_locs;
 
@@ -151,11 +152,16 @@ impl Store {
                                 bytes: e.bytes,
                             }
                         })?;
+                    let locs =
+                        Paged::from_vec(&image.locs, Loc::ZERO).map_err(|e| StoreError::OutOfMemory {
+                            path: chain[0].1.path.clone(),
+                            bytes: e.bytes,
+                        })?;
                     self.current = Some(Current {
                         number,
                         region_len: image.region_len,
                         hashes,
-                        locs: image.locs,
+                        locs,
                         base_bytes: image.base_bytes,
                         since_base: image.since_base,
                     });

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::error::StoreError;
+use super::paged::Paged;
 
 use super::hashes::ImageHashes;
 use super::io::{LockAttempt, RealIo, StoreIo};
@@ -255,7 +256,7 @@ pub(crate) struct Current {
     /// BLAKE3 of each chunk and of each page of the image.
     pub hashes: ImageHashes,
     /// Where each page's bytes are on disk.
-    pub locs: Vec<Loc>,
+    pub locs: Paged<Loc>,
     /// Bytes of the newest base file at or below it.
     pub base_bytes: u64,
     /// Bytes of delta records appended since that base (or since the last

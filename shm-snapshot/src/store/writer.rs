@@ -177,13 +177,15 @@ impl Store {
             && b.number == built.number
             && c.locs.len() == built.page_offsets.len()
         {
-            for (loc, &offset) in c.locs.iter_mut().zip(&built.page_offsets) {
+            for (page, &offset) in built.page_offsets.iter().enumerate() {
+                let loc = c.locs.get(page);
                 if loc.file != 0 && loc.file < b.cut {
-                    *loc = if offset == 0 {
+                    let moved = if offset == 0 {
                         Loc::ZERO
                     } else {
                         Loc { file: id, offset }
                     };
+                    c.locs.set(page, moved);
                 }
             }
             c.base_bytes = built.len;
@@ -384,7 +386,9 @@ impl Store {
             region_len: c.region_len,
             created_ms,
             meta: meta.to_vec(),
-            page_hashes: c.hashes.pages().to_vec(),
+            // Copies that share the store's blocks: a block is copied only
+            // when a delta changes it while the job runs.
+            page_hashes: c.hashes.pages().clone(),
             locs: c.locs.clone(),
             paths: self.files.all(),
             temp: PathBuf::new(),

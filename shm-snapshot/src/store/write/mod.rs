@@ -16,6 +16,7 @@ use super::hashes::{ChunkHashes, ImageHashes};
 use super::io::StoreFile;
 use super::names;
 use super::open::{Current, Loc, Store};
+use super::paged::Paged;
 use super::read::Place;
 
 /// A generation written by [`GenerationTx::commit`] or
@@ -103,7 +104,7 @@ pub struct GenerationTx<'a> {
     stored: Vec<(usize, u64)>,
     /// A full generation's page locations (all zero until its pages are
     /// placed); `None` in a delta.
-    locs: Option<Vec<Loc>>,
+    locs: Option<Paged<Loc>>,
     skeleton: blake3::Hasher,
     /// Reused buffer for one chunk record.
     record: Vec<u8>,
@@ -179,7 +180,7 @@ impl Store {
                 };
                 let zero = ImageHashes::zero(region_len).map_err(|e| no_memory(e.bytes))?;
                 let pages = region_len.div_ceil(PAGE_BYTES);
-                let locs = zero_locs(pages).ok_or_else(|| no_memory(pages.saturating_mul(16)))?;
+                let locs = Paged::filled(pages, Loc::ZERO).map_err(|e| no_memory(e.bytes))?;
                 let temp = self.temp_path(|pid, n| names::base_temp(number, pid, n));
                 let file = self
                     .io
@@ -212,6 +213,16 @@ impl Store {
         tx.skeleton.update(&encoded);
         tx.write(&encoded)?;
         Ok(tx)
+    }
+
+    /// Whether the next generation of a region of `region_len` bytes is a
+    /// full one (see [`Store::begin`]) as far as the store knows now: it has
+    /// no current image, or one of another length. (A failed sync not yet
+    /// reported makes the next `begin` fail first, and the one after it
+    /// full.) A snapshotter asks before it copies: a full generation needs
+    /// every page, not only the changed ones.
+    pub fn next_is_full(&self, region_len: u64) -> bool {
+        self.current.as_ref().is_none_or(|c| c.region_len != region_len)
     }
 
     /// A fresh temporary file name in the store's directory.
@@ -293,10 +304,13 @@ impl GenerationTx<'_> {
                 .take()
                 .expect("a full generation has locations of its own");
             for &(page, at) in &self.stored {
-                locs[page] = Loc {
-                    file,
-                    offset: place.offset + at,
-                };
+                locs.set(
+                    page,
+                    Loc {
+                        file,
+                        offset: place.offset + at,
+                    },
+                );
             }
             store.current = Some(Current {
                 number,
@@ -317,10 +331,13 @@ impl GenerationTx<'_> {
                 c.hashes.set(index, &offered);
             }
             for &(page, at) in &self.stored {
-                c.locs[page] = Loc {
-                    file,
-                    offset: place.offset + at,
-                };
+                c.locs.set(
+                    page,
+                    Loc {
+                        file,
+                        offset: place.offset + at,
+                    },
+                );
             }
             c.number = number;
             c.since_base += record_len;
