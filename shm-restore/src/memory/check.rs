@@ -15,6 +15,7 @@
 //! that may well hold the region.
 
 use std::fmt;
+use std::path::Path;
 
 use tracing::{debug, warn};
 
@@ -74,7 +75,8 @@ impl Refusal {
 /// Checks that a region of `len` bytes and the supervisor's memory for it
 /// fit in what this process can still be given, reading the figures from
 /// /proc and /sys. Warns about figures it cannot read.
-pub fn ensure_room(len: u64) -> Result<Room, Refusal> {
+pub fn ensure_room(len: u64, store_dir: &Path) -> Result<Room, Refusal> {
+    let stored = stored_bytes(store_dir);
     let available = available::probe(&|path| std::fs::read_to_string(path));
     for why in &available.unreadable {
         warn!(
@@ -90,18 +92,32 @@ pub fn ensure_room(len: u64) -> Result<Room, Refusal> {
         .map(|f| format!("{} ({})", human(f.bytes), f.source))
         .collect();
     debug!(
-        needs = human(Cost::of(len).total()),
+        needs = human(Cost::of(len, stored).total()),
         available = figures.join("; "),
         "memory for a {} region",
         human(len)
     );
-    decide(len, &available)
+    decide(len, stored, &available)
+}
+
+/// The bytes of the files in the store directory `dir` (0 when it does not
+/// exist or cannot be read): a bound on the pages a restore at start reads
+/// into memory. Nothing is created or locked.
+pub fn stored_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The decision: room when the region's total cost is at most the least
 /// figure, or when there is no figure.
-fn decide(len: u64, available: &Available) -> Result<Room, Refusal> {
-    let cost = Cost::of(len);
+fn decide(len: u64, stored: u64, available: &Available) -> Result<Room, Refusal> {
+    let cost = Cost::of(len, stored);
     match available.least() {
         Some(least) if cost.total() > least.bytes => Err(Refusal {
             cost,
@@ -178,7 +194,7 @@ mod tests {
         }
 
         fn decide(&self, len: u64) -> Result<Room, Refusal> {
-            decide(len, &self.available())
+            decide(len, 0, &self.available())
         }
     }
 
@@ -191,25 +207,44 @@ mod tests {
         assert_eq!(refusal.available.bytes, 22 * GIB);
         assert_eq!(
             refusal.to_string(),
-            "a region of 100.0 TiB needs 202.4 TiB of memory (the region and 102.4 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
+            "a region of 100.0 TiB needs 102.3 TiB of memory (the region and 2.3 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
         );
     }
 
     #[test]
-    fn a_size_that_fits_with_the_supervisors_copy_gets_room_and_one_that_does_not_is_refused() {
+    fn a_size_that_fits_with_the_supervisors_memory_gets_room_and_one_that_does_not_is_refused() {
         let files = Files::machine(KIB_22_GIB);
-        assert_eq!(files.decide(10 * GIB).map(|r| r.len()).ok(), Some(10 * GIB));
-        // 11 GiB alone fits in 22 GiB; with the shadow, hashes and the
+        assert_eq!(files.decide(21 * GIB).map(|r| r.len()).ok(), Some(21 * GIB));
+        // 21.5 GiB alone fits in 22 GiB; with the supervisor's tables and
         // fixed part it does not.
-        let refusal = files.decide(11 * GIB).unwrap_err();
-        assert_eq!(refusal.cost, Cost::of(11 * GIB));
+        let refusal = files.decide(43 * GIB / 2).unwrap_err();
+        assert_eq!(refusal.cost, Cost::of(43 * GIB / 2, 0));
         assert!(refusal.cost.total() > 22 * GIB);
+    }
+
+    #[test]
+    fn a_store_to_restore_at_start_counts_up_to_the_region() {
+        let available = Files::machine(KIB_22_GIB).available();
+        assert!(decide(12 * GIB, 0, &available).is_ok());
+        // Restoring 10 GiB of pages at start does not fit beside them.
+        let refusal = decide(12 * GIB, 10 * GIB, &available).unwrap_err();
+        assert_eq!(refusal.cost, Cost::of(12 * GIB, 10 * GIB));
+    }
+
+    #[test]
+    fn the_store_size_is_what_its_files_hold_and_nothing_for_a_missing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(stored_bytes(&dir.path().join("missing")), 0);
+        std::fs::write(dir.path().join("seg-1.log"), vec![1; 5000]).unwrap();
+        std::fs::write(dir.path().join("base-1.snap"), vec![1; 3000]).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        assert_eq!(stored_bytes(dir.path()), 8000);
     }
 
     #[test]
     fn exactly_the_available_figure_is_enough() {
         let len = 4 * GIB;
-        let kib = Cost::of(len).total() / 1024;
+        let kib = Cost::of(len, 0).total() / 1024;
         assert!(Files::machine(kib).decide(len).is_ok());
         assert!(Files::machine(kib - 1).decide(len).is_err());
     }
@@ -218,7 +253,7 @@ mod tests {
     fn a_cgroup_limit_below_mem_available_decides_and_is_named() {
         let files =
             Files::machine(KIB_22_GIB).cgroup("/app.slice/app.service", &(4 * GIB).to_string(), GIB, 0);
-        let refusal = files.decide(2 * GIB).unwrap_err();
+        let refusal = files.decide(3 * GIB).unwrap_err();
         assert_eq!(refusal.available.bytes, 3 * GIB);
         assert_eq!(
             refusal.available.source,
@@ -241,9 +276,9 @@ mod tests {
     fn memory_max_of_max_is_no_limit() {
         let files = Files::machine(KIB_22_GIB).cgroup("/app.slice/app.service", "max", 20 * GIB, 0);
         assert_eq!(files.available().figures.len(), 1);
-        assert!(files.decide(10 * GIB).is_ok());
+        assert!(files.decide(21 * GIB).is_ok());
         assert_eq!(
-            files.decide(11 * GIB).unwrap_err().available.source,
+            files.decide(43 * GIB / 2).unwrap_err().available.source,
             Source::MemAvailable
         );
     }
@@ -275,7 +310,7 @@ mod tests {
         let files = Files::machine(KIB_22_GIB)
             .cgroup("/app.slice/app.service", "max", 0, 0)
             .cgroup("/app.slice", &(8 * GIB).to_string(), 6 * GIB, 0);
-        let refusal = files.decide(GIB).unwrap_err();
+        let refusal = files.decide(2 * GIB).unwrap_err();
         assert_eq!(refusal.available.bytes, 2 * GIB);
         assert!(matches!(&refusal.available.source, Source::Cgroup { path, .. } if path == "/app.slice"));
     }
@@ -385,9 +420,10 @@ mod tests {
     #[test]
     fn figures_that_round_alike_are_shown_in_bytes() {
         let len = 4 * GIB;
-        let have = Cost::of(len).total() - 1;
+        let have = Cost::of(len, 0).total() - 1;
         let refusal = decide(
             len,
+            0,
             &Available {
                 figures: vec![Figure {
                     bytes: have,

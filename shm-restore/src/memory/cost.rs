@@ -1,35 +1,41 @@
 //! What a region costs in memory while a supervisor runs it. This is the
 //! one place that figure is made: the README states it and the start check
 //! ([`super::ensure_room`]) compares it with what is available, so a change
-//! to the supervisor's memory use (the shadow above all) is made here.
+//! to the supervisor's memory use is made here.
 
-use shm_snapshot::store::{CHUNK_BYTES, PAGE_BYTES};
+use shm_snapshot::snapshot::STAGING_BYTES;
+use shm_snapshot::store::PAGE_BYTES;
 
-/// Bytes of one BLAKE3 hash. The store keeps one per page and one per
-/// chunk of its newest image, to find the pages that changed.
-const HASH_BYTES: u64 = 32;
+/// Bytes the supervisor keeps per page of the region, at most:
+/// - the snapshotter's short hash of each page (8), its index into the
+///   staging area (4) and the write counter of each arena chunk (8, with
+///   the smallest chunks, a page);
+/// - the store's BLAKE3 hash of each page of its newest image (32) and
+///   where the page's bytes are on disk (16), held in shared blocks (2 more
+///   a page), with a hash per chunk (3 a page); a base built in the
+///   background shares those blocks and adds a file offset a page (8);
+/// - while the store is read at start, its tables as it reads them (48,
+///   before the ones above exist) and the region's page list (1).
+///
+/// 96 rounds that up (it is 2.3% of a page).
+const PAGE_BYTES_KEPT: u64 = 96;
 
-/// Bytes the store keeps per page besides its hash: where the page's
-/// newest bytes are on disk (16), and, while a base is built in the
-/// background, the base job's copy of the page's hash and place (48).
-const PAGE_EXTRA_BYTES: u64 = 16 + 48;
-
-/// The supervisor's memory that does not grow with the region: its code,
-/// thread stacks, logs, the batches the store hashes and writes. Measured
-/// at about 2 MiB above the shadow and the hashes at rest and 10 MiB while
-/// a program rewrote a 1 GiB region at 300 MiB/s; rounded up.
-const FIXED_BYTES: u64 = 16 << 20;
+/// The supervisor's memory that does not grow with the region: the pages
+/// a generation copied in its window, held in memory up to
+/// [`STAGING_BYTES`] (16 MiB; the rest goes to a file); the store's record
+/// being assembled (up to 16 MiB) or a full generation's batch of chunks
+/// (8 MiB); code, thread stacks and logs. Measured at 12 MiB in all at
+/// rest and 55 MiB while a program filled 512 MiB of a 1 GiB region at
+/// once (BENCHMARKS.md); rounded up.
+const FIXED_BYTES: u64 = 48 << 20;
 
 /// The memory a region of some length costs while a supervisor runs it.
 ///
 /// Counted: the region itself (shared memory, reserved at start) and the
-/// supervisor's own private memory: the snapshotter's shadow copy of the
-/// region, the store's hashes of its newest image and where its pages are
-/// on disk (with a base job's copy of both), and [`FIXED_BYTES`].
-/// Not counted: the moments a restore from disk holds the generation it
-/// reads (up to the region's length again, and the chain's newest delta
-/// while it is verified) while the shadow exists; at start the shadow does
-/// not exist yet, so a restore there stays within this figure.
+/// supervisor's own private memory: [`PAGE_BYTES_KEPT`] a page,
+/// [`FIXED_BYTES`], and what a restore at start holds for a moment: the
+/// pages of the generation it reads, at most the store's size on disk and
+/// at most the region's length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cost {
     /// The region: its length.
@@ -39,18 +45,20 @@ pub struct Cost {
 }
 
 impl Cost {
-    /// The cost of a region of `region_len` bytes (saturating: a length
-    /// near `u64::MAX` costs `u64::MAX`, which nothing can hold).
-    pub fn of(region_len: u64) -> Cost {
-        let shadow = region_len;
+    /// The cost of a region of `region_len` bytes restored from a store of
+    /// `stored` bytes on disk (saturating: a length near `u64::MAX` costs
+    /// `u64::MAX`, which nothing can hold).
+    pub fn of(region_len: u64, stored: u64) -> Cost {
         let pages = region_len.div_ceil(PAGE_BYTES);
-        let hashes = pages
-            .saturating_add(region_len.div_ceil(CHUNK_BYTES))
-            .saturating_mul(HASH_BYTES)
-            .saturating_add(pages.saturating_mul(PAGE_EXTRA_BYTES));
+        let restore = stored.min(region_len);
+        let staging = STAGING_BYTES as u64;
+        debug_assert!(staging < FIXED_BYTES);
         Cost {
             region: region_len,
-            supervisor: shadow.saturating_add(hashes).saturating_add(FIXED_BYTES),
+            supervisor: pages
+                .saturating_mul(PAGE_BYTES_KEPT)
+                .saturating_add(FIXED_BYTES)
+                .saturating_add(restore),
         }
     }
 
@@ -68,28 +76,40 @@ mod tests {
     const GIB: u64 = 1 << 30;
 
     #[test]
-    fn a_region_costs_twice_its_length_plus_the_hashes_and_a_fixed_part() {
-        let cost = Cost::of(GIB);
+    fn a_region_costs_its_length_plus_a_few_percent_and_a_fixed_part() {
+        let cost = Cost::of(GIB, 0);
         assert_eq!(cost.region, GIB);
-        // 256 Ki page hashes (8 MiB), 16 Ki chunk hashes (0.5 MiB), and
-        // 64 bytes more per page (16 MiB).
-        assert_eq!(cost.supervisor, GIB + 8 * MIB + MIB / 2 + 16 * MIB + 16 * MIB);
-        assert_eq!(cost.total(), 2 * GIB + 40 * MIB + MIB / 2);
+        // 256 Ki pages at 96 bytes: 24 MiB.
+        assert_eq!(cost.supervisor, 24 * MIB + 48 * MIB);
+        assert_eq!(cost.total(), GIB + 72 * MIB);
+    }
+
+    #[test]
+    fn a_restore_at_start_adds_the_store_up_to_the_region() {
+        assert_eq!(
+            Cost::of(GIB, 100 * MIB).supervisor,
+            Cost::of(GIB, 0).supervisor + 100 * MIB
+        );
+        assert_eq!(
+            Cost::of(GIB, 5 * GIB).supervisor,
+            Cost::of(GIB, 0).supervisor + GIB
+        );
     }
 
     #[test]
     fn the_readme_figure_matches_for_the_sizes_it_names() {
-        // README, "Memory": about 2N + N/40 + 16 MiB.
+        // README, "Memory": about N + 0.023 N + 48 MiB, and the store's
+        // size on disk (at most N) while restoring at start.
         for n in [64 * MIB, GIB, 8 * GIB, 100 * (GIB << 10)] {
-            let readme = 2 * n + n / 40 + 16 * MIB;
-            let exact = Cost::of(n).total();
+            let readme = n + n * 23 / 1000 + 48 * MIB;
+            let exact = Cost::of(n, 0).total();
             assert!(exact.abs_diff(readme) <= exact / 1000, "{n}: {exact} vs {readme}");
         }
     }
 
     #[test]
     fn a_length_near_the_top_of_u64_saturates_instead_of_wrapping() {
-        assert_eq!(Cost::of(u64::MAX).total(), u64::MAX);
-        assert_eq!(Cost::of(u64::MAX / 2 + 1).total(), u64::MAX);
+        assert_eq!(Cost::of(u64::MAX, 0).total(), u64::MAX);
+        assert_eq!(Cost::of(u64::MAX / 2 + 1, u64::MAX).total(), u64::MAX);
     }
 }

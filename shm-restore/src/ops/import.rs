@@ -32,7 +32,7 @@ pub fn run(a: &Import) -> Result<ExitCode> {
     }
     // An image the memory available cannot hold as a region is refused
     // before the store is opened or anything reserved.
-    let room = memory::ensure_room(len)?;
+    let room = memory::ensure_room(len, &a.snapshot)?;
     // A store made for this, keeping what it held: retention is not the
     // importer's business (prune is).
     let options = StoreOptions {

@@ -53,7 +53,7 @@ pub fn take_back(
             );
             // The handed-back region still holds its memory (systemd
             // keeps it) while this one is made: the check counts that.
-            let room = memory::ensure_room(size).map_err(Refusal::of_size_flag)?;
+            let room = memory::ensure_room(size, shared.store.dir()).map_err(Refusal::of_size_flag)?;
             let region = ladder::restore_into_new(shared, room, on_damage)?;
             Ok((region, false))
         }

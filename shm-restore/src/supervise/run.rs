@@ -41,7 +41,9 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
     // already: its memory is in use, not to be found.
     let start = match systemd.take_inherited() {
         Some(file) => Start::TakeBack(file),
-        None => Start::Fresh(memory::ensure_room(config.size).map_err(Refusal::of_size_flag)?),
+        None => {
+            Start::Fresh(memory::ensure_room(config.size, &config.store_dir).map_err(Refusal::of_size_flag)?)
+        }
     };
     let store = Store::open(&config.store_dir, config.store)?;
     restore::report_tails(&store);
