@@ -6,7 +6,7 @@
 //! than `std::process::Command` (which builds the environment before
 //! starting it). The child shares the supervisor's memory until it execs,
 //! so nothing of the supervisor's is copied (a fork's page-table copy grows
-//! with the region's shadow). Everything the child does before exec is an
+//! with the supervisor's memory). Everything the child does before exec is an
 //! async-signal-safe system call on memory prepared before the clone, and of
 //! the shared memory it writes only its own pid's digits, its stack and the
 //! calling thread's `errno`: the supervisor is multi-threaded, so a lock held
@@ -141,9 +141,10 @@ impl Launcher {
         }
         // The child shares the supervisor's memory until it execs
         // (CLONE_VM | CLONE_VFORK, as posix_spawn does): a fork would copy
-        // the page tables of the supervisor's memory, which with a shadow of
-        // a large region costs tens of milliseconds per relaunch, all thrown
-        // away by the exec. The supervisor's calling thread waits meanwhile.
+        // the page tables of the supervisor's memory, which for a large
+        // region costs milliseconds per relaunch (tens of them when the
+        // supervisor kept a copy of the region), all thrown away by the
+        // exec. The supervisor's calling thread waits meanwhile.
         let mut stack = vec![0u8; CHILD_STACK];
         let top = stack.as_mut_ptr().wrapping_add(CHILD_STACK);
         let top = top.wrapping_sub(top as usize % 16);

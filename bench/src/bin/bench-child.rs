@@ -73,6 +73,10 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     arena_write: u64,
 
+    /// Before the first commit on a region that holds no unit, write this many bytes of fresh data into the arena, a MiB a commit (e.g. 512MiB), so a region starts full of data. [default: 0]
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    fill: u64,
+
     /// Exit with status 0 after this long (e.g. 10s, 2m). [default: run until killed]
     #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
     run_for: Option<Duration>,
@@ -121,7 +125,16 @@ fn run(args: &Args) -> Result<()> {
         idle(stop_at);
         return Ok(());
     }
-    let mut writer = Writer::new(&client, units.last().map(|u| u.bytes.as_slice()), args)?;
+    let mut newest = units.last().map(|u| u.bytes.clone());
+    if newest.is_none() && args.fill > 0 {
+        let piece = FILL_WRITE.min(client.arena().len() as u64);
+        let mut filler = Writer::new(&client, None, args.unit_bytes, piece)?;
+        for _ in 0..args.fill.div_ceil(piece) {
+            filler.commit(&mut client)?;
+        }
+        newest = Some(filler.unit.clone());
+    }
+    let mut writer = Writer::new(&client, newest.as_deref(), args.unit_bytes, args.arena_write)?;
     let mut schedule = Schedule::new(args.rate);
     let mut progress = args.progress_every.map(Progress::new);
     let mut made: u64 = 0;
@@ -230,6 +243,9 @@ impl Schedule {
     }
 }
 
+/// Bytes each commit of `--fill` writes.
+const FILL_WRITE: u64 = 1 << 20;
+
 /// Makes the commits: fresh data at a moving offset, and the unit that
 /// describes it. Its buffers are reused, so a commit allocates nothing.
 struct Writer {
@@ -246,8 +262,7 @@ struct Writer {
 impl Writer {
     /// A writer for `client`'s arena that carries on after `newest`, the
     /// newest unit the region held, if it is one of this program's.
-    fn new(client: &Client, newest: Option<&[u8]>, args: &Args) -> Result<Writer> {
-        let (unit_bytes, arena_write) = (args.unit_bytes, args.arena_write);
+    fn new(client: &Client, newest: Option<&[u8]>, unit_bytes: u64, arena_write: u64) -> Result<Writer> {
         let arena = client.arena().len() as u64;
         ensure!(
             arena_write <= arena,

@@ -15,10 +15,12 @@ use shm_snapshot::store::PAGE_BYTES;
 ///   a page), with a hash per chunk (3 a page); a base built in the
 ///   background shares those blocks and adds a file offset a page (8);
 /// - while the store is read at start, its tables as it reads them (48,
-///   before the ones above exist) and the region's page list (1).
+///   and the region's page list, 1), held until the store's own are made
+///   from them, before the snapshotter's exist.
 ///
-/// 96 rounds that up (it is 2.3% of a page).
-const PAGE_BYTES_KEPT: u64 = 96;
+/// The most at any moment is the last two together, 110 bytes; 112 rounds
+/// that up (2.7% of a page).
+const PAGE_BYTES_KEPT: u64 = 112;
 
 /// The supervisor's memory that does not grow with the region: the pages
 /// a generation copied in its window, held in memory up to
@@ -79,9 +81,9 @@ mod tests {
     fn a_region_costs_its_length_plus_a_few_percent_and_a_fixed_part() {
         let cost = Cost::of(GIB, 0);
         assert_eq!(cost.region, GIB);
-        // 256 Ki pages at 96 bytes: 24 MiB.
-        assert_eq!(cost.supervisor, 24 * MIB + 48 * MIB);
-        assert_eq!(cost.total(), GIB + 72 * MIB);
+        // 256 Ki pages at 112 bytes: 28 MiB.
+        assert_eq!(cost.supervisor, 28 * MIB + 48 * MIB);
+        assert_eq!(cost.total(), GIB + 76 * MIB);
     }
 
     #[test]
@@ -98,10 +100,10 @@ mod tests {
 
     #[test]
     fn the_readme_figure_matches_for_the_sizes_it_names() {
-        // README, "Memory": about N + 0.023 N + 48 MiB, and the store's
+        // README, "Memory": about N + 0.027 N + 48 MiB, and the store's
         // size on disk (at most N) while restoring at start.
         for n in [64 * MIB, GIB, 8 * GIB, 100 * (GIB << 10)] {
-            let readme = n + n * 23 / 1000 + 48 * MIB;
+            let readme = n + n * 27 / 1000 + 48 * MIB;
             let exact = Cost::of(n, 0).total();
             assert!(exact.abs_diff(readme) <= exact / 1000, "{n}: {exact} vs {readme}");
         }

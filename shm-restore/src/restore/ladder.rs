@@ -37,8 +37,8 @@ pub enum When {
 /// Reads what a supervisor would restore into `region`, reporting by cause
 /// every newer generation skipped on the way. The region is not touched.
 pub fn newest(shared: &mut Shared, region_len: u64) -> Result<Restorable> {
-    // What the shadow holds for the store goes there first: the restore
-    // must see it, and the shadow is about to be forgotten.
+    // A generation staged for the store goes there first: the restore must
+    // see it, and the snapshotter is about to forget the region.
     shared.persist_staged();
     // The region is about to be rewritten: the next snapshot compares it all.
     shared.snapshotter.forget();

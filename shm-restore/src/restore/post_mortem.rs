@@ -3,8 +3,8 @@
 //! made to hold exactly it; when there is nothing to persist, the region
 //! gets what the store holds.
 //!
-//! The generation is taken into the snapshotter's shadow (memory copies
-//! only) and, unless the caller needs it on disk first, persisted by the
+//! The generation is taken into the snapshotter's staging area (memory
+//! copies only, past 16 MiB a file's page cache) and, unless the caller needs it on disk first, persisted by the
 //! snapshot thread once the next run has started: the region already holds
 //! exactly what the program needs, so the disk is off the relaunch's path.
 
@@ -34,7 +34,7 @@ pub enum Persist {
 pub enum Left {
     /// Exactly this generation, just persisted.
     Persisted(u64),
-    /// Exactly the generation staged in the shadow, persisted later.
+    /// Exactly the generation in the staging area, persisted later.
     Staged,
     /// Exactly the units of the generation persisted last (this one, if the
     /// store knows it): nothing new to persist.
@@ -57,8 +57,8 @@ pub fn post_mortem(
     let started = Instant::now();
     // A generation the last post-mortem took and the snapshot thread has
     // not persisted yet (the program died again first) goes to the store
-    // before anything else: a new window would overwrite its bytes in the
-    // shadow, and a restore from disk must find it.
+    // before anything else: the next window's copies would join it in the
+    // staging area, and a restore from disk must find it.
     shared.persist_staged();
     let restore = |shared: &mut Shared| {
         ladder::restore(shared, region, on_damage, When::AfterDeath).map(|()| Left::Restored)

@@ -99,7 +99,7 @@ pub enum StagedPersist {
 }
 
 impl Shared {
-    /// Persists the generation a post-mortem staged in the shadow, if one
+    /// Persists the generation a post-mortem staged, if one
     /// waits: counted and logged like any generation, a failure logged as
     /// the region being ahead of the store.
     pub fn persist_staged(&mut self) -> StagedPersist {

@@ -203,7 +203,7 @@ impl Worker {
         self.control.sleeping_on(None);
     }
 
-    /// Persists the generation the post-mortem took into the shadow, now
+    /// Persists the generation the post-mortem staged, now
     /// that the next run has started on a region that holds it.
     fn persist_staged(&mut self, run: u64) {
         let shared = self.shared.clone();

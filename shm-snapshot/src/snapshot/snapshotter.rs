@@ -133,7 +133,7 @@ impl std::fmt::Debug for Report {
     }
 }
 
-/// A generation taken into the shadow, not yet in the store.
+/// A generation taken into the staging area, not yet in the store.
 #[derive(Debug)]
 struct Staged {
     geometry: Geometry,

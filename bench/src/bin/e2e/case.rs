@@ -16,6 +16,7 @@ use shm_snapshot_bench::supervisor::{Next, Supervisor, describe};
 
 use crate::Settings;
 use crate::cpu;
+use crate::private;
 use crate::summary::Summary;
 
 /// What each case runs.
@@ -30,33 +31,54 @@ pub struct Case {
     /// Whether the restore-at-start figures are also taken on the store this
     /// case leaves (see `restore.rs`).
     pub restore_after: bool,
+    /// Bytes of data bench-child writes into the arena before its first
+    /// commit (`--fill`), so the region starts full of data; 0 for none.
+    pub fill: u64,
 }
 
 /// The cases, in the order they run and appear in the table.
-pub const CASES: [Case; 4] = [
+pub const CASES: [Case; 6] = [
     Case {
         name: "64 MiB, 1000 commits/s",
         size: "64MiB",
         rate: 1000,
         restore_after: true,
+        fill: 0,
     },
     Case {
         name: "1 GiB, 1000 commits/s",
         size: "1GiB",
         rate: 1000,
         restore_after: false,
+        fill: 0,
+    },
+    Case {
+        name: "1 GiB, 512 MiB of it filled first, 1000 commits/s",
+        size: "1GiB",
+        rate: 1000,
+        restore_after: false,
+        fill: 512 << 20,
+    },
+    Case {
+        name: "8 GiB, 1000 commits/s",
+        size: "8GiB",
+        rate: 1000,
+        restore_after: true,
+        fill: 0,
     },
     Case {
         name: "64 MiB, 10000 commits/s",
         size: "64MiB",
         rate: 10_000,
         restore_after: false,
+        fill: 0,
     },
     Case {
         name: "64 MiB, idle",
         size: "64MiB",
         rate: 0,
         restore_after: false,
+        fill: 0,
     },
 ];
 
@@ -94,6 +116,9 @@ pub struct Outcome {
     pub commits_per_second: Option<f64>,
     /// The files in the store once the supervisor has exited.
     pub store: Tree,
+    /// The most private memory (`RssAnon`) the supervisor had, from its
+    /// start to its exit, in bytes.
+    pub private_max: Option<u64>,
 }
 
 /// Runs `case` with its store at `store` (a directory the supervisor
@@ -116,14 +141,19 @@ pub fn run(case: &Case, settings: &Settings, store: &Path, ticks_per_second: u64
         .args(["--rate", &case.rate.to_string()])
         .args(["--unit-bytes", UNIT_BYTES, "--arena-write", ARENA_WRITE])
         .args(["--announce", "--progress-every", PROGRESS_EVERY]);
+    if case.fill > 0 {
+        command.arg(format!("--fill={}", case.fill));
+    }
     if let Some(dir) = store.parent() {
         command.current_dir(dir);
     }
     // The summary is an INFO line, whatever the caller's RUST_LOG says.
     command.env("RUST_LOG", "info");
     let mut supervisor = Supervisor::spawn(command)?;
-    let (cpu_percent, commits_per_second) = measure(&mut supervisor, settings, ticks_per_second)
-        .map_err(|e| anyhow!("{e:#}\n{}", supervisor.tail()))?;
+    let sampler = private::Sampler::start(supervisor.pid());
+    let measured = measure(&mut supervisor, settings, ticks_per_second);
+    let private_max = sampler.finish();
+    let (cpu_percent, commits_per_second) = measured.map_err(|e| anyhow!("{e:#}\n{}", supervisor.tail()))?;
     let summary = Summary::find(supervisor.log());
     let store = disk::tree(store).with_context(|| format!("measuring the store {}", store.display()))?;
     Ok(Outcome {
@@ -131,6 +161,7 @@ pub fn run(case: &Case, settings: &Settings, store: &Path, ticks_per_second: u64
         cpu_percent,
         commits_per_second,
         store,
+        private_max,
     })
 }
 

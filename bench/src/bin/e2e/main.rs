@@ -16,6 +16,7 @@
 
 mod case;
 mod cpu;
+mod private;
 mod report;
 mod restore;
 mod summary;

@@ -69,6 +69,7 @@ pub fn render(run: &Context<'_>) -> String {
                     "written_per_changed": s.written_per_changed(),
                     "skipped": s.skipped,
                     "supervisor_cpu_percent": o.cpu_percent,
+                    "supervisor_private_max_bytes": o.private_max,
                     "store_files": o.store.files,
                     "store_bytes": o.store.bytes,
                 })
@@ -87,6 +88,7 @@ pub fn render(run: &Context<'_>) -> String {
                 "units_restored": o.units,
                 "start_to_exec_ms": o.samples.iter().map(|&ns| ns as f64 / 1e6).collect::<Vec<f64>>(),
                 "start_to_exec": spread(&Spread::of_nanos(&o.samples)),
+                "empty_store_start_to_exec": spread(&Spread::of_nanos(&o.empty)),
             }),
         })
         .collect();

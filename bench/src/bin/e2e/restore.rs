@@ -62,6 +62,10 @@ pub struct Outcome {
     pub samples: Vec<u64>,
     /// Units the program found in its region, the first restore.
     pub units: u64,
+    /// Start of `shm-restore` to the program's exec on an empty store with
+    /// the same `--size`, each start: making and reserving the region
+    /// alone, in nanoseconds.
+    pub empty: Vec<u64>,
 }
 
 /// Leaves a store at `store`: primes-snapshot under shm-restore for
@@ -117,10 +121,29 @@ pub fn time_restores(settings: &Settings, size: &str, store: &Path, times: usize
             units = recovered;
         }
     }
+    let mut empty = Vec::with_capacity(times);
+    for i in 0..times {
+        let dir = tempfile::Builder::new()
+            .prefix("empty-")
+            .tempdir_in(store.parent().unwrap_or(Path::new(".")))
+            .context("a directory for an empty store")?;
+        let mut command = supervisor_command(settings, size, &dir.path().join("state"));
+        command
+            .arg(&settings.bench_child)
+            .args(["--announce", "--rate", "0"]);
+        let spawned_ns = monotonic_ns();
+        let mut supervisor = Supervisor::spawn(command)?;
+        let started = wait_for_start(&mut supervisor)
+            .and_then(|started| stopped(supervisor.stop(EXIT_PATIENCE)?).map(|()| started))
+            .with_context(|| format!("start {} of {times} on an empty store", i + 1))
+            .map_err(|e| anyhow!("{e:#}\n{}", supervisor.tail()))?;
+        empty.push(started.ns.saturating_sub(spawned_ns));
+    }
     Ok(Outcome {
         store: files,
         samples,
         units,
+        empty,
     })
 }
 

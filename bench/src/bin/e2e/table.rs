@@ -50,7 +50,7 @@ pub struct RestoreRow {
     pub outcome: Option<restore::Outcome>,
 }
 
-const RESTORE_HEADER: [&str; 7] = [
+const RESTORE_HEADER: [&str; 8] = [
     "case",
     "store files",
     "store size",
@@ -58,6 +58,7 @@ const RESTORE_HEADER: [&str; 7] = [
     "restores",
     "start to exec p50 (ms)",
     "max (ms)",
+    "empty store, start to exec p50 (ms)",
 ];
 
 /// The restores' table, header first.
@@ -81,6 +82,7 @@ pub fn render_restores(rows: &[RestoreRow]) -> String {
                     o.samples.len().to_string(),
                     ms(|s| s.p50),
                     ms(|s| s.max),
+                    Spread::of_nanos(&o.empty).map_or(ABSENT.into(), |s| format!("{:.2}", s.p50)),
                 ]);
             }
         }
@@ -100,7 +102,7 @@ pub struct Row {
     pub outcome: Option<Outcome>,
 }
 
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 13] = [
     "case",
     "commits/s",
     "generations/s",
@@ -111,6 +113,7 @@ const HEADER: [&str; 12] = [
     "changed bytes/generation",
     "written/changed",
     "supervisor CPU %",
+    "supervisor private max",
     "store files",
     "store at exit",
 ];
@@ -139,6 +142,7 @@ pub fn render(rows: &[Row]) -> String {
                     number(s.changed_per_generation(), 0),
                     number(s.written_per_changed(), 2),
                     format!("{:.1}", outcome.cpu_percent),
+                    outcome.private_max.map_or(ABSENT.into(), bytes),
                     outcome.store.files.to_string(),
                     bytes(outcome.store.bytes),
                 ]);
