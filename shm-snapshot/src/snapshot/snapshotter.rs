@@ -313,35 +313,47 @@ impl Snapshotter {
                 Reference::Blank => !next_full,
                 Reference::Store => next_full && self.known_nonzero > 0,
             };
-        if prime {
-            self.prime(observer, &g, store.dir())?;
+        if prime && let Err(e) = self.prime(observer, &g, store.dir()) {
+            self.lost_track();
+            return Err(e);
         }
         let commit_count = observer.commit_count();
         let next_seq = observer.next_seq();
         let mut pre = std::mem::take(&mut self.pre);
         let mut anomalies = observer.pre(&mut pre);
-        let result = self
-            .window(observer, &g, &pre, &mut anomalies, store.dir(), between)
-            .and_then(|window| match window {
-                None => Ok(Outcome::NoConsistentUnit {
+        let window = self.window(observer, &g, &pre, &mut anomalies, store.dir(), between);
+        if window.is_err() {
+            self.lost_track();
+        }
+        let result = window.and_then(|window| match window {
+            None => Ok(Outcome::NoConsistentUnit {
+                anomalies,
+                pre_units: pre.len(),
+            }),
+            Some((kept, bytes_scanned)) => {
+                let newest_pre = pre.iter().map(UnitRef::seq).max();
+                self.keep(
+                    &g,
+                    kept,
+                    newest_pre,
+                    commit_count,
+                    next_seq,
                     anomalies,
-                    pre_units: pre.len(),
-                }),
-                Some((kept, bytes_scanned)) => {
-                    let newest_pre = pre.iter().map(UnitRef::seq).max();
-                    self.keep(
-                        &g,
-                        kept,
-                        newest_pre,
-                        commit_count,
-                        next_seq,
-                        anomalies,
-                        bytes_scanned,
-                    )
-                }
-            });
+                    bytes_scanned,
+                )
+            }
+        });
         self.pre = pre;
         result
+    }
+
+    /// After a prime or a window that failed part way (a page that could not
+    /// be staged): the counters were read, so what changed is no longer
+    /// known. The next snapshot primes, and its generation offers every
+    /// page.
+    fn lost_track(&mut self) {
+        self.reference = Reference::Unknown;
+        self.full = false;
     }
 
     /// Takes the page hashes and counters as they are for a region laid out
@@ -519,8 +531,9 @@ impl Snapshotter {
     }
 
     /// Reads page `p` of the region and stages it if its hash differs from
-    /// its newest copy's (staged, or in the reference). Returns the bytes
-    /// read and whether it differed.
+    /// its newest copy's: staged, or else what the next generation holds
+    /// for it unless it is staged (after a prime, zero; otherwise the
+    /// store's). Returns the bytes read and whether it differed.
     fn examine(
         &mut self,
         observer: &Observer,
@@ -533,7 +546,13 @@ impl Snapshotter {
         self.page.resize(len, 0);
         observer.copy_range(at, &mut self.page)?;
         let hash = page_hash(&self.page);
-        let newest = self.staging.hash_of(p).unwrap_or(self.known[p as usize]);
+        let newest = match self.staging.hash_of(p) {
+            Some(staged) => staged,
+            // A full generation holds zero where nothing is staged, whatever
+            // the store holds there.
+            None if self.full => zero_hash(),
+            None => self.known[p as usize],
+        };
         if hash == newest {
             return Ok((len as u64, false));
         }
