@@ -10,6 +10,7 @@ pub mod clock;
 pub mod disk;
 pub mod locate;
 pub mod log;
+pub mod private;
 pub mod stats;
 pub mod supervisor;
 pub mod sync_latency;

@@ -12,11 +12,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use shm_snapshot_bench::announce;
 use shm_snapshot_bench::clock::monotonic_ns;
 use shm_snapshot_bench::disk::{self, Tree};
+use shm_snapshot_bench::private;
 use shm_snapshot_bench::supervisor::{Next, Supervisor, describe};
 
 use crate::Settings;
 use crate::cpu;
-use crate::private;
 use crate::summary::Summary;
 
 /// What each case runs.
@@ -81,6 +81,9 @@ pub const CASES: [Case; 6] = [
         fill: 0,
     },
 ];
+
+/// How often the supervisor's private memory is read.
+const PRIVATE_EVERY: Duration = Duration::from_millis(20);
 
 /// Bytes of each unit bench-child commits.
 const UNIT_BYTES: &str = "64";
@@ -150,7 +153,7 @@ pub fn run(case: &Case, settings: &Settings, store: &Path, ticks_per_second: u64
     // The summary is an INFO line, whatever the caller's RUST_LOG says.
     command.env("RUST_LOG", "info");
     let mut supervisor = Supervisor::spawn(command)?;
-    let sampler = private::Sampler::start(supervisor.pid());
+    let sampler = private::Sampler::start(supervisor.pid(), PRIVATE_EVERY);
     let measured = measure(&mut supervisor, settings, ticks_per_second);
     let private_max = sampler.finish();
     let (cpu_percent, commits_per_second) = measured.map_err(|e| anyhow!("{e:#}\n{}", supervisor.tail()))?;

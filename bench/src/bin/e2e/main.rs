@@ -16,7 +16,6 @@
 
 mod case;
 mod cpu;
-mod private;
 mod report;
 mod restore;
 mod summary;
