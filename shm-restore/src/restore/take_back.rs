@@ -143,7 +143,11 @@ fn adopt(shared: &mut Shared, file: File, size: u64) -> Result<HostRegion, Refus
         Ok(other) => {
             return Err(Refused::Region(format!("it could not be snapshotted: {other:?}")));
         }
-        Err(snapshot::SnapshotError::Store(e)) => {
+        Err(
+            e @ (snapshot::SnapshotError::Store(_)
+            | snapshot::SnapshotError::Staging { .. }
+            | snapshot::SnapshotError::NeedsFull),
+        ) => {
             // The region holds the state; the store keeps its last good
             // generation and catches up with the next snapshot.
             warn!(

@@ -305,7 +305,9 @@ impl Worker {
             }
             // Outcome is non-exhaustive; every outcome known today is above.
             Ok(_) => Attempt::Nothing,
-            Err(SnapshotError::Store(e)) => {
+            // The staging area's file is in the store's directory: its
+            // failures are the store's disk failing.
+            Err(e @ (SnapshotError::Store(_) | SnapshotError::Staging { .. } | SnapshotError::NeedsFull)) => {
                 if !self.store_failing || stats.generations != self.failing_after {
                     error!("could not persist a generation: {e}; the last good generation stands, retrying");
                     self.store_failing = true;

@@ -25,12 +25,12 @@ pub enum SnapshotError {
     /// Pages past the staging area's memory bound could not be written to
     /// (or read back from) the unnamed file in the store's directory that
     /// holds them; nothing was written to the store.
-    #[error("staging the changed pages in a temporary file in {}: {source}", dir.display())]
+    #[error("staging the changed pages in a temporary file in {}: {why}", dir.display())]
     Staging {
         /// The store's directory.
         dir: std::path::PathBuf,
-        /// What failed.
-        source: std::io::Error,
+        /// What failed (part of the message, not a separate source).
+        why: std::io::Error,
     },
     /// The store began a full generation where only the changed pages were
     /// staged; nothing was written, and the next snapshot copies every page.

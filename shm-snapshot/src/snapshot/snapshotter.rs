@@ -8,7 +8,7 @@ use crate::meta::Meta;
 use crate::observe::{Anomalies, Observer};
 use crate::store::{CHUNK_BYTES, PAGE_BYTES, Store};
 
-use super::staging::{Entry, PAGE, Staging, page_hash, zero_hash};
+use super::staging::{Entry, KEEP_ENTRIES, PAGE, Staging, page_hash, zero_hash};
 use super::{ArenaScan, Outcome, SnapshotError, UnmarkedWrite};
 
 /// Chunks offered to the store at a time: 8 MiB, enough for the store to
@@ -354,6 +354,9 @@ impl Snapshotter {
     fn lost_track(&mut self) {
         self.reference = Reference::Unknown;
         self.full = false;
+        // What is staged is of no use now: its file's space goes back to
+        // the disk (a failure to stage is most likely a full one).
+        self.staging.reset(self.known.len() as u64);
     }
 
     /// Takes the page hashes and counters as they are for a region laid out
@@ -361,7 +364,11 @@ impl Snapshotter {
     /// else is unknown, and the next snapshot primes.
     fn adopt(&mut self, g: &Geometry) {
         let pages = g.region_len.div_ceil(PAGE_BYTES);
-        if self.reference == Reference::Unknown || self.known.len() as u64 != pages {
+        // A layout that changed under a running snapshotter (a child that
+        // rewrote its header) leaves nothing known: the counters are not
+        // the same counters.
+        if self.geometry.is_some() || self.reference == Reference::Unknown || self.known.len() as u64 != pages
+        {
             self.reference = Reference::Unknown;
             self.known = vec![zero_hash(); pages as usize];
             self.known_nonzero = 0;
@@ -387,6 +394,7 @@ impl Snapshotter {
         // the counters were read moves its counter again, and the window
         // copies it.
         observer.update_counters(&mut self.ref_counters, &mut self.moved);
+        self.let_go_of_moved();
         let pages = g.region_len.div_ceil(PAGE_BYTES);
         self.staging.reset(pages);
         for p in 0..pages {
@@ -499,6 +507,7 @@ impl Snapshotter {
             }
             i += 1;
         }
+        self.let_go_of_moved();
         if !unmarked.is_empty() {
             // ORDERING: relaxed, a hint read after the chunks were
             // compared: a unit numbered at least this was published after
@@ -586,6 +595,14 @@ impl Snapshotter {
         }
     }
 
+    /// Gives back the list of moved counters' memory after a window that
+    /// saw most of them move (8 bytes a chunk): it is refilled each window.
+    fn let_go_of_moved(&mut self) {
+        if self.moved.capacity() > KEEP_ENTRIES {
+            self.moved = Vec::new();
+        }
+    }
+
     /// Recounts the page hashes that are not the zero page's.
     fn count_known(&mut self) {
         let zero = zero_hash();
@@ -656,9 +673,13 @@ impl Snapshotter {
         self.staging.sort();
         let mut tx = store.begin(g.region_len)?;
         let base = tx.is_base();
-        if base && !self.full && self.known_nonzero > 0 {
-            // Dropping the transaction leaves the store as it was; the next
-            // snapshot sees `next_is_full` and primes.
+        // What was staged was planned for one kind of generation; the store
+        // began another (it cannot today: a staged generation is persisted
+        // before the store could change). Dropping the transaction leaves
+        // the store as it was, and the next snapshot primes.
+        let planned_for_base = !self.full && self.reference != Reference::Store;
+        if (base && !self.full && self.known_nonzero > 0) || (!base && planned_for_base) {
+            self.lost_track();
             return Err(SnapshotError::NeedsFull);
         }
         let chunks = g.region_len.div_ceil(CHUNK_BYTES);
@@ -679,8 +700,8 @@ impl Snapshotter {
                 let to = ((first + RUN_CHUNKS) * CHUNK_BYTES).min(g.region_len);
                 self.chunks.clear();
                 self.chunks.resize((to - from) as usize, 0);
-                while let Some(entry) = entries.get(e).filter(|x| x.page * PAGE_BYTES < to) {
-                    read(entry, &mut self.chunks[page_range(entry.page, from)])?;
+                while let Some(entry) = entries.get(e).filter(|x| x.page() * PAGE_BYTES < to) {
+                    read(entry, &mut self.chunks[page_range(entry.page(), from)])?;
                     e += 1;
                 }
                 tx.put_chunks(first, &self.chunks)?;
@@ -689,16 +710,16 @@ impl Snapshotter {
             // Chunk by chunk, only the pages that differ from the store's.
             let mut e = 0;
             while e < entries.len() {
-                let index = entries[e].page * PAGE_BYTES / CHUNK_BYTES;
+                let index = entries[e].page() * PAGE_BYTES / CHUNK_BYTES;
                 let from = index * CHUNK_BYTES;
                 let to = (from + CHUNK_BYTES).min(g.region_len);
                 self.chunks.clear();
                 self.chunks.resize((to - from) as usize, 0);
                 let mut pages = 0u64;
-                while let Some(entry) = entries.get(e).filter(|x| x.page * PAGE_BYTES < to) {
-                    if base || entry.hash != self.known[entry.page as usize] {
-                        read(entry, &mut self.chunks[page_range(entry.page, from)])?;
-                        pages |= 1 << (entry.page - from / PAGE_BYTES);
+                while let Some(entry) = entries.get(e).filter(|x| x.page() * PAGE_BYTES < to) {
+                    if base || entry.hash != self.known[entry.page() as usize] {
+                        read(entry, &mut self.chunks[page_range(entry.page(), from)])?;
+                        pages |= 1 << (entry.page() - from / PAGE_BYTES);
                     }
                     e += 1;
                 }
@@ -712,11 +733,14 @@ impl Snapshotter {
         let zero = zero_hash();
         if self.full {
             self.known.fill(zero);
+            self.known_nonzero = 0;
         }
         for e in self.staging.entries() {
-            self.known[e.page as usize] = e.hash;
+            let old = std::mem::replace(&mut self.known[e.page() as usize], e.hash);
+            // Kept up to date page by page: a recount would read the whole
+            // table after every generation.
+            self.known_nonzero = self.known_nonzero + u64::from(e.hash != zero) - u64::from(old != zero);
         }
-        self.count_known();
         self.staging.reset(self.known.len() as u64);
         self.full = false;
         self.reference = Reference::Store;
@@ -748,7 +772,7 @@ impl Snapshotter {
     /// may have scribbled on it during the copy. (An unstaged header page
     /// is the store's, written this way before.)
     fn canonical_header(&mut self, g: &Geometry, dir: &Path) -> Result<(), SnapshotError> {
-        let Some(entry) = self.staging.entries().iter().find(|e| e.page == 0).copied() else {
+        let Some(entry) = self.staging.entries().iter().find(|e| e.page() == 0).copied() else {
             return Ok(());
         };
         let len = PAGE_BYTES.min(g.region_len) as usize;
@@ -772,10 +796,10 @@ impl Snapshotter {
 }
 
 /// A failure to stage pages past the memory bound, or to read them back.
-fn spill_error(dir: &Path, source: std::io::Error) -> SnapshotError {
+fn spill_error(dir: &Path, why: std::io::Error) -> SnapshotError {
     SnapshotError::Staging {
         dir: dir.to_owned(),
-        source,
+        why,
     }
 }
 

@@ -34,24 +34,32 @@ pub(super) fn zero_hash() -> u64 {
     *ZERO.get_or_init(|| page_hash(&[0; PAGE]))
 }
 
-/// Where a staged page's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
-    /// All zero: no bytes kept.
-    Zero,
-    /// Slot `n`: in memory below the bound, in the spill file past it.
-    Slot(u64),
-}
+/// [`Entry::slot`] of a page that is all zero: no bytes kept.
+const ZERO: u32 = u32::MAX;
 
-/// One staged page.
+/// One staged page: 16 bytes (a region has fewer than 2^32 pages, and a
+/// generation fewer slots).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Entry {
     /// Its index in the region.
-    pub page: u64,
-    held: Held,
+    page: u32,
+    /// Where its bytes are: slot `n` in memory below the bound, in the
+    /// spill file past it; [`ZERO`] for a page that is all zero.
+    slot: u32,
     /// [`page_hash`] of its bytes.
     pub hash: u64,
 }
+
+impl Entry {
+    /// The page's index in the region.
+    pub fn page(&self) -> u64 {
+        u64::from(self.page)
+    }
+}
+
+/// Entries (16 bytes each) and changed-counter lists kept allocated between
+/// generations at most: past it, a large generation's lists are let go.
+pub(super) const KEEP_ENTRIES: usize = 1 << 16;
 
 /// Staged pages, the newest copy of each.
 #[derive(Debug, Default)]
@@ -64,7 +72,7 @@ pub(super) struct Staging {
     /// Slots past the memory bound, at `(slot - memory slots) * PAGE`.
     spill: Option<File>,
     /// Slots used, in memory and spilled.
-    slots: u64,
+    slots: u32,
     /// Bytes held in memory at most; [`STAGING_BYTES`] when 0.
     bound: usize,
 }
@@ -96,6 +104,9 @@ impl Staging {
             }
         }
         self.entries.clear();
+        if self.entries.capacity() > KEEP_ENTRIES {
+            self.entries = Vec::new();
+        }
         self.memory.clear();
         self.slots = 0;
         // A spill file over a bound of its own is given back to the disk.
@@ -120,7 +131,7 @@ impl Staging {
         &self.entries
     }
 
-    /// The hash of page `page`'s newest staged copy, if it has one.
+    /// The hash of page `page`'s staged copy, if it has one.
     pub fn hash_of(&self, page: u64) -> Option<u64> {
         match self.index.get(page as usize) {
             Some(&i) if i > 0 => Some(self.entries[i as usize - 1].hash),
@@ -134,44 +145,70 @@ impl Staging {
     }
 
     /// Stages `bytes` (a page, or the region's short last page) as page
-    /// `page`, whose hash is `hash`, replacing an older copy. A page past
-    /// the memory bound goes to the spill file, made in `dir` when first
-    /// needed; failing that, nothing is staged and the error says why.
+    /// `page`, whose hash is `hash`, replacing an older copy in place (its
+    /// slot is reused: a page staged many times takes one slot). A page
+    /// past the memory bound goes to the spill file, made in `dir` when
+    /// first needed; failing that, nothing is staged and the error says
+    /// why.
     pub fn put(&mut self, page: u64, bytes: &[u8], hash: u64, dir: &Path) -> io::Result<()> {
-        let held = if hash == zero_hash() && bytes.iter().all(|b| *b == 0) {
-            Held::Zero
-        } else {
-            let slot = self.slots;
-            let in_memory = self.in_memory();
-            if slot < in_memory {
-                let at = slot as usize * PAGE;
-                if self.memory.capacity() < at + PAGE {
-                    // The whole bound at once: growing by doubling could
-                    // take up to twice the bound.
-                    self.memory
-                        .reserve_exact(in_memory as usize * PAGE - self.memory.len());
-                }
-                self.memory.resize(at + PAGE, 0);
-                self.memory[at..at + bytes.len()].copy_from_slice(bytes);
-            } else {
-                let spill = match &mut self.spill {
-                    Some(spill) => spill,
-                    none => none.insert(tempfile::tempfile_in(dir)?),
-                };
-                let mut page_bytes = [0; PAGE];
-                page_bytes[..bytes.len()].copy_from_slice(bytes);
-                spill.write_all_at(&page_bytes, (slot - in_memory) * PAGE as u64)?;
-            }
-            self.slots += 1;
-            Held::Slot(slot)
+        let existing = match self.index[page as usize] {
+            0 => None,
+            i => Some(i as usize - 1),
         };
-        let entry = Entry { page, held, hash };
-        match self.index[page as usize] {
-            0 => {
+        let slot = if hash == zero_hash() && bytes.iter().all(|b| *b == 0) {
+            ZERO
+        } else {
+            let slot = match existing.map(|i| self.entries[i].slot) {
+                Some(slot) if slot != ZERO => slot,
+                _ if self.slots == ZERO => {
+                    return Err(io::Error::other("more pages staged than a generation can hold"));
+                }
+                _ => self.slots,
+            };
+            self.write_slot(slot, bytes, dir)?;
+            if slot == self.slots {
+                self.slots += 1;
+            }
+            slot
+        };
+        let entry = Entry {
+            page: page as u32,
+            slot,
+            hash,
+        };
+        match existing {
+            None => {
                 self.entries.push(entry);
                 self.index[page as usize] = self.entries.len() as u32;
             }
-            i => self.entries[i as usize - 1] = entry,
+            Some(i) => self.entries[i] = entry,
+        }
+        Ok(())
+    }
+
+    /// Writes a page's bytes into slot `slot` (a new one is the next).
+    fn write_slot(&mut self, slot: u32, bytes: &[u8], dir: &Path) -> io::Result<()> {
+        let in_memory = self.in_memory();
+        if u64::from(slot) < in_memory {
+            let at = slot as usize * PAGE;
+            if self.memory.capacity() < at + PAGE {
+                // The whole bound at once: growing by doubling could take
+                // up to twice the bound.
+                self.memory
+                    .reserve_exact(in_memory as usize * PAGE - self.memory.len());
+            }
+            if self.memory.len() < at + PAGE {
+                self.memory.resize(at + PAGE, 0);
+            }
+            self.memory[at..at + bytes.len()].copy_from_slice(bytes);
+        } else {
+            let spill = match &mut self.spill {
+                Some(spill) => spill,
+                none => none.insert(tempfile::tempfile_in(dir)?),
+            };
+            let mut page_bytes = [0; PAGE];
+            page_bytes[..bytes.len()].copy_from_slice(bytes);
+            spill.write_all_at(&page_bytes, (u64::from(slot) - in_memory) * PAGE as u64)?;
         }
         Ok(())
     }
@@ -187,21 +224,18 @@ impl Staging {
     /// Copies `entry`'s bytes into `out` (a page, or the region's short
     /// last page).
     pub fn read(&self, entry: &Entry, out: &mut [u8]) -> io::Result<()> {
-        match entry.held {
-            Held::Zero => out.fill(0),
-            Held::Slot(slot) => {
-                let in_memory = self.in_memory();
-                if slot < in_memory {
-                    let at = slot as usize * PAGE;
-                    out.copy_from_slice(&self.memory[at..at + out.len()]);
-                } else {
-                    let spill = self
-                        .spill
-                        .as_ref()
-                        .ok_or_else(|| io::Error::other("no spill file"))?;
-                    spill.read_exact_at(out, (slot - in_memory) * PAGE as u64)?;
-                }
-            }
+        let in_memory = self.in_memory();
+        if entry.slot == ZERO {
+            out.fill(0);
+        } else if u64::from(entry.slot) < in_memory {
+            let at = entry.slot as usize * PAGE;
+            out.copy_from_slice(&self.memory[at..at + out.len()]);
+        } else {
+            let spill = self
+                .spill
+                .as_ref()
+                .ok_or_else(|| io::Error::other("no spill file"))?;
+            spill.read_exact_at(out, (u64::from(entry.slot) - in_memory) * PAGE as u64)?;
         }
         Ok(())
     }
@@ -209,7 +243,7 @@ impl Staging {
     /// Whether any page is held in the spill file.
     #[cfg(test)]
     pub fn spilled(&self) -> bool {
-        self.slots > self.in_memory()
+        u64::from(self.slots) > self.in_memory()
     }
 }
 
@@ -261,8 +295,14 @@ mod tests {
         assert_eq!(out, zero);
         s.read(&s.entries()[1], &mut out).unwrap();
         assert_eq!(out, b);
-        // Two copies took a slot each; the zero page none.
-        assert_eq!(s.memory_bytes(), 2 * PAGE);
+        // The newer copy took the older's slot; the zero page none.
+        assert_eq!(s.memory_bytes(), PAGE);
+        // Restaged many times, a page still holds one slot.
+        for k in 0..100u8 {
+            let bytes = page(k | 1);
+            s.put(5, &bytes, page_hash(&bytes), dir.path()).unwrap();
+        }
+        assert_eq!(s.memory_bytes(), PAGE);
         s.reset(8);
         assert!(s.is_empty());
         assert_eq!(s.hash_of(5), None);
