@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use proptest::prelude::*;
 use shm_snapshot::restore::{self, Restorable};
 use shm_snapshot::snapshot::{self, ArenaScan, Outcome, Snapshotter};
-use shm_snapshot::store::{PAGE_BYTES, Store, StoreOptions};
+use shm_snapshot::store::{FaultPlan, FaultyIo, IoOp, PAGE_BYTES, RealIo, Store, StoreOptions};
 use shm_snapshot::{Client, Config, Region};
 
 const REGION: u64 = 4 << 20;
@@ -30,6 +30,10 @@ enum Op {
     /// forget what it knows, then a generation taken: every page is read
     /// again.
     ForgetAndTake { page: u64, pages: u64, byte: u8 },
+    /// A unit committed and a generation taken while the store's next
+    /// write fails (as on a full disk): the generation is not persisted,
+    /// what it staged goes with the next one.
+    FailingTake,
     /// As a supervisor restarting on the store: the newest generation
     /// written into a new blank region, the snapshotter told of it, the
     /// program reopening it.
@@ -46,6 +50,7 @@ fn op(unmarked: bool) -> impl Strategy<Value = Op> {
         3 => Just(Op::Take),
         1 => write.clone().prop_map(|(page, pages, byte)| Op::ForgetAndTake { page, pages, byte }),
         1 => Just(Op::Restart),
+        1 => Just(Op::FailingTake),
     ]
 }
 
@@ -53,7 +58,8 @@ fn scenario() -> impl Strategy<Value = (ArenaScan, usize, Vec<Op>)> {
     prop_oneof![
         Just(ArenaScan::Auto),
         Just(ArenaScan::Hash),
-        Just(ArenaScan::Check)
+        Just(ArenaScan::Check),
+        Just(ArenaScan::Hints)
     ]
     .prop_flat_map(|scan| {
         let unmarked = scan == ArenaScan::Hash;
@@ -75,7 +81,8 @@ proptest! {
     fn the_newest_generation_holds_the_quiet_region_as_it_was((scan, staging_pages, ops) in scenario()) {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions { fsync: false, ..StoreOptions::default() };
-        let mut store = Store::open(dir.path(), options).unwrap();
+        let (io, faults) = FaultyIo::new(Box::new(RealIo));
+        let mut store = Store::open_with_io(dir.path(), options, Box::new(io)).unwrap();
         let region = Region::anonymous(REGION).unwrap();
         let mut file = region.file().try_clone().unwrap();
         let mut client = Client::open(region, &Config::default()).unwrap();
@@ -117,6 +124,16 @@ proptest! {
                     observer = snapshot::observe_file(&file).unwrap().expect("laid out");
                 }
                 Op::Restart => {}
+                Op::FailingTake => {
+                    client.commit(format!("failing take {taken}").as_bytes()).unwrap();
+                    faults.arm(FaultPlan::once(&[IoOp::Write], 0));
+                    // Staged whatever happens; the write that fails may be
+                    // this generation's or the store's own in the background.
+                    let staged = snapshotter.stage(&observer, &mut store).unwrap();
+                    prop_assert!(matches!(staged, Outcome::Staged { .. }), "{:?}", staged);
+                    let _ = snapshotter.persist_staged(&mut store);
+                    faults.heal();
+                }
                 Op::Take | Op::ForgetAndTake { .. } => {
                     if let Op::ForgetAndTake { page, pages, byte } = op {
                         let (at, bytes) = write(page, pages, byte);
