@@ -213,12 +213,13 @@ impl Snapshotter {
         let pages = (image.len() as u64).div_ceil(PAGE_BYTES);
         let zero = zero_hash();
         self.known = vec![zero; pages as usize];
+        self.known_nonzero = 0;
         for (p, bytes) in image.chunks(PAGE).enumerate() {
             if data_pages.get(p).copied().unwrap_or(data_pages.is_empty()) {
                 self.known[p] = page_hash(bytes);
+                self.known_nonzero += u64::from(self.known[p] != zero);
             }
         }
-        self.count_known();
         // The counters the image holds are the ones the region held when
         // the generation was taken: a chunk whose counter moved since is
         // read by the next window.
@@ -418,12 +419,6 @@ impl Snapshotter {
         self.suspects.clear();
         self.ring_done = 0;
         Ok(())
-    }
-
-    /// Recounts the page hashes that are not the zero page's.
-    fn count_known(&mut self) {
-        let zero = zero_hash();
-        self.known_nonzero = self.known.iter().filter(|h| **h != zero).count() as u64;
     }
 
     /// After Post: the meta of what was proven, kept as the staged
