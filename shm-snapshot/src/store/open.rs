@@ -295,6 +295,11 @@ pub struct Store {
     pub(crate) read_only: bool,
     /// Temporary files a dead writer left, removed when the store opened.
     pub(crate) temp_removed: Vec<PathBuf>,
+    /// Retention keeps every record of this generation and newer
+    /// ([`Store::hold`]).
+    pub(crate) held: Option<u64>,
+    /// Bases built in the background since [`Store::take_new_bases`].
+    pub(crate) new_bases: Vec<u64>,
     /// The segment being appended to, the sync thread and the background
     /// work; made when the first delta is written.
     pub(crate) writer: Option<super::writer::Writer>,
@@ -341,6 +346,8 @@ impl Store {
             listed: Vec::new(),
             read_only,
             temp_removed: Vec::new(),
+            held: None,
+            new_bases: Vec::new(),
             writer: None,
             _lock: lock,
         }

@@ -197,6 +197,7 @@ impl Store {
             header: built.header,
             whole_file: true,
         });
+        self.new_bases.push(built.number);
         self.writer().retain_after = Some(built.number);
         self.retain();
     }
@@ -434,6 +435,19 @@ impl Store {
         let mut kept: Vec<u64> = numbers.iter().rev().take(self.options.keep).copied().collect();
         kept.extend(self.current.as_ref().map(|c| c.number));
         let mut needed: HashSet<&Path> = HashSet::new();
+        // A hold keeps every record from it on, whichever a reader copies,
+        // and its own chain.
+        if let Some(held) = self.held {
+            kept.push(held);
+            for e in self.entries.range(held..).map(|(_, e)| e) {
+                needed.extend(
+                    [&e.full, &e.delta]
+                        .into_iter()
+                        .flatten()
+                        .map(|p| p.path.as_path()),
+                );
+            }
+        }
         let mut visited = HashSet::new();
         for n in kept {
             let mut n = n;
