@@ -147,6 +147,22 @@ pub struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub quiet: u8,
 
+    /// Replicate generations to S3-compatible object storage (s3://bucket/prefix; credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP). An empty --snapshot directory is restored from it first. On a clean stop, what is not uploaded yet is uploaded first, for at most 10s.
+    #[arg(long, value_name = "URL", value_parser = parse_replica)]
+    pub replica: Option<crate::replica::client::ReplicaUrl>,
+
+    /// How often generations durable locally are shipped to the replica, in one piece per batch (sooner past 16 MiB waiting).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout, requires = "replica")]
+    pub replica_interval: Duration,
+
+    /// How long the replica's lease holds unless renewed (renewed every third of it); a supervisor that cannot renew it stops uploading.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease, requires = "replica")]
+    pub replica_lease: Duration,
+
+    /// Take the replica's lease even while another supervisor holds it (that one stops uploading).
+    #[arg(long, requires = "replica")]
+    pub take_over: bool,
+
     #[command(flatten)]
     pub chaos: crate::chaos::ChaosFlags,
 
@@ -185,6 +201,18 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 250ms, 10s, 5m)"))
+}
+
+fn parse_replica(s: &str) -> Result<crate::replica::client::ReplicaUrl, String> {
+    crate::replica::client::ReplicaUrl::parse(s)
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let lease = parse_duration(s)?;
+    if lease < Duration::from_secs(3) {
+        return Err("a lease shorter than 3s cannot be renewed in time".into());
+    }
+    Ok(lease)
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {

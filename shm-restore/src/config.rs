@@ -11,6 +11,7 @@ use shm_snapshot::store::StoreOptions;
 use crate::chaos::Chaos;
 use crate::cli::{Args, Fsync, Restart};
 use crate::group::Ended;
+use crate::replica::ReplicaOptions;
 use crate::restore::OnDamage;
 
 /// Everything the supervisor's run needs, resolved from [`Args`].
@@ -35,6 +36,8 @@ pub struct Config {
     pub on_damage: OnDamage,
     /// Chaos mode, with `--chaos-kill`.
     pub chaos: Option<Chaos>,
+    /// Replication, with `--replica`.
+    pub replica: Option<ReplicaOptions>,
 }
 
 /// When and how fast the program is started again.
@@ -109,6 +112,12 @@ impl Config {
                 false => OnDamage::Stop,
             },
             chaos: Chaos::new(&args.chaos),
+            replica: args.replica.map(|url| ReplicaOptions {
+                url,
+                interval: args.replica_interval,
+                lease: args.replica_lease,
+                take_over: args.take_over,
+            }),
             command: args.command,
         }
     }

@@ -13,6 +13,7 @@ mod leftovers;
 mod memory;
 mod ops;
 mod region;
+mod replica;
 mod restore;
 mod snapshotter;
 mod status;

@@ -51,6 +51,8 @@ pub enum Op {
     Prune(Prune),
     /// Live view of the supervisor running on a store, refreshed every second.
     Watch(Watch),
+    /// Make a local store from a replica (nothing is started): the newest generation, or --generation N.
+    Pull(Pull),
     /// Remove what a dead supervisor left in a store: temporary files, its status, the pid in
     /// its lock file, its program's processes.
     Cleanup(Cleanup),
@@ -66,8 +68,11 @@ before its end (a record being appended, or one a crash cut short) is
 listed after the generations, as a tail: it is not a generation.")]
 pub struct Inspect {
     /// The store directory.
-    #[arg(value_name = "DIR")]
-    pub dir: PathBuf,
+    #[arg(value_name = "DIR", required_unless_present = "replica")]
+    pub dir: Option<PathBuf>,
+    /// Inspect a replica instead (s3://bucket/prefix): its generations, how far behind the store in DIR it is (when DIR is given too), its lease holder.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["units", "watch"])]
+    pub replica: Option<String>,
     /// Print JSON instead of a table (shape in the README).
     #[arg(long)]
     pub json: bool,
@@ -138,6 +143,33 @@ pub struct Watch {
     /// Print one view and exit.
     #[arg(long)]
     pub once: bool,
+}
+
+/// `pull` flags.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Credentials and endpoint come from the environment, as for --replica:
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL,
+AWS_ALLOW_HTTP=true for a plain-HTTP endpoint. Every piece is checked
+against its BLAKE3 hash; a piece that does not verify is left out and an
+older generation is used (said on stderr). The store is then opened and its
+newest generation loaded, as a supervisor would.")]
+pub struct Pull {
+    /// The replica (s3://bucket/prefix).
+    #[arg(value_name = "URL")]
+    pub url: String,
+    /// The store directory to make (created 0700 if missing; must hold no generation).
+    #[arg(long, value_name = "DIR")]
+    pub snapshot: PathBuf,
+    /// The generation to pull. [default: the newest in the replica]
+    #[arg(long, value_name = "N")]
+    pub generation: Option<u64>,
+    /// Print JSON instead of a line.
+    #[arg(long)]
+    pub json: bool,
+    /// Write without syncing (for tmpfs and tests).
+    #[arg(long)]
+    pub no_fsync: bool,
 }
 
 /// `cleanup` flags.

@@ -109,11 +109,11 @@ fn units_of(c: &Checked) -> Option<Meta> {
 }
 
 /// Runs `inspect`.
-pub fn run(a: &Inspect) -> Result<ExitCode> {
-    let mut store = open_read_only(&a.dir)?;
+pub fn run(a: &Inspect, dir: &Path) -> Result<ExitCode> {
+    let mut store = open_read_only(dir)?;
     let checked = load::check_all(&mut store)?;
     if a.units {
-        return units(a, &mut store, checked);
+        return units(a, dir, &mut store, checked);
     }
     let rows: Vec<GenerationJson> = checked
         .iter()
@@ -147,13 +147,13 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
         })
         .collect();
     let newest_verified = newest_checked_restorable(&checked);
-    let writer = store::writer(&a.dir);
+    let writer = store::writer(dir);
     let being_written = writer.is_some();
     let tails = tails::tails(&store, being_written);
     let files = files(&store, &checked);
     if a.json {
         let doc = StoreJson {
-            store: a.dir.display().to_string(),
+            store: dir.display().to_string(),
             newest_verified,
             being_written,
             writer_pid: writer.flatten(),
@@ -165,7 +165,7 @@ pub fn run(a: &Inspect) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if rows.is_empty() && tails.is_empty() {
-        println!("{}: no generations", a.dir.display());
+        println!("{}: no generations", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
     let dash = || "-".to_owned();
@@ -264,14 +264,14 @@ fn files(store: &Store, checked: &[Checked]) -> Vec<FileJson> {
 }
 
 /// `inspect --units`: the units of one generation.
-fn units(a: &Inspect, store: &mut Store, checked: Vec<Checked>) -> Result<ExitCode> {
+fn units(a: &Inspect, dir: &Path, store: &mut Store, checked: Vec<Checked>) -> Result<ExitCode> {
     let (number, loaded, checked) = match a.generation {
         Some(n) => {
             let loaded =
                 load::generation(store, n).with_context(|| format!("generation {n} cannot be read"))?;
             (n, loaded, checked)
         }
-        None => newest_with_units(a, store, checked)?,
+        None => newest_with_units(dir, store, checked)?,
     };
     let g = snapshot::image_geometry(&loaded.image)
         .with_context(|| format!("generation {number} does not hold a region"))?;
@@ -311,7 +311,7 @@ fn units(a: &Inspect, store: &mut Store, checked: Vec<Checked>) -> Result<ExitCo
         .collect();
     if a.json {
         let doc = UnitsJson {
-            store: a.dir.display().to_string(),
+            store: dir.display().to_string(),
             generation: number,
             created_ms,
             units,
@@ -362,7 +362,7 @@ fn units(a: &Inspect, store: &mut Store, checked: Vec<Checked>) -> Result<ExitCo
 /// be gone before it is read: then the store is checked again and the
 /// newest picked again, [`load::TRIES`] times at most.
 fn newest_with_units(
-    a: &Inspect,
+    dir: &Path,
     store: &mut Store,
     mut checked: Vec<Checked>,
 ) -> Result<(u64, Loaded, Vec<Checked>)> {
@@ -370,11 +370,8 @@ fn newest_with_units(
     loop {
         let number = match newest_checked_restorable(&checked) {
             Some(n) => n,
-            None if checked.is_empty() => bail!("{} holds no generations", a.dir.display()),
-            None => bail!(
-                "no generation in {} verifies and can be restored",
-                a.dir.display()
-            ),
+            None if checked.is_empty() => bail!("{} holds no generations", dir.display()),
+            None => bail!("no generation in {} verifies and can be restored", dir.display()),
         };
         match store.load_generation(number) {
             Ok(loaded) => return Ok((number, loaded, checked)),

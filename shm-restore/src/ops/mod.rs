@@ -10,6 +10,7 @@ mod import;
 mod inspect;
 mod load;
 mod prune;
+mod replica;
 mod show;
 mod store;
 mod tails;
@@ -26,10 +27,15 @@ pub use args::Op;
 pub fn run(op: Op) -> Result<ExitCode> {
     match op {
         Op::Inspect(a) if a.watch => watch::run(&args::Watch {
-            dir: a.dir,
+            dir: a.dir.unwrap_or_default(),
             once: false,
         }),
-        Op::Inspect(a) => inspect::run(&a),
+        Op::Inspect(a) => match (&a.replica, &a.dir) {
+            (Some(url), dir) => replica::inspect(url, dir.as_deref(), a.json),
+            (None, Some(dir)) => inspect::run(&a, dir),
+            (None, None) => unreachable!("clap requires DIR without --replica"),
+        },
+        Op::Pull(a) => replica::pull(&a),
         Op::Verify(a) => verify::run(&a),
         Op::Export(a) => export::run(&a),
         Op::Import(a) => import::run(&a),

@@ -131,6 +131,30 @@ fn lines(v: &mut String, s: &Status, since: &dyn Fn(u64) -> String) {
         human(s.bytes_per_second as u64),
         s.generations_per_second
     ));
+    if let Some(r) = &s.replica {
+        let last = r
+            .last_upload_ms
+            .map_or_else(|| "none yet".to_owned(), |t| format!("{} ago", since(t)));
+        v.push_str(&format!(
+            "replica     {}, generation {}, {} behind ({:.1} s), last upload {last}\n",
+            r.url,
+            r.newest_generation
+                .map_or_else(|| "none".to_owned(), |g| g.to_string()),
+            r.behind_generations,
+            r.behind_seconds
+        ));
+        v.push_str(&format!(
+            "            lease {}, {} PUTs, {} uploaded, lag p50 {}, p99 {} (durable to replicated){}\n",
+            r.lease.word(),
+            r.puts,
+            human(r.bytes_uploaded),
+            ms(r.lag_p50_ms),
+            ms(r.lag_p99_ms),
+            r.error
+                .as_ref()
+                .map_or_else(String::new, |e| format!("; failing: {e}"))
+        ));
+    }
     let stale = status::now_ms().saturating_sub(s.updated_ms);
     if stale > 5 * status::PERIOD.as_millis() as u64 {
         v.push_str(&format!(

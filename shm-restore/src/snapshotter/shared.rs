@@ -9,6 +9,7 @@ use shm_snapshot::store::Store;
 use tracing::{error, info};
 
 use crate::lag::LagHistogram;
+use crate::replica::upload::Feed;
 
 /// What the lifecycle and the snapshot thread share: one owner of the store
 /// at a time.
@@ -19,6 +20,8 @@ pub struct Shared {
     pub snapshotter: Snapshotter,
     /// Counters for the summary.
     pub stats: Stats,
+    /// The replica's uploader, fed the generations that became durable.
+    pub replica: Option<Feed>,
 }
 
 /// Totals for the summary at exit.
@@ -99,6 +102,13 @@ pub enum StagedPersist {
 }
 
 impl Shared {
+    /// Hands the replica's uploader what became durable, if replicating.
+    pub fn feed_replica(&mut self) {
+        if let Some(feed) = &self.replica {
+            feed.feed(&mut self.store);
+        }
+    }
+
     /// Persists the generation a post-mortem staged, if one
     /// waits: counted and logged like any generation, a failure logged as
     /// the region being ahead of the store.
@@ -115,6 +125,7 @@ impl Shared {
                         "generation persisted (taken after a death)"
                     );
                 }
+                self.feed_replica();
                 StagedPersist::Persisted
             }
             Err(e) => {

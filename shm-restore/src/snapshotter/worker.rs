@@ -134,6 +134,7 @@ impl Worker {
                 let mut shared = lock(&shared);
                 let Shared { store, stats, .. } = &mut *shared;
                 self.record_durable(store, stats);
+                shared.feed_replica();
             }
             let count = observer.commit_count();
             if count != seen {
@@ -233,6 +234,7 @@ impl Worker {
             store,
             snapshotter,
             stats,
+            replica,
         } = &mut *shared;
         match snapshotter.take(observer, store) {
             Ok(outcome @ Outcome::Persisted { .. }) => {
@@ -257,6 +259,9 @@ impl Worker {
                     );
                 }
                 let lag = self.record_durable(store, stats);
+                if let Some(feed) = replica {
+                    feed.feed(store);
+                }
                 if self.store_failing {
                     info!(generation = persisted.number, "snapshots are persisted again");
                     self.store_failing = false;

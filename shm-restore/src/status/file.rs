@@ -76,6 +76,9 @@ pub struct Status {
     pub lag_p99_ms: Option<f64>,
     /// When this status was written.
     pub updated_ms: u64,
+    /// The replica, with `--replica`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<crate::replica::upload::Figures>,
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -106,6 +106,7 @@ struct Figures {
     generations: u64,
     bytes_written: u64,
     lags: LagHistogram,
+    replica: Option<crate::replica::upload::Figures>,
 }
 
 /// The snapshot figures in `shared` now.
@@ -118,6 +119,7 @@ fn figures(shared: &Shared) -> Figures {
         generations: shared.stats.generations,
         bytes_written: shared.stats.bytes_written,
         lags: shared.stats.lags().clone(),
+        replica: shared.replica.as_ref().map(|r| r.figures()),
     }
 }
 
@@ -157,7 +159,10 @@ impl Worker {
                 next_file = Instant::now() + PERIOD;
             }
             if let Some(sink) = &self.sink {
-                let line = lifecycle.summary();
+                let mut line = lifecycle.summary();
+                if let Some(r) = &self.figures.replica {
+                    line.push_str(&format!(", {}", r.summary()));
+                }
                 if line != self.last_line && sink.status(&line) {
                     self.last_line = line;
                 }
@@ -213,6 +218,7 @@ impl Worker {
             lag_p50_ms: p50,
             lag_p99_ms: p99,
             updated_ms: now_ms(),
+            replica: f.replica.clone(),
         }
     }
 }
@@ -255,6 +261,7 @@ mod tests {
                 store: Store::open(&dir.0, options).unwrap(),
                 snapshotter: Snapshotter::new(ArenaScan::Hash),
                 stats: Default::default(),
+                replica: None,
             }));
             // The reporter gets the only reference, as in the supervisor
             // once the snapshot thread has ended.

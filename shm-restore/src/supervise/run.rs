@@ -15,6 +15,7 @@ use crate::child::Launcher;
 use crate::config::Config;
 use crate::leftovers;
 use crate::memory::{self, Refusal, Room};
+use crate::replica::{self, upload::Uploader};
 use crate::restore;
 use crate::snapshotter::{self, Shared, SnapshotThread};
 use crate::status::Reporter;
@@ -46,6 +47,16 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         }
     };
     let store = Store::open(&config.store_dir, config.store)?;
+    // The replica is joined before anything is restored: an empty store is
+    // pulled from it, and a store it does not continue is refused.
+    let (store, replica) = match &config.replica {
+        Some(options) => {
+            let keep = config.store.keep as u64;
+            let (store, start) = replica::join(options, keep, store, config.store)?;
+            (store, Some(start))
+        }
+        None => (store, None),
+    };
     restore::report_tails(&store);
     // Holding the store's lock, no other supervisor can be using the group.
     let _ = leftovers::kill_recorded(store.dir());
@@ -57,6 +68,7 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         store,
         snapshotter,
         stats: Default::default(),
+        replica: None,
     };
     let (region, replacing) = match start {
         Start::TakeBack(file) => {
@@ -67,6 +79,15 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
             let region = restore::restore_into_new(&mut shared, room, config.on_damage)?;
             (region, false)
         }
+    };
+    let uploader = match replica {
+        Some(start) => {
+            let uploader =
+                Uploader::start(start, &mut shared.store).context("starting the replica's uploader")?;
+            shared.replica = Some(uploader.feed());
+            Some(uploader)
+        }
+        None => None,
     };
     systemd.store_region(region.file(), replacing);
     let events = Events::start()?;
@@ -115,9 +136,15 @@ pub fn run(mut config: Config) -> Result<ExitCode> {
         if let Err(e) = shared.store.sync() {
             tracing::error!("the newest generations may not be durable: {e}");
         }
+        shared.feed_replica();
         shared.stats.log_summary();
         shared.stats.generations
     };
+    // After the store's final sync: the generations not yet in the replica
+    // go up now, for a bounded time.
+    if let Some(uploader) = uploader {
+        replica::upload::log_summary(&uploader.finish(replica::upload::FINAL_UPLOAD));
+    }
     match supervisor.chaos.take() {
         Some(chaos) => chaos.finish(code, generations),
         None => code,

@@ -1,0 +1,274 @@
+//! The replica's object storage, behind one synchronous client: the
+//! `object_store` crate's S3 client (or its in-memory store, for tests)
+//! driven by a current-thread tokio runtime owned by whoever holds the
+//! client. Every call is bounded in time: a paused or vanished server
+//! costs a timeout, never a thread stuck for good.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+
+use object_store::path::Path as Key;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    UpdateVersion,
+};
+
+/// One request's limit (a segment or base upload included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to the server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retries of one call (server errors, timeouts) before it fails.
+const MAX_RETRIES: usize = 2;
+/// All retries of one call together.
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a replica lives: `s3://bucket/prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaUrl {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix, without leading or trailing `/` (may be empty).
+    pub prefix: String,
+}
+
+impl ReplicaUrl {
+    /// Parses `s3://bucket/prefix`.
+    pub fn parse(url: &str) -> Result<ReplicaUrl, String> {
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(if url.starts_with("file://") {
+                format!(
+                    "{url}: file:// replicas are not supported (the commit point needs conditional updates, which a directory cannot give); use an S3-compatible server"
+                )
+            } else {
+                format!("{url}: expected s3://bucket/prefix")
+            });
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+        if bucket.len() < 3 || !bucket.chars().all(valid) {
+            return Err(format!(
+                "{url}: {bucket:?} is not a bucket name (3 or more of a-z, 0-9, '-', '.')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix
+            .split('/')
+            .any(|p| p.is_empty() && !prefix.is_empty() || p == "." || p == "..")
+        {
+            return Err(format!(
+                "{url}: the prefix {prefix:?} has an empty, '.' or '..' part"
+            ));
+        }
+        Ok(ReplicaUrl {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for ReplicaUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.prefix.is_empty() {
+            write!(f, "s3://{}", self.bucket)
+        } else {
+            write!(f, "s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+}
+
+/// What a conditional write found.
+#[derive(Debug)]
+pub enum Cas {
+    /// Written; the object's new version.
+    Written(UpdateVersion),
+    /// The object was not as expected (someone else wrote it, or it is
+    /// missing, or it exists already).
+    Lost,
+}
+
+/// A failed call to the object store, in one line.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// A synchronous client of one replica's objects.
+pub struct Client {
+    store: Arc<dyn ObjectStore>,
+    runtime: tokio::runtime::Runtime,
+    url: ReplicaUrl,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One line for an object-store error: its kind and the innermost cause,
+/// without the crate's multi-line source chain.
+fn line(e: &object_store::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = s.to_string();
+        source = s.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Client {
+    /// A client of the S3 replica at `url`, with the credentials, region
+    /// and endpoint from the standard environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+    /// `AWS_ALLOW_HTTP`).
+    pub fn s3(url: &ReplicaUrl) -> Result<Client, String> {
+        // These options replace the ones `from_env` read: AWS_ALLOW_HTTP
+        // is applied again here.
+        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        let options = ClientOptions::new()
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_allow_http(allow_http);
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(2),
+                base: 2.0,
+            },
+            max_retries: MAX_RETRIES,
+            retry_timeout: RETRY_TIMEOUT,
+        };
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(&url.bucket)
+            .with_client_options(options)
+            .with_retry(retry);
+        // `from_env` reads AWS_ENDPOINT but not the newer AWS_ENDPOINT_URL.
+        if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder.build().map_err(|e| format!("{url}: {}", line(&e)))?;
+        Client::with_store(Arc::new(store), url.clone())
+    }
+
+    /// A client of an in-memory store (for tests), named `url`.
+    #[cfg(test)]
+    pub fn in_memory(url: &ReplicaUrl) -> Client {
+        Client::with_store(Arc::new(object_store::memory::InMemory::new()), url.clone())
+            .expect("a current-thread runtime starts")
+    }
+
+    /// Another client of the same objects, on a runtime of its own.
+    #[cfg(test)]
+    pub fn share(&self) -> Client {
+        Client::with_store(self.store.clone(), self.url.clone()).expect("a current-thread runtime starts")
+    }
+
+    fn with_store(store: Arc<dyn ObjectStore>, url: ReplicaUrl) -> Result<Client, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("starting the replica's runtime: {e}"))?;
+        Ok(Client { store, runtime, url })
+    }
+
+    /// The replica's URL.
+    pub fn url(&self) -> &ReplicaUrl {
+        &self.url
+    }
+
+    fn key(&self, name: &str) -> Key {
+        if self.url.prefix.is_empty() {
+            Key::from(name)
+        } else {
+            Key::from(format!("{}/{name}", self.url.prefix))
+        }
+    }
+
+    fn fail(&self, what: &str, name: &str, e: &object_store::Error) -> ClientError {
+        ClientError(format!("{what} {}/{name}: {}", self.url, line(e)))
+    }
+
+    /// Object `name` and its version; `None` if there is none.
+    pub fn get(&self, name: &str) -> Result<Option<(Bytes, UpdateVersion)>, ClientError> {
+        let key = self.key(name);
+        let got = self.runtime.block_on(async {
+            let result = self.store.get(&key).await?;
+            let version = UpdateVersion {
+                e_tag: result.meta.e_tag.clone(),
+                version: result.meta.version.clone(),
+            };
+            Ok::<_, object_store::Error>((result.bytes().await?, version))
+        });
+        match got {
+            Ok(got) => Ok(Some(got)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("reading", name, &e)),
+        }
+    }
+
+    /// Writes object `name` whole, replacing any.
+    pub fn put(&self, name: &str, bytes: Bytes) -> Result<(), ClientError> {
+        let key = self.key(name);
+        self.runtime
+            .block_on(self.store.put(&key, PutPayload::from_bytes(bytes)))
+            .map(drop)
+            .map_err(|e| self.fail("writing", name, &e))
+    }
+
+    /// Writes object `name` if it does not exist (`version: None`) or if
+    /// its version is `version`.
+    pub fn put_if(
+        &self,
+        name: &str,
+        bytes: Bytes,
+        version: Option<UpdateVersion>,
+    ) -> Result<Cas, ClientError> {
+        let key = self.key(name);
+        let mode = match version {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(v),
+        };
+        let options = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .runtime
+            .block_on(self.store.put_opts(&key, PutPayload::from_bytes(bytes), options))
+        {
+            Ok(put) => Ok(Cas::Written(put.into())),
+            // A lost race; a server may answer a missing object's
+            // If-Match with either.
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(Cas::Lost),
+            Err(e) => Err(self.fail("writing", name, &e)),
+        }
+    }
+
+    /// Removes object `name` (none is no error).
+    pub fn delete(&self, name: &str) -> Result<(), ClientError> {
+        let key = self.key(name);
+        match self.runtime.block_on(self.store.delete(&key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("removing", name, &e)),
+        }
+    }
+}

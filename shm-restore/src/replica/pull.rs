@@ -1,0 +1,205 @@
+//! A local store from the replica: the pieces the commit point names for
+//! one generation, each checked against its BLAKE3 hash, written into the
+//! store directory under the store's own names with the store's own
+//! durability (a temporary name, synced, renamed, the directory synced).
+//! The store's reader then verifies every record as it would its own.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::client::Client;
+use super::layout::{CommitPoint, Kind, Piece};
+
+/// What a pull wrote.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    /// The newest generation the pieces written hold.
+    pub newest: u64,
+    /// Pieces written.
+    pub pieces: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Pieces that did not verify (missing, wrong length or hash), one
+    /// line each: they and what depends on them were left out.
+    pub rejected: Vec<String>,
+}
+
+/// Fetches piece `p` and checks it; the bytes, or why not.
+fn fetch(client: &Client, p: &Piece) -> Result<bytes::Bytes, String> {
+    let Some((bytes, _)) = client.get(&p.name).map_err(|e| e.0)? else {
+        return Err(format!("piece {} is missing", p.name));
+    };
+    if bytes.len() as u64 != p.bytes {
+        return Err(format!(
+            "piece {} is {} bytes, the commit point says {}",
+            p.name,
+            bytes.len(),
+            p.bytes
+        ));
+    }
+    let hash = blake3::hash(&bytes).to_hex();
+    if hash.as_str() != p.blake3 {
+        return Err(format!("piece {} does not match its BLAKE3 hash", p.name));
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` as `dir/name`: a temporary name, synced (with `fsync`),
+/// renamed. The directory is synced by the caller once all are in.
+fn write_file(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> std::io::Result<PathBuf> {
+    // Named like the store's own temporary files, so an interrupted pull
+    // leaves nothing the store does not remove when it next opens.
+    let (stem, _) = name.rsplit_once('.').unwrap_or((name, ""));
+    let temp = dir.join(format!("{stem}.{}.0.tmp", std::process::id()));
+    let path = dir.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| if fsync { file.sync_all() } else { Ok(()) })
+        .and_then(|()| std::fs::rename(&temp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map(|()| path)
+}
+
+/// Which pieces restore generation `target`: the newest base at or below
+/// it, then the segments after that base up to the one holding `target`,
+/// in order. Bases in `rejected_bases` are passed over for older ones.
+fn plan<'a>(commit: &'a CommitPoint, target: u64, rejected_bases: &[String]) -> Option<Vec<&'a Piece>> {
+    let base = commit
+        .pieces
+        .iter()
+        .rposition(|p| p.kind == Kind::Base && p.first <= target && !rejected_bases.contains(&p.name))?;
+    let mut pieces = vec![&commit.pieces[base]];
+    for p in &commit.pieces[base + 1..] {
+        if p.kind == Kind::Segment && p.first <= target {
+            pieces.push(p);
+        }
+    }
+    Some(pieces)
+}
+
+/// Pulls generation `target` (the newest, if `None`) into the empty store
+/// directory `dir`, which the caller holds locked. A piece that does not
+/// verify is left out with what depends on it, and an older generation
+/// is used: pieces up to the first bad segment, or an older base when a
+/// base is bad. Nothing of the store is loaded here: the caller opens and
+/// loads it, which verifies every record. Returns what was written, or an
+/// error when nothing restores.
+pub fn pull(
+    client: &Client,
+    commit: &CommitPoint,
+    dir: &Path,
+    target: Option<u64>,
+    fsync: bool,
+) -> Result<Pulled, String> {
+    let target = target.unwrap_or(commit.newest);
+    if !commit
+        .pieces
+        .iter()
+        .any(|p| p.first <= target && target <= p.last)
+    {
+        return Err(format!(
+            "generation {target} is not in the replica {} (it holds {})",
+            client.url(),
+            held(commit)
+        ));
+    }
+    let mut pulled = Pulled::default();
+    let mut rejected_bases = Vec::new();
+    loop {
+        let Some(pieces) = plan(commit, target, &rejected_bases) else {
+            return Err(format!(
+                "no generation up to {target} in the replica {} verifies: {}",
+                client.url(),
+                pulled.rejected.join("; ")
+            ));
+        };
+        let base = pieces[0];
+        let bytes = match fetch(client, base) {
+            Ok(b) => b,
+            Err(why) => {
+                pulled.rejected.push(why);
+                rejected_bases.push(base.name.clone());
+                continue;
+            }
+        };
+        let mut written = vec![
+            write_file(dir, &base.file_name(), &bytes, fsync)
+                .map_err(|e| format!("writing {}: {e}", dir.display()))?,
+        ];
+        pulled.newest = base.first;
+        pulled.bytes = bytes.len() as u64;
+        let mut last = base.last;
+        for p in &pieces[1..] {
+            match fetch(client, p) {
+                Ok(bytes) => {
+                    written.push(
+                        write_file(dir, &p.file_name(), &bytes, fsync)
+                            .map_err(|e| format!("writing {}: {e}", dir.display()))?,
+                    );
+                    pulled.newest = p.last.min(target);
+                    pulled.bytes += bytes.len() as u64;
+                    last = p.last;
+                }
+                Err(why) => {
+                    // The segments after it build on its records.
+                    pulled.rejected.push(why);
+                    break;
+                }
+            }
+        }
+        pulled.pieces = written.len();
+        if last > target {
+            cut_after(dir, target)
+                .map_err(|e| format!("cutting the pulled segment after generation {target}: {e}"))?;
+        }
+        if fsync {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("syncing {}: {e}", dir.display()))?;
+        }
+        return Ok(pulled);
+    }
+}
+
+/// Cuts the segment holding `target` right after its record, so the store
+/// pulled ends at `target`.
+fn cut_after(dir: &Path, target: u64) -> std::io::Result<()> {
+    let store = shm_snapshot::store::Store::open_read_only(dir).map_err(std::io::Error::other)?;
+    let places = store.record_places(target..=target);
+    let Some(delta) = places.first().and_then(|p| p.delta.clone()) else {
+        return Ok(());
+    };
+    let file = std::fs::OpenOptions::new().write(true).open(&delta.path)?;
+    file.set_len(delta.offset + delta.len)?;
+    file.sync_all()?;
+    // Segments after it hold only newer generations.
+    for later in store.record_places(target + 1..) {
+        if let Some(d) = later.delta
+            && d.path != delta.path
+        {
+            let _ = std::fs::remove_file(&d.path);
+        }
+    }
+    Ok(())
+}
+
+/// "generations 3 to 97" or "no generation".
+pub fn held(commit: &CommitPoint) -> String {
+    match (commit.pieces.first(), commit.pieces.last()) {
+        (Some(first), Some(_)) => format!(
+            "{} generations, {} to {}",
+            commit.generations(),
+            first.first,
+            commit.newest
+        ),
+        _ => "no generation".into(),
+    }
+}
