@@ -4,18 +4,24 @@
 //! client. Every call is bounded in time: a paused or vanished server
 //! costs a timeout, never a thread stuck for good.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
 
+use futures::StreamExt;
 use object_store::path::Path as Key;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion,
+    UpdateVersion, WriteMultipart,
 };
 
+/// Pieces past this size go up in parts of this size.
+pub const PART_BYTES: usize = 16 << 20;
 /// One request's limit (a segment or base upload included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connecting to the server.
@@ -219,6 +225,90 @@ impl Client {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.fail("reading", name, &e)),
         }
+    }
+
+    /// Writes object `name` from the `len` bytes of `file` at `offset`,
+    /// replacing any: one PUT up to [`PART_BYTES`], a multipart upload of
+    /// parts that size past it, so a base of many gigabytes is never held
+    /// in memory. Returns the BLAKE3 hash of the bytes sent.
+    pub fn put_from_file(
+        &self,
+        name: &str,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<blake3::Hash, ClientError> {
+        let read = |buf: &mut [u8], at: u64| {
+            file.read_exact_at(buf, offset + at)
+                .map_err(|e| ClientError(format!("reading what {}/{name} is made of: {e}", self.url)))
+        };
+        if len <= PART_BYTES as u64 {
+            let mut buf = vec![0; len as usize];
+            read(&mut buf, 0)?;
+            let hash = blake3::hash(&buf);
+            self.put(name, Bytes::from(buf))?;
+            return Ok(hash);
+        }
+        let key = self.key(name);
+        self.runtime.block_on(async {
+            let upload = self
+                .store
+                .put_multipart(&key)
+                .await
+                .map_err(|e| self.fail("writing", name, &e))?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+            let mut hasher = blake3::Hasher::new();
+            let mut buf = vec![0; PART_BYTES];
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(PART_BYTES as u64) as usize;
+                if let Err(e) = read(&mut buf[..n], at) {
+                    writer.abort().await.ok();
+                    return Err(e);
+                }
+                hasher.update(&buf[..n]);
+                // At most two parts in flight: bounded memory.
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(|e| self.fail("writing", name, &e))?;
+                writer.write(&buf[..n]);
+                at += n as u64;
+            }
+            writer
+                .finish()
+                .await
+                .map_err(|e| self.fail("writing", name, &e))?;
+            Ok(hasher.finalize())
+        })
+    }
+
+    /// Reads object `name` into `file` (from its start) as it arrives;
+    /// returns its length and BLAKE3 hash, or `None` if there is none.
+    pub fn get_to_file(
+        &self,
+        name: &str,
+        file: &mut File,
+    ) -> Result<Option<(u64, blake3::Hash)>, ClientError> {
+        let key = self.key(name);
+        self.runtime.block_on(async {
+            let result = match self.store.get(&key).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.fail("reading", name, &e)),
+            };
+            let mut stream = result.into_stream();
+            let mut hasher = blake3::Hasher::new();
+            let mut len = 0;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| self.fail("reading", name, &e))?;
+                hasher.update(&chunk);
+                file.write_all(&chunk)
+                    .map_err(|e| ClientError(format!("writing {}/{name} to disk: {e}", self.url)))?;
+                len += chunk.len() as u64;
+            }
+            Ok(Some((len, hasher.finalize())))
+        })
     }
 
     /// Writes object `name` whole, replacing any.

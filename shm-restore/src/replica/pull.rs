@@ -4,7 +4,6 @@
 //! durability (a temporary name, synced, renamed, the directory synced).
 //! The store's reader then verifies every record as it would its own.
 
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -25,47 +24,47 @@ pub struct Pulled {
     pub rejected: Vec<String>,
 }
 
-/// Fetches piece `p` and checks it; the bytes, or why not.
-fn fetch(client: &Client, p: &Piece) -> Result<bytes::Bytes, String> {
-    let Some((bytes, _)) = client.get(&p.name).map_err(|e| e.0)? else {
-        return Err(format!("piece {} is missing", p.name));
-    };
-    if bytes.len() as u64 != p.bytes {
-        return Err(format!(
-            "piece {} is {} bytes, the commit point says {}",
-            p.name,
-            bytes.len(),
-            p.bytes
-        ));
-    }
-    let hash = blake3::hash(&bytes).to_hex();
-    if hash.as_str() != p.blake3 {
-        return Err(format!("piece {} does not match its BLAKE3 hash", p.name));
-    }
-    Ok(bytes)
-}
-
-/// Writes `bytes` as `dir/name`: a temporary name, synced (with `fsync`),
-/// renamed. The directory is synced by the caller once all are in.
-fn write_file(dir: &Path, name: &str, bytes: &[u8], fsync: bool) -> std::io::Result<PathBuf> {
+/// Fetches piece `p` into `dir` under its store name: streamed into a
+/// temporary file, checked against its length and BLAKE3 hash, synced
+/// (with `fsync`), renamed. `Ok(Err(why))` when the piece does not verify
+/// (nothing is left of it); `Err` when the local disk fails.
+fn fetch(client: &Client, p: &Piece, dir: &Path, fsync: bool) -> Result<Result<PathBuf, String>, String> {
+    let name = p.file_name();
     // Named like the store's own temporary files, so an interrupted pull
     // leaves nothing the store does not remove when it next opens.
-    let (stem, _) = name.rsplit_once('.').unwrap_or((name, ""));
+    let (stem, _) = name.rsplit_once('.').unwrap_or((&name, ""));
     let temp = dir.join(format!("{stem}.{}.0.tmp", std::process::id()));
-    let path = dir.join(name);
+    let path = dir.join(&name);
+    let disk = |e: std::io::Error| format!("writing {}: {e}", temp.display());
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&temp)?;
-    let written = file
-        .write_all(bytes)
-        .and_then(|()| if fsync { file.sync_all() } else { Ok(()) })
-        .and_then(|()| std::fs::rename(&temp, &path));
-    if written.is_err() {
+        .open(&temp)
+        .map_err(disk)?;
+    let got = client.get_to_file(&p.name, &mut file);
+    let verdict = match got {
+        Err(e) => Err(e.0),
+        Ok(None) => Err(format!("piece {} is missing", p.name)),
+        Ok(Some((len, _))) if len != p.bytes => Err(format!(
+            "piece {} is {len} bytes, the commit point says {}",
+            p.name, p.bytes
+        )),
+        Ok(Some((_, hash))) if hash.to_hex().as_str() != p.blake3 => {
+            Err(format!("piece {} does not match its BLAKE3 hash", p.name))
+        }
+        Ok(Some(_)) => Ok(()),
+    };
+    if let Err(why) = verdict {
         let _ = std::fs::remove_file(&temp);
+        return Ok(Err(why));
     }
-    written.map(|()| path)
+    let done = (if fsync { file.sync_all() } else { Ok(()) }).and_then(|()| std::fs::rename(&temp, &path));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&temp);
+        return Err(disk(e));
+    }
+    Ok(Ok(path))
 }
 
 /// Which pieces restore generation `target`: the newest base at or below
@@ -122,30 +121,21 @@ pub fn pull(
             ));
         };
         let base = pieces[0];
-        let bytes = match fetch(client, base) {
-            Ok(b) => b,
-            Err(why) => {
-                pulled.rejected.push(why);
-                rejected_bases.push(base.name.clone());
-                continue;
-            }
-        };
-        let mut written = vec![
-            write_file(dir, &base.file_name(), &bytes, fsync)
-                .map_err(|e| format!("writing {}: {e}", dir.display()))?,
-        ];
+        if let Err(why) = fetch(client, base, dir, fsync)? {
+            pulled.rejected.push(why);
+            rejected_bases.push(base.name.clone());
+            continue;
+        }
+        let mut written = 1;
         pulled.newest = base.first;
-        pulled.bytes = bytes.len() as u64;
+        pulled.bytes = base.bytes;
         let mut last = base.last;
         for p in &pieces[1..] {
-            match fetch(client, p) {
-                Ok(bytes) => {
-                    written.push(
-                        write_file(dir, &p.file_name(), &bytes, fsync)
-                            .map_err(|e| format!("writing {}: {e}", dir.display()))?,
-                    );
+            match fetch(client, p, dir, fsync)? {
+                Ok(_) => {
+                    written += 1;
                     pulled.newest = p.last.min(target);
-                    pulled.bytes += bytes.len() as u64;
+                    pulled.bytes += p.bytes;
                     last = p.last;
                 }
                 Err(why) => {
@@ -155,7 +145,7 @@ pub fn pull(
                 }
             }
         }
-        pulled.pieces = written.len();
+        pulled.pieces = written;
         if last > target {
             cut_after(dir, target)
                 .map_err(|e| format!("cutting the pulled segment after generation {target}: {e}"))?;

@@ -307,3 +307,33 @@ fn the_commit_point_keeps_what_the_newest_generations_need() {
     assert!(pulled == image);
     assert!(!named.is_empty());
 }
+
+#[test]
+fn a_base_larger_than_a_part_goes_up_in_parts_and_pulls_back_whole() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let client = Client::in_memory(&url());
+    let mut store = Store::open(a.path(), options()).unwrap();
+    // 40 MiB of bytes that do not repeat: a base of three parts.
+    let mut image = vec![0u8; 640 * CHUNK_BYTES as usize];
+    let mut x = 7u64;
+    for b in image.chunks_mut(8) {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        b.copy_from_slice(&x.to_le_bytes());
+    }
+    let mut tx = store.begin(image.len() as u64).unwrap();
+    tx.put_chunks(0, &image).unwrap();
+    tx.commit(b"big").unwrap();
+    let up = uploader(&client, &mut store, Duration::from_millis(20));
+    wait_for(&client, 1);
+    up.finish(Duration::from_secs(10));
+    let commit = commit_of(&client);
+    assert_eq!(commit.pieces[0].kind, Kind::Base);
+    assert!(commit.pieces[0].bytes > 2 * super::client::PART_BYTES as u64);
+    pull(&client, &commit, b.path(), None, false).unwrap();
+    let (n, pulled, meta) = load(b.path());
+    assert_eq!((n, meta.as_slice()), (1, &b"big"[..]));
+    assert!(pulled == image);
+}

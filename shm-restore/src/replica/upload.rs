@@ -28,7 +28,7 @@ use crate::lag::LagHistogram;
 /// ends.
 pub const EARLY_BYTES: u64 = 16 << 20;
 /// Most bytes of records in one segment piece.
-const MAX_PIECE_BYTES: u64 = 64 << 20;
+const MAX_PIECE_BYTES: u64 = 16 << 20;
 /// The replica gets a new base once the segments since its last one weigh
 /// more than this or half that base, as the local store does.
 const BASE_AFTER_BYTES: u64 = 8 << 20;
@@ -624,8 +624,11 @@ impl Worker {
         let newest_base = self.local.values().rev().find(|l| l.places.base.is_some());
         let chain = if head == 0 { Vec::new() } else { self.chain() };
         let base_due = since_base > BASE_AFTER_BYTES.max(base_bytes / 2);
-        let (piece, bytes, generations) = if !(chain.is_empty() || base_due && newest_base.is_some()) {
-            self.segment_piece(&chain)?
+        let (piece, generations) = if !(chain.is_empty() || base_due && newest_base.is_some()) {
+            let (piece, bytes, generations) = self.segment_piece(&chain)?;
+            self.client.put(&piece.name, bytes).map_err(|e| e.0)?;
+            self.count_put(piece.bytes);
+            (piece, generations)
         } else if let Some(base) = newest_base {
             self.base_piece(base)?
         } else {
@@ -639,8 +642,6 @@ impl Worker {
             return Ok(Step::Idle);
         };
         self.waiting_for_base = false;
-        self.client.put(&piece.name, bytes.clone()).map_err(|e| e.0)?;
-        self.count_put(bytes.len() as u64);
         let mut next = self.commit.clone();
         next.writer = self.me.clone();
         next.updated_ms = now_ms();
@@ -735,14 +736,20 @@ impl Worker {
         ))
     }
 
-    /// A base piece: the local base file of `base`, whole.
-    fn base_piece(&self, base: &Local) -> Result<(Piece, Bytes, Vec<u64>), String> {
+    /// Uploads a base piece: the local base file of `base`, whole, read
+    /// and sent in parts.
+    fn base_piece(&self, base: &Local) -> Result<(Piece, Vec<u64>), String> {
         let place = base.places.base.as_ref().expect("chosen for its base");
-        let mut bytes = Vec::with_capacity(place.len as usize);
-        Files::default().read(place, &mut bytes)?;
         let number = base.places.number;
+        let name = Piece::base_name(number, &self.me);
+        let file = File::open(&place.path).map_err(|e| format!("reading {}: {e}", place.path.display()))?;
+        let hash = self
+            .client
+            .put_from_file(&name, &file, place.offset, place.len)
+            .map_err(|e| e.0)?;
+        self.count_put(place.len);
         let piece = Piece {
-            name: Piece::base_name(number, &self.me),
+            name,
             kind: Kind::Base,
             seq: 0,
             first: number,
@@ -750,12 +757,12 @@ impl Worker {
             count: 1,
             parent: 0,
             last_created_ms: base.places.created_ms,
-            bytes: bytes.len() as u64,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            bytes: place.len,
+            blake3: hash.to_hex().to_string(),
         };
         // Every generation up to it is in the replica now, through it.
         let covered = self.local.range(..=number).map(|(&n, _)| n).collect();
-        Ok((piece, Bytes::from(bytes), covered))
+        Ok((piece, covered))
     }
 }
 
