@@ -593,6 +593,30 @@ fn a_hold_keeps_every_record_from_it_on_and_record_places_finds_them_whole() {
         assert_eq!(&record[..8], b"SHM-GENS");
         assert_eq!(u64::from_le_bytes(record[16..24].try_into().unwrap()), p.number);
         assert_eq!(&record[record.len() - 56..record.len() - 48], b"gen:end\0");
+        let header = shm_snapshot::store::format::check_record(record).unwrap();
+        assert_eq!((header.number, header.parent), (p.number, p.number - 1));
+        // Any byte changed, or one missing or extra, and it does not check.
+        for at in [
+            0,
+            50,
+            104,
+            130,
+            record.len() / 2,
+            record.len() - 60,
+            record.len() - 1,
+        ] {
+            let mut bad = record.to_vec();
+            bad[at] ^= 0x10;
+            assert!(
+                shm_snapshot::store::format::check_record(&bad).is_err(),
+                "{}: byte {at}",
+                p.number
+            );
+        }
+        assert!(shm_snapshot::store::format::check_record(&record[..record.len() - 1]).is_err());
+        let mut longer = record.to_vec();
+        longer.push(0);
+        assert!(shm_snapshot::store::format::check_record(&longer).is_err());
     }
     // A base of a held generation and the deltas after it restore it: a
     // store of only those files loads the newest image.

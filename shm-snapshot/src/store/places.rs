@@ -96,6 +96,17 @@ impl Store {
         self.held
     }
 
+    /// Makes the next generation a full one (a base file, which depends on
+    /// nothing before it) numbered above `number`: what a store does when
+    /// another copy of its history (a replica) holds generations up to
+    /// `number` that it does not, so the two never give one number to
+    /// different generations.
+    pub fn start_over_after(&mut self, number: u64) {
+        self.next_number = self.next_number.max(number.saturating_add(1));
+        self.current = None;
+        self.new_lineage();
+    }
+
     /// Generations whose base file joined the store since the last call,
     /// oldest first: bases built in the background from the log. (A full
     /// generation written in place of a delta is reported as it becomes

@@ -144,7 +144,9 @@ pub mod trailer {
 
 /// Byte offsets of a segment's header, and its decoded form.
 pub mod segment;
+mod whole;
 pub use segment::SegmentHeader;
+pub use whole::check_record;
 
 /// The smallest possible generation record: a header, an empty meta record
 /// and the trailer.
