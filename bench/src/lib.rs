@@ -11,6 +11,7 @@ pub mod disk;
 pub mod locate;
 pub mod log;
 pub mod private;
+pub mod seaweed;
 pub mod stats;
 pub mod supervisor;
 pub mod sync_latency;

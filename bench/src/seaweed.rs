@@ -39,7 +39,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::PATIENCE;
+/// How long a start or a request may take on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The environment variable naming the `weed` binary.
 pub const WEED_ENV: &str = "SHM_TEST_WEED";
@@ -217,6 +218,8 @@ impl Server {
             "{WEED_ENV}={} is not a file: run the tests through scripts/test, which installs SeaweedFS",
             weed.display()
         );
+        // weed runs in its own directory: a relative path is made absolute.
+        let weed = std::fs::canonicalize(&weed).unwrap_or(weed);
         let dir = tempfile::Builder::new()
             .prefix("seaweed-")
             .tempdir()

@@ -4,7 +4,7 @@
 
 pub mod chaos;
 pub mod ops;
-pub mod seaweed;
+
 pub mod systemd;
 pub mod table;
 

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shm_snapshot_tests::seaweed::Server;
+use shm_snapshot_bench::seaweed::Server;
 use shm_snapshot_tests::{Proc, Stream, bin, workdir};
 
 const BUCKET: &str = "replica-tests";
@@ -192,12 +192,14 @@ fn a_second_machine_pulls_restores_and_carries_on_replicating() {
             .contains(&format!("pid {}", b.pid())),
         "{r}"
     );
+    let b_pid = b.pid();
     b.signal(libc::SIGTERM);
     b.wait();
 
     // The first machine's store no longer holds the replica's newest
     // generation: refused, naming both, nothing changed.
     let before = local_newest(&server, dir.path(), "a");
+    let replica_before = replica(&server, dir.path());
     let mut again = supervise(&server, dir.path(), "a", &[]);
     let status = again.wait();
     assert_eq!(status.code(), Some(1), "{}", again.transcript());
@@ -208,6 +210,22 @@ fn a_second_machine_pulls_restores_and_carries_on_replicating() {
     );
     assert!(line.contains(URL), "{line}");
     assert_eq!(local_newest(&server, dir.path(), "a"), before);
+    // The refused start changed nothing in the replica and gave the lease
+    // back.
+    let after = replica(&server, dir.path());
+    assert!(
+        after["writer"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("pid {}", b_pid)),
+        "{after}"
+    );
+    assert_eq!(after["newest_generation"], replica_before["newest_generation"]);
+    assert_eq!(
+        after["updated_ms"], replica_before["updated_ms"],
+        "the commit point was rewritten"
+    );
+    assert_eq!(after["lease"]["live"], false, "{after}");
 }
 
 #[test]
@@ -396,4 +414,47 @@ fn a_corrupted_piece_is_caught_on_pull_and_an_older_generation_used() {
     let restored = primes_of(&b.expect_out("restored primes="));
     assert!(restored > 0);
     assert!(b.wait().success(), "{}", b.transcript());
+
+    // A supervisor on an empty directory does the same, says which piece
+    // it left out, and carries on replicating above the replica's newest.
+    let mut c = supervise(&server, dir.path(), "c", &[]);
+    let from_replica = primes_of(&c.expect_out("restored primes="));
+    assert!(
+        from_replica > 0 && from_replica < last_primes(&a),
+        "{}",
+        c.transcript()
+    );
+    c.seen_or_expect(
+        Stream::Err,
+        |l| l.contains("does not match its BLAKE3 hash"),
+        "the rejected piece",
+    );
+    wait_until("generations above the replica's newest", || {
+        replica_newest(&server, dir.path()) > newest
+    });
+    let c_pid = c.pid();
+    c.signal(libc::SIGTERM);
+    c.wait();
+    let r = replica(&server, dir.path());
+    assert!(
+        r["writer"].as_str().unwrap().contains(&format!("pid {c_pid}")),
+        "{r}"
+    );
+    let again = json(&shm_restore(
+        &server,
+        dir.path(),
+        &["pull", URL, "--snapshot", "again", "--json", "--no-fsync"],
+    ));
+    assert_eq!(again["generation"], r["newest_generation"], "{again}");
+    assert_eq!(again["rejected"].as_array().unwrap().len(), 0, "{again}");
+}
+
+/// The primes of the last commit a run printed.
+fn last_primes(p: &Proc) -> u64 {
+    p.lines(Stream::Out)
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("committed primes="))
+        .map(|l| primes_of(l))
+        .expect("commits")
 }

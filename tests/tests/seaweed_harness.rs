@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use shm_snapshot_tests::seaweed::Server;
+use shm_snapshot_bench::seaweed::Server;
 
 const BUCKET: &str = "harness-bucket";
 

@@ -4,11 +4,13 @@
 //! client. Every call is bounded in time: a paused or vanished server
 //! costs a timeout, never a thread stuck for good.
 
+use std::cell::Cell;
 use std::fs::File;
+use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use object_store::aws::AmazonS3Builder;
@@ -20,7 +22,7 @@ use object_store::{
     UpdateVersion, WriteMultipart,
 };
 
-/// Pieces past this size go up in parts of this size.
+/// Larger ones go up in parts of this size, at most two in flight.
 pub const PART_BYTES: usize = 16 << 20;
 /// One request's limit (a segment or base upload included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,6 +114,8 @@ pub struct Client {
     store: Arc<dyn ObjectStore>,
     runtime: tokio::runtime::Runtime,
     url: ReplicaUrl,
+    /// Calls are cut short here, when set (a clean stop's bound).
+    deadline: Cell<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -189,7 +193,38 @@ impl Client {
             .enable_all()
             .build()
             .map_err(|e| format!("starting the replica's runtime: {e}"))?;
-        Ok(Client { store, runtime, url })
+        Ok(Client {
+            store,
+            runtime,
+            url,
+            deadline: Cell::new(None),
+        })
+    }
+
+    /// Cuts every call short at `deadline` from now on (`None`: each call
+    /// has only its own timeouts).
+    pub fn set_deadline(&self, deadline: Option<Instant>) {
+        self.deadline.set(deadline);
+    }
+
+    /// Runs `call` on the runtime, cut short at the deadline if one is set.
+    fn run<T>(
+        &self,
+        name: &str,
+        call: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let Some(deadline) = self.deadline.get() else {
+            return self.runtime.block_on(call);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.runtime
+            .block_on(async { tokio::time::timeout(left, call).await })
+            .unwrap_or_else(|_| {
+                Err(ClientError(format!(
+                    "{}/{name}: no answer before the clean stop's deadline",
+                    self.url
+                )))
+            })
     }
 
     /// The replica's URL.
@@ -209,31 +244,40 @@ impl Client {
         ClientError(format!("{what} {}/{name}: {}", self.url, line(e)))
     }
 
-    /// Object `name` and its version; `None` if there is none.
-    pub fn get(&self, name: &str) -> Result<Option<(Bytes, UpdateVersion)>, ClientError> {
+    /// Object `name` and its version; `None` if there is none. An object
+    /// longer than `cap` bytes is refused before it is read.
+    pub fn get(&self, name: &str, cap: u64) -> Result<Option<(Bytes, UpdateVersion)>, ClientError> {
         let key = self.key(name);
-        let got = self.runtime.block_on(async {
-            let result = self.store.get(&key).await?;
+        self.run(name, async {
+            let result = match self.store.get(&key).await {
+                Ok(r) => r,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(self.fail("reading", name, &e)),
+            };
+            if result.meta.size > cap {
+                return Err(ClientError(format!(
+                    "{}/{name} is {} bytes, more than it can be ({cap})",
+                    self.url, result.meta.size
+                )));
+            }
             let version = UpdateVersion {
                 e_tag: result.meta.e_tag.clone(),
                 version: result.meta.version.clone(),
             };
-            Ok::<_, object_store::Error>((result.bytes().await?, version))
-        });
-        match got {
-            Ok(got) => Ok(Some(got)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.fail("reading", name, &e)),
-        }
+            let bytes = result.bytes().await.map_err(|e| self.fail("reading", name, &e))?;
+            Ok(Some((bytes, version)))
+        })
     }
 
-    /// Writes object `name` from the `len` bytes of `file` at `offset`,
-    /// replacing any: one PUT up to [`PART_BYTES`], a multipart upload of
-    /// parts that size past it, so a base of many gigabytes is never held
-    /// in memory. Returns the BLAKE3 hash of the bytes sent.
+    /// Writes object `name` as `prefix` followed by the `len` bytes of
+    /// `file` at `offset`, replacing any, in a multipart upload of
+    /// [`PART_BYTES`] parts, at most two in flight: an object of many
+    /// gigabytes is never held in memory. Returns the BLAKE3 hash of the
+    /// bytes sent.
     pub fn put_from_file(
         &self,
         name: &str,
+        prefix: &[u8],
         file: &File,
         offset: u64,
         len: u64,
@@ -242,15 +286,8 @@ impl Client {
             file.read_exact_at(buf, offset + at)
                 .map_err(|e| ClientError(format!("reading what {}/{name} is made of: {e}", self.url)))
         };
-        if len <= PART_BYTES as u64 {
-            let mut buf = vec![0; len as usize];
-            read(&mut buf, 0)?;
-            let hash = blake3::hash(&buf);
-            self.put(name, Bytes::from(buf))?;
-            return Ok(hash);
-        }
         let key = self.key(name);
-        self.runtime.block_on(async {
+        self.run(name, async {
             let upload = self
                 .store
                 .put_multipart(&key)
@@ -258,6 +295,8 @@ impl Client {
                 .map_err(|e| self.fail("writing", name, &e))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
             let mut hasher = blake3::Hasher::new();
+            hasher.update(prefix);
+            writer.write(prefix);
             let mut buf = vec![0; PART_BYTES];
             let mut at = 0;
             while at < len {
@@ -267,7 +306,6 @@ impl Client {
                     return Err(e);
                 }
                 hasher.update(&buf[..n]);
-                // At most two parts in flight: bounded memory.
                 writer
                     .wait_for_capacity(2)
                     .await
@@ -285,13 +323,16 @@ impl Client {
 
     /// Reads object `name` into `file` (from its start) as it arrives;
     /// returns its length and BLAKE3 hash, or `None` if there is none.
+    /// Reading stops past `limit` bytes (the length returned is then more
+    /// than `limit`).
     pub fn get_to_file(
         &self,
         name: &str,
         file: &mut File,
+        limit: u64,
     ) -> Result<Option<(u64, blake3::Hash)>, ClientError> {
         let key = self.key(name);
-        self.runtime.block_on(async {
+        self.run(name, async {
             let result = match self.store.get(&key).await {
                 Ok(r) => r,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
@@ -306,6 +347,9 @@ impl Client {
                 file.write_all(&chunk)
                     .map_err(|e| ClientError(format!("writing {}/{name} to disk: {e}", self.url)))?;
                 len += chunk.len() as u64;
+                if len > limit {
+                    break;
+                }
             }
             Ok(Some((len, hasher.finalize())))
         })
@@ -314,10 +358,13 @@ impl Client {
     /// Writes object `name` whole, replacing any.
     pub fn put(&self, name: &str, bytes: Bytes) -> Result<(), ClientError> {
         let key = self.key(name);
-        self.runtime
-            .block_on(self.store.put(&key, PutPayload::from_bytes(bytes)))
-            .map(drop)
-            .map_err(|e| self.fail("writing", name, &e))
+        self.run(name, async {
+            self.store
+                .put(&key, PutPayload::from_bytes(bytes))
+                .await
+                .map(drop)
+                .map_err(|e| self.fail("writing", name, &e))
+        })
     }
 
     /// Writes object `name` if it does not exist (`version: None`) or if
@@ -337,28 +384,33 @@ impl Client {
             mode,
             ..Default::default()
         };
-        match self
-            .runtime
-            .block_on(self.store.put_opts(&key, PutPayload::from_bytes(bytes), options))
-        {
-            Ok(put) => Ok(Cas::Written(put.into())),
-            // A lost race; a server may answer a missing object's
-            // If-Match with either.
-            Err(
-                object_store::Error::Precondition { .. }
-                | object_store::Error::AlreadyExists { .. }
-                | object_store::Error::NotFound { .. },
-            ) => Ok(Cas::Lost),
-            Err(e) => Err(self.fail("writing", name, &e)),
-        }
+        self.run(name, async {
+            match self
+                .store
+                .put_opts(&key, PutPayload::from_bytes(bytes), options)
+                .await
+            {
+                Ok(put) => Ok(Cas::Written(put.into())),
+                // A lost race; a server may answer a missing object's
+                // If-Match with either.
+                Err(
+                    object_store::Error::Precondition { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::NotFound { .. },
+                ) => Ok(Cas::Lost),
+                Err(e) => Err(self.fail("writing", name, &e)),
+            }
+        })
     }
 
     /// Removes object `name` (none is no error).
     pub fn delete(&self, name: &str) -> Result<(), ClientError> {
         let key = self.key(name);
-        match self.runtime.block_on(self.store.delete(&key)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.fail("removing", name, &e)),
-        }
+        self.run(name, async {
+            match self.store.delete(&key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.fail("removing", name, &e)),
+            }
+        })
     }
 }

@@ -43,9 +43,11 @@ impl Writer {
         }
     }
 
-    /// "host pid N".
+    /// "host pid N" (a host name from the bucket shown without control
+    /// characters).
     pub fn describe(&self) -> String {
-        format!("{} pid {}", self.host, self.pid)
+        let host: String = self.host.chars().filter(|c| !c.is_control()).take(255).collect();
+        format!("{host} pid {}", self.pid)
     }
 }
 
@@ -193,9 +195,23 @@ impl CommitPoint {
             ));
         }
         let mut newest = 0;
+        let mut last_seq = 0;
+        let mut bases = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeSet::new();
         for p in &c.pieces {
             p.check().map_err(|e| format!("{COMMIT}: {e}"))?;
             newest = newest.max(p.last);
+            let fresh = names.insert(p.name.as_str())
+                && match p.kind {
+                    Kind::Base => bases.insert(p.first),
+                    Kind::Segment => std::mem::replace(&mut last_seq, p.seq) < p.seq,
+                };
+            if !fresh {
+                return Err(format!(
+                    "{COMMIT}: piece {:?} repeats a name, a base or a segment number, or its segment number is not above the one before",
+                    p.name
+                ));
+            }
         }
         if newest != c.newest {
             return Err(format!(
@@ -213,31 +229,36 @@ impl CommitPoint {
         v
     }
 
-    /// Generations the pieces hold.
+    /// Generations the pieces hold (a generation in a base and a segment
+    /// both is counted twice).
     pub fn generations(&self) -> u64 {
-        self.pieces.iter().map(|p| p.count).sum()
+        self.pieces
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.count))
     }
 
     /// Drops the pieces no longer needed to restore the newest `keep`
-    /// generations: everything before the newest base at or below the
-    /// `keep`-th newest generation's piece. Returns the dropped pieces.
+    /// generations (numbers from `newest - keep + 1` on: where numbers
+    /// skip, more are kept): every piece older than the newest base at or
+    /// below the oldest of them. Returns the dropped pieces.
     pub fn retain(&mut self, keep: u64) -> Vec<Piece> {
-        let mut seen = 0;
-        let mut oldest_needed = self.pieces.len();
-        for (i, p) in self.pieces.iter().enumerate().rev() {
-            oldest_needed = i;
-            seen += p.count;
-            if seen >= keep {
-                break;
-            }
-        }
-        let Some(base) = self.pieces[..=oldest_needed.min(self.pieces.len().saturating_sub(1))]
+        let oldest_kept = self.newest.saturating_sub(keep.saturating_sub(1)).max(1);
+        let Some(base) = self
+            .pieces
             .iter()
-            .rposition(|p| p.kind == Kind::Base)
+            .filter(|p| p.kind == Kind::Base && p.first <= oldest_kept)
+            .map(|p| p.first)
+            .max()
         else {
             return Vec::new();
         };
-        self.pieces.drain(..base).collect()
+        let needed = |p: &Piece| match p.kind {
+            Kind::Base => p.first >= base,
+            Kind::Segment => p.last > base,
+        };
+        let (kept, dropped) = self.pieces.drain(..).partition(needed);
+        self.pieces = kept;
+        dropped
     }
 }
 
@@ -283,7 +304,12 @@ impl Lease {
     }
 }
 
-/// A time in ms since the Unix epoch, as UTC text.
+/// A time in ms since the Unix epoch, as UTC text (as a number of ms when
+/// past what the format shows: the bucket is not trusted).
 pub fn utc(ms: u64) -> String {
+    // Year 9999 ends at 253402300800 s.
+    if ms >= 253_402_300_800_000 {
+        return format!("{ms} ms after the epoch");
+    }
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }

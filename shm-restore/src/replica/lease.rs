@@ -8,7 +8,7 @@ use bytes::Bytes;
 use object_store::UpdateVersion;
 
 use super::client::{Cas, Client, ClientError};
-use super::layout::{FORMAT, LEASE, Lease, VERSION, Writer, utc};
+use super::layout::{FORMAT, LEASE, Lease, MAX_DOCUMENT, VERSION, Writer, utc};
 
 /// Why a lease was not taken.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub fn acquire(client: &Client, me: &Writer, duration: Duration, take_over: bool
     for _ in 0..3 {
         let now = now_ms();
         let lease = lease_for(me, now, now, duration);
-        let (current, version) = match client.get(LEASE)? {
+        let (current, version) = match client.get(LEASE, MAX_DOCUMENT as u64)? {
             None => (None, None),
             Some((bytes, version)) => match Lease::decode(&bytes) {
                 Ok(l) => (Some(l), Some(version)),
@@ -104,7 +104,10 @@ pub fn acquire(client: &Client, me: &Writer, duration: Duration, take_over: bool
             Cas::Lost => continue,
         }
     }
-    match client.get(LEASE)?.map(|(b, _)| Lease::decode(&b)) {
+    match client
+        .get(LEASE, MAX_DOCUMENT as u64)?
+        .map(|(b, _)| Lease::decode(&b))
+    {
         Some(Ok(l)) => Err(Refused::Held(l)),
         _ => Err(Refused::Failed(
             "the lease changed under every attempt to take it".into(),
@@ -121,9 +124,22 @@ impl Held {
             now_ms(),
             self.duration,
         );
-        match self.put(client, &lease)? {
-            true => Ok(Renewed::Yes),
-            false => Ok(Renewed::Lost(holder(client))),
+        if self.put(client, &lease)? {
+            return Ok(Renewed::Yes);
+        }
+        // A write of ours that timed out but landed moved the version: the
+        // lease read back is still ours, and is adopted.
+        match client.get(LEASE, MAX_DOCUMENT as u64)? {
+            Some((bytes, version)) => match Lease::decode(&bytes) {
+                Ok(l) if l.writer == self.lease.writer => {
+                    self.version = version;
+                    self.lease = l;
+                    self.renew(client)
+                }
+                Ok(l) => Ok(Renewed::Lost(Some(l))),
+                Err(_) => Ok(Renewed::Lost(None)),
+            },
+            None => Ok(Renewed::Lost(None)),
         }
     }
 
@@ -161,7 +177,7 @@ impl Held {
 /// The lease in the bucket now, if one reads.
 pub fn holder(client: &Client) -> Option<Lease> {
     client
-        .get(LEASE)
+        .get(LEASE, MAX_DOCUMENT as u64)
         .ok()
         .flatten()
         .and_then(|(b, _)| Lease::decode(&b).ok())

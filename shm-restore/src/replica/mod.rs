@@ -21,7 +21,7 @@ use shm_snapshot::store::{Store, StoreOptions};
 use tracing::{info, warn};
 
 use client::{Cas, Client, ReplicaUrl};
-use layout::{COMMIT, CommitPoint, Writer, utc};
+use layout::{COMMIT, CommitPoint, MAX_DOCUMENT, Writer, utc};
 use lease::now_ms;
 
 /// The replica flags, resolved.
@@ -39,7 +39,7 @@ pub struct ReplicaOptions {
 
 /// Reads the commit point: `None` for an empty replica.
 pub fn read_commit(client: &Client) -> Result<Option<(CommitPoint, object_store::UpdateVersion)>> {
-    match client.get(COMMIT)? {
+    match client.get(COMMIT, MAX_DOCUMENT as u64)? {
         None => Ok(None),
         Some((bytes, version)) => {
             let commit = CommitPoint::decode(&bytes).map_err(|e| {
@@ -65,51 +65,71 @@ pub fn join(
     let url = &options.url;
     let client = Client::s3(url).map_err(|e| anyhow::anyhow!("replica {e}"))?;
     let me = Writer::me();
-    let held = lease::acquire(&client, &me, options.lease, options.take_over)
+    let mut held = lease::acquire(&client, &me, options.lease, options.take_over)
         .map_err(|e| anyhow::anyhow!("replica {url}: {e}"))?;
-    let found = read_commit(&client)?;
-    let (mut commit, version) = match found {
-        Some((c, v)) => (c, Some(v)),
-        None => (CommitPoint::empty(&me, now_ms()), None),
-    };
-    if let Some(previous) = Some(&commit.writer).filter(|w| **w != me && version.is_some()) {
-        info!(
-            "replica {url}: taking over from {} (commit point of {}, generation {})",
-            previous.describe(),
-            utc(commit.updated_ms),
-            commit.newest
-        );
-    }
-    commit.writer = me.clone();
-    commit.updated_ms = now_ms();
-    let commit_version = match client
-        .put_if(COMMIT, Bytes::from(commit.encode()), version)
-        .map_err(|e| anyhow::anyhow!("replica {e}"))?
-    {
-        Cas::Written(v) => v,
-        Cas::Lost => {
-            bail!("replica {url}: the commit point changed while this supervisor took the lease; start again")
+    // A start refused after the lease was taken gives it back at once, so
+    // the supervisor that should write the replica is not kept waiting.
+    let joined = (|| {
+        let found = read_commit(&client)?;
+        let (mut commit, version) = match found {
+            Some((c, v)) => (c, Some(v)),
+            None => (CommitPoint::empty(&me, now_ms()), None),
+        };
+        // Checked before anything in the replica changes.
+        let dir = store.dir().to_owned();
+        let pulling = store.generations().is_empty() && commit.newest > 0;
+        if !pulling {
+            check_continues(&store, &commit, &me, url, &dir)?;
+        }
+        if version.is_some() && commit.writer != me {
+            info!(
+                "replica {url}: taking over from {} (commit point of {}, generation {})",
+                commit.writer.describe(),
+                utc(commit.updated_ms),
+                commit.newest
+            );
+        }
+        // The commit point rewritten as this run's: from now on a deposed
+        // writer's conditional write fails (REPLICA.md, "Fencing").
+        commit.writer = me.clone();
+        commit.updated_ms = now_ms();
+        let commit_version = match client
+            .put_if(COMMIT, Bytes::from(commit.encode()), version)
+            .map_err(|e| anyhow::anyhow!("replica {e}"))?
+        {
+            Cas::Written(v) => v,
+            Cas::Lost => {
+                bail!(
+                    "replica {url}: the commit point changed while this supervisor took the lease; start again"
+                )
+            }
+        };
+        let store = if pulling {
+            let pulled = pull::pull(&client, &commit, &dir, None, store_options.fsync)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for why in &pulled.rejected {
+                warn!("replica {url}: {why}; an older generation is used");
+            }
+            info!(
+                generation = pulled.newest,
+                pieces = pulled.pieces,
+                bytes = pulled.bytes,
+                "pulled from the replica {url}"
+            );
+            drop(store);
+            Store::open(&dir, store_options)?
+        } else {
+            store
+        };
+        Ok::<_, anyhow::Error>((store, commit, commit_version))
+    })();
+    let (store, commit, commit_version) = match joined {
+        Ok(joined) => joined,
+        Err(e) => {
+            let _ = held.release(&client);
+            return Err(e);
         }
     };
-    let dir = store.dir().to_owned();
-    let store = if store.generations().is_empty() && commit.newest > 0 {
-        let pulled =
-            pull::pull(&client, &commit, &dir, None, store_options.fsync).map_err(|e| anyhow::anyhow!(e))?;
-        for why in &pulled.rejected {
-            warn!("replica {url}: {why}; an older generation is used");
-        }
-        info!(
-            generation = pulled.newest,
-            pieces = pulled.pieces,
-            bytes = pulled.bytes,
-            "pulled from the replica {url}"
-        );
-        drop(store);
-        Store::open(&dir, store_options)?
-    } else {
-        store
-    };
-    check_continues(&store, &commit, &me, url, &dir)?;
     let start = upload::Start {
         client,
         me,

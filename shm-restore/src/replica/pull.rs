@@ -42,7 +42,7 @@ fn fetch(client: &Client, p: &Piece, dir: &Path, fsync: bool) -> Result<Result<P
         .mode(0o600)
         .open(&temp)
         .map_err(disk)?;
-    let got = client.get_to_file(&p.name, &mut file);
+    let got = client.get_to_file(&p.name, &mut file, p.bytes);
     let verdict = match got {
         Err(e) => Err(e.0),
         Ok(None) => Err(format!("piece {} is missing", p.name)),
@@ -68,20 +68,22 @@ fn fetch(client: &Client, p: &Piece, dir: &Path, fsync: bool) -> Result<Result<P
 }
 
 /// Which pieces restore generation `target`: the newest base at or below
-/// it, then the segments after that base up to the one holding `target`,
-/// in order. Bases in `rejected_bases` are passed over for older ones.
+/// it, then the segments holding records after that base up to `target`,
+/// in segment order. Bases in `rejected_bases` are passed over for older
+/// ones.
 fn plan<'a>(commit: &'a CommitPoint, target: u64, rejected_bases: &[String]) -> Option<Vec<&'a Piece>> {
     let base = commit
         .pieces
         .iter()
-        .rposition(|p| p.kind == Kind::Base && p.first <= target && !rejected_bases.contains(&p.name))?;
-    let mut pieces = vec![&commit.pieces[base]];
-    for p in &commit.pieces[base + 1..] {
-        if p.kind == Kind::Segment && p.first <= target {
-            pieces.push(p);
-        }
-    }
-    Some(pieces)
+        .filter(|p| p.kind == Kind::Base && p.first <= target && !rejected_bases.contains(&p.name))
+        .max_by_key(|p| p.first)?;
+    let mut segments: Vec<&Piece> = commit
+        .pieces
+        .iter()
+        .filter(|p| p.kind == Kind::Segment && p.last > base.first && p.first <= target)
+        .collect();
+    segments.sort_by_key(|p| p.seq);
+    Some(std::iter::once(base).chain(segments).collect())
 }
 
 /// Pulls generation `target` (the newest, if `None`) into the empty store
@@ -164,7 +166,12 @@ pub fn pull(
 fn cut_after(dir: &Path, target: u64) -> std::io::Result<()> {
     let store = shm_snapshot::store::Store::open_read_only(dir).map_err(std::io::Error::other)?;
     let places = store.record_places(target..=target);
-    let Some(delta) = places.first().and_then(|p| p.delta.clone()) else {
+    let Some(place) = places.first() else {
+        return Err(std::io::Error::other(format!(
+            "generation {target} is not among the records pulled"
+        )));
+    };
+    let Some(delta) = place.delta.clone() else {
         return Ok(());
     };
     let file = std::fs::OpenOptions::new().write(true).open(&delta.path)?;

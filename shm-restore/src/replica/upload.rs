@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use object_store::UpdateVersion;
 use serde::{Deserialize, Serialize};
+use shm_snapshot::store::format::check_record;
 use shm_snapshot::store::format::segment::SegmentHeader;
 use shm_snapshot::store::{RecordPlace, RecordPlaces, Store};
 use tracing::{info, warn};
@@ -26,15 +27,24 @@ use crate::lag::LagHistogram;
 
 /// Records waiting past this many bytes are shipped before the interval
 /// ends.
-pub const EARLY_BYTES: u64 = 16 << 20;
-/// Most bytes of records in one segment piece.
-const MAX_PIECE_BYTES: u64 = 16 << 20;
+pub const EARLY_BYTES: u64 = 64 << 20;
+/// Most bytes of records in one segment piece: what a program changing
+/// 64 MiB a second makes in the default interval, so one piece (and one
+/// PUT) a tick carries it.
+pub const MAX_PIECE_BYTES: u64 = 64 << 20;
 /// The replica gets a new base once the segments since its last one weigh
-/// more than this or half that base, as the local store does.
-const BASE_AFTER_BYTES: u64 = 8 << 20;
+/// more than this or that base: a restore reads at most about two bases'
+/// worth, and a base goes up at most once per its own size of segments
+/// (the local store's threshold, half a base, would upload a 64 MiB base
+/// every second at 1,000 commits/s).
+const BASE_AFTER_BYTES: u64 = 16 << 20;
 /// A lease is used only with this much of it left: an upload that started
 /// then ends well before the lease could pass to another supervisor.
 const LEASE_MARGIN: Duration = Duration::from_secs(2);
+/// Of [`FINAL_UPLOAD`], what giving the lease up at the end may take.
+const RELEASE_TIME: Duration = Duration::from_secs(2);
+/// The uploader thread's nice value (Linux gives each thread its own).
+const UPLOADER_NICE: i32 = 10;
 /// Longest a clean stop waits to upload the generations not yet in the
 /// replica (`--help` says so).
 pub const FINAL_UPLOAD: Duration = Duration::from_secs(10);
@@ -81,6 +91,8 @@ pub struct Figures {
     pub last_upload_ms: Option<u64>,
     /// PUT requests made (pieces, commit points, leases).
     pub puts: u64,
+    /// Those of them that wrote the lease.
+    pub lease_puts: u64,
     /// Bytes of pieces uploaded.
     pub bytes_uploaded: u64,
     /// Median lag from durable locally to named by the commit point, ms.
@@ -227,18 +239,28 @@ impl Uploader {
     /// newest are read from `store`, which is held from now on.
     pub fn start(start: Start, store: &mut Store) -> std::io::Result<Uploader> {
         let head = start.commit.newest;
+        let all = store.record_places(..);
+        let newest_base = all.iter().rev().find(|p| p.base.is_some()).map(|p| p.number);
+        let has_head = all
+            .iter()
+            .any(|p| p.number == head && p.created_ms == start.commit.newest_created_ms);
+        drop(all);
+        if head > 0 && !has_head {
+            // The replica holds generations this store does not (a pull
+            // that fell back to an older generation, or records local
+            // retention removed): the next generation is a full one,
+            // numbered above the replica's, which the replica starts over
+            // from.
+            store.start_over_after(head);
+        }
         let durable = store.generations().last().map_or(0, |g| g.number);
-        // The newest local base: where the replica starts over when its
-        // newest generation is not in the local chain.
-        let from = if head > 0 {
-            head + 1
-        } else {
-            store
-                .record_places(..)
-                .iter()
-                .rev()
-                .find(|p| p.base.is_some())
-                .map_or(1, |p| p.number)
+        // What the uploader may still read: the generations after the
+        // replica's newest, and the newest local base (the replica's first
+        // piece when it is empty, a checkpoint otherwise).
+        let from = match (head, newest_base) {
+            (0, base) => base.unwrap_or(1),
+            (_, Some(base)) if has_head => base.min(head + 1),
+            _ => head + 1,
         };
         let now = Instant::now();
         let existing: Vec<_> = store
@@ -256,6 +278,7 @@ impl Uploader {
             behind_seconds: 0.0,
             last_upload_ms: None,
             puts: 0,
+            lease_puts: 0,
             bytes_uploaded: 0,
             lag_p50_ms: None,
             lag_p99_ms: None,
@@ -285,13 +308,20 @@ impl Uploader {
             feed: shared.clone(),
             local: BTreeMap::new(),
             next_seq,
+            base: None,
+            garbage: Vec::new(),
             failing: None,
             waiting_for_base: false,
             lease_state: LeaseState::Held,
         };
         let thread = std::thread::Builder::new()
             .name("replica".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                // Below the snapshot and sync threads, like the store's
+                // background work: uploads wait, generations do not.
+                let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), UPLOADER_NICE);
+                worker.run()
+            })?;
         Ok(Uploader {
             feed: Feed(shared),
             thread: Some(thread),
@@ -343,6 +373,12 @@ struct Worker {
     /// Durable local generations newer than the replica's newest.
     local: BTreeMap<u64, Local>,
     next_seq: u64,
+    /// The newest local base not yet in the replica as a base piece: what
+    /// the replica starts over from, or checkpoints with.
+    base: Option<Local>,
+    /// Pieces the commit point no longer names whose removal failed;
+    /// tried again after each commit.
+    garbage: Vec<String>,
     /// Since when uploads fail (one line per episode).
     failing: Option<Instant>,
     waiting_for_base: bool,
@@ -362,12 +398,22 @@ impl Worker {
         let mut next_try = Instant::now();
         loop {
             let stop_by = self.wait(next_try);
+            // Ticks keep their cadence whatever an upload takes: a record
+            // waits half an interval and one upload, on average.
+            let tick = Instant::now();
             self.absorb();
             self.bound();
             if self.lease_state != LeaseState::Lost {
                 self.keep_lease();
             }
             let mut uploaded = false;
+            let mut failed = false;
+            if let Some(by) = stop_by {
+                // Uploads get the stop's bound less what giving the lease
+                // up may take.
+                self.client
+                    .set_deadline(Some(by.checked_sub(RELEASE_TIME).unwrap_or(by)));
+            }
             if self.lease_state == LeaseState::Held {
                 match self.step() {
                     Ok(Step::Uploaded) => {
@@ -375,13 +421,17 @@ impl Worker {
                         self.recovered();
                     }
                     Ok(Step::Idle) => self.recovered(),
-                    Err(e) => self.failed(e),
+                    Err(e) => {
+                        failed = true;
+                        self.failed(e);
+                    }
                 }
             }
             self.publish();
             if let Some(by) = stop_by {
                 let caught_up = self.local.is_empty() || self.lease_state != LeaseState::Held;
-                if caught_up || Instant::now() >= by {
+                let upload_by = by.checked_sub(RELEASE_TIME).unwrap_or(by);
+                if caught_up || Instant::now() >= upload_by {
                     if !caught_up {
                         warn!(
                             behind = self.local.len(),
@@ -390,16 +440,23 @@ impl Worker {
                             self.commit.newest
                         );
                     }
+                    self.client.set_deadline(Some(by));
                     self.release();
                     self.publish();
                     return;
                 }
+                if failed {
+                    // Not a busy loop against a server that is down.
+                    std::thread::sleep(
+                        Duration::from_millis(100).min(upload_by.saturating_duration_since(Instant::now())),
+                    );
+                }
             }
-            // More waiting (a batch cut at its size limit): at once.
-            next_try = if uploaded && self.pending_bytes() > 0 {
+            // A batch cut at its size limit: the rest at once.
+            next_try = if uploaded && self.pending_bytes() >= MAX_PIECE_BYTES {
                 Instant::now()
             } else {
-                Instant::now() + self.interval
+                tick + self.interval
             };
         }
     }
@@ -432,7 +489,24 @@ impl Worker {
             s.new_bytes = 0;
             std::mem::take(&mut s.new)
         };
+        let replica_base = self.replica_base().map_or(0, |p| p.first);
         for (places, durable_at) in new {
+            // A base newer than the replica's newest base, whether or not
+            // its generation went up as a delta already. (The newest local
+            // base is in the chain of the newest generation, which local
+            // retention keeps; the hold keeps it from the next feed on.)
+            if places.base.is_some()
+                && places.number > replica_base
+                && self.base.as_ref().is_none_or(|b| b.places.number < places.number)
+            {
+                let mut s = self.feed.lock();
+                s.hold = Some(s.hold.map_or(places.number, |h| h.min(places.number)));
+                drop(s);
+                self.base = Some(Local {
+                    places: places.clone(),
+                    durable_at,
+                });
+            }
             if places.number <= self.commit.newest {
                 continue;
             }
@@ -497,14 +571,14 @@ impl Worker {
         }
         match self.lease.renew(&self.client) {
             Ok(Renewed::Yes) => {
-                self.count_put(0);
+                self.count_lease_put();
                 if self.lease_state == LeaseState::Expired {
                     info!("replica: lease renewed; uploads resume");
                 }
                 self.lease_state = LeaseState::Held;
             }
             Ok(Renewed::Lost(holder)) => {
-                self.count_put(0);
+                self.count_lease_put();
                 self.deposed(holder.map(|l| l.writer.describe()));
             }
             Err(e) => {
@@ -535,7 +609,7 @@ impl Worker {
 
     fn release(&mut self) {
         if self.lease_state == LeaseState::Held && self.lease.release(&self.client).is_ok() {
-            self.count_put(0);
+            self.count_lease_put();
             self.lease_state = LeaseState::Released;
         }
     }
@@ -562,6 +636,12 @@ impl Worker {
         self.feed.lock().figures.error = None;
     }
 
+    fn count_lease_put(&self) {
+        let mut s = self.feed.lock();
+        s.figures.puts += 1;
+        s.figures.lease_puts += 1;
+    }
+
     fn count_put(&self, bytes: u64) {
         let mut s = self.feed.lock();
         s.figures.puts += 1;
@@ -583,7 +663,7 @@ impl Worker {
 
     /// The deltas that continue the replica's newest generation, oldest
     /// first, up to a piece's worth.
-    fn chain(&self) -> Vec<&Local> {
+    fn chain(&self) -> Vec<u64> {
         let mut prev = self.commit.newest;
         let mut bytes = 0;
         let mut chain = Vec::new();
@@ -592,12 +672,21 @@ impl Worker {
                 Some(d) if d.parent == prev && (chain.is_empty() || bytes + d.len <= MAX_PIECE_BYTES) => {
                     bytes += d.len;
                     prev = l.places.number;
-                    chain.push(l);
+                    chain.push(l.places.number);
                 }
                 _ => break,
             }
         }
         chain
+    }
+
+    /// The replica's newest base piece.
+    fn replica_base(&self) -> Option<&Piece> {
+        self.commit
+            .pieces
+            .iter()
+            .filter(|p| p.kind == Kind::Base)
+            .max_by_key(|p| p.first)
     }
 
     /// Uploads one piece and moves the commit point to it.
@@ -606,30 +695,23 @@ impl Worker {
             return Ok(Step::Idle);
         }
         let head = self.commit.newest;
+        let (base_number, base_bytes) = self.replica_base().map_or((0, 0), |p| (p.first, p.bytes));
         let since_base: u64 = self
             .commit
             .pieces
             .iter()
-            .rev()
-            .take_while(|p| p.kind == Kind::Segment)
+            .filter(|p| p.kind == Kind::Segment && p.last > base_number)
             .map(|p| p.bytes)
             .sum();
-        let base_bytes = self
-            .commit
-            .pieces
-            .iter()
-            .rev()
-            .find(|p| p.kind == Kind::Base)
-            .map_or(0, |p| p.bytes);
-        let newest_base = self.local.values().rev().find(|l| l.places.base.is_some());
         let chain = if head == 0 { Vec::new() } else { self.chain() };
-        let base_due = since_base > BASE_AFTER_BYTES.max(base_bytes / 2);
-        let (piece, generations) = if !(chain.is_empty() || base_due && newest_base.is_some()) {
-            let (piece, bytes, generations) = self.segment_piece(&chain)?;
-            self.client.put(&piece.name, bytes).map_err(|e| e.0)?;
-            self.count_put(piece.bytes);
-            (piece, generations)
-        } else if let Some(base) = newest_base {
+        let base_due = since_base > BASE_AFTER_BYTES.max(base_bytes);
+        // A base continues nothing: when the deltas do not continue the
+        // replica, only one newer than its newest generation will do.
+        let usable = |b: &&Local| !chain.is_empty() || b.places.number > head;
+        let base = self.base.as_ref().filter(usable);
+        let (piece, generations) = if !(chain.is_empty() || base_due && base.is_some()) {
+            self.segment_piece(&chain)?
+        } else if let Some(base) = base {
             self.base_piece(base)?
         } else {
             if !self.waiting_for_base {
@@ -642,46 +724,39 @@ impl Worker {
             return Ok(Step::Idle);
         };
         self.waiting_for_base = false;
+        let is_base = piece.kind == Kind::Base;
         let mut next = self.commit.clone();
         next.writer = self.me.clone();
         next.updated_ms = now_ms();
-        next.newest = piece.last;
-        next.newest_created_ms = piece.last_created_ms;
+        if piece.last > next.newest {
+            next.newest = piece.last;
+            next.newest_created_ms = piece.last_created_ms;
+        }
         let seq = piece.seq;
         next.pieces.push(piece);
         let dropped = next.retain(self.keep);
-        if !self.lease.valid(LEASE_MARGIN) {
-            return Err("the lease is about to expire; the commit point waits for its renewal".into());
+        // An upload may have outlasted a third of the lease: renewed now,
+        // conditionally, it is still ours or it is lost.
+        if !self.lease.valid(LEASE_MARGIN) || self.lease.renew_due() {
+            self.keep_lease();
+            if self.lease_state != LeaseState::Held {
+                return Err("the lease is not held; the commit point waits for its renewal".into());
+            }
         }
-        match self
-            .client
-            .put_if(
-                COMMIT,
-                Bytes::from(next.encode()),
-                Some(self.commit_version.clone()),
-            )
-            .map_err(|e| e.0)?
-        {
-            Cas::Written(version) => {
-                self.count_put(0);
-                self.commit = next;
-                self.commit_version = version;
-            }
-            Cas::Lost => {
-                self.count_put(0);
-                let by = super::lease::holder(&self.client).map(|l| l.writer.describe());
-                self.deposed(by);
-                return Ok(Step::Idle);
-            }
+        if !self.put_commit(&next)? {
+            return Ok(Step::Idle);
         }
         if seq > 0 {
             self.next_seq = seq + 1;
         }
-        for p in dropped {
-            // Best effort: an object left behind is never read (the commit
-            // point does not name it) and the next retention tries again.
-            let _ = self.client.delete(&p.name);
+        if is_base {
+            self.base = None;
         }
+        // An object left behind is never read (the commit point does not
+        // name it); removals that fail are tried again after the next
+        // commit.
+        self.garbage.extend(dropped.into_iter().map(|p| p.name));
+        self.garbage.retain(|name| self.client.delete(name).is_err());
         let now = Instant::now();
         let newest = self.commit.newest;
         let mut s = self.feed.lock();
@@ -691,62 +766,191 @@ impl Worker {
             }
         }
         self.local.retain(|&n, _| n > newest);
-        s.hold = Some(newest + 1);
+        s.hold = Some(
+            self.base
+                .as_ref()
+                .map_or(newest + 1, |b| b.places.number.min(newest + 1)),
+        );
         s.figures.last_upload_ms = Some(self.commit.updated_ms);
         Ok(Step::Uploaded)
     }
 
-    /// A segment piece of `chain`: a segment header and the records.
-    fn segment_piece(&self, chain: &[&Local]) -> Result<(Piece, Bytes, Vec<u64>), String> {
+    /// Writes `next` as the commit point, conditionally on the version this
+    /// run last wrote. A lost race is read again: a write of ours that timed
+    /// out but landed is adopted (and the step tried again); another
+    /// writer's means this one is deposed. Whether `next` was written.
+    fn put_commit(&mut self, next: &CommitPoint) -> Result<bool, String> {
+        let written = self
+            .client
+            .put_if(
+                COMMIT,
+                Bytes::from(next.encode()),
+                Some(self.commit_version.clone()),
+            )
+            .map_err(|e| e.0)?;
+        self.count_put(0);
+        match written {
+            Cas::Written(version) => {
+                self.commit = next.clone();
+                self.commit_version = version;
+                Ok(true)
+            }
+            Cas::Lost => {
+                let found = super::read_commit(&self.client).map_err(|e| format!("{e:#}"))?;
+                match found {
+                    Some((commit, version)) if commit.writer == self.me => {
+                        // Ours: the pieces it names are ours and verified.
+                        self.commit = commit;
+                        self.commit_version = version;
+                        self.local.retain(|&n, _| n > self.commit.newest);
+                        Ok(false)
+                    }
+                    other => {
+                        let by = other.map(|(c, _)| c.writer.describe());
+                        self.deposed(by);
+                        Ok(false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Uploads a segment piece of `chain`: a segment header and the
+    /// records, each checked whole first (a record that does not check is
+    /// left out with the ones after it: nothing the commit point names may
+    /// fail to verify). A first record past [`MAX_PIECE_BYTES`] (a program
+    /// that rewrote most of a large region) goes up alone, streamed.
+    fn segment_piece(&mut self, chain: &[u64]) -> Result<(Piece, Vec<u64>), String> {
         let seq = self.next_seq;
         let header = SegmentHeader {
             seq,
             created_ms: now_ms(),
         };
-        let total: u64 = chain
-            .iter()
-            .filter_map(|l| l.places.delta.as_ref())
-            .map(|d| d.len)
-            .sum();
-        let mut bytes = Vec::with_capacity(64 + total as usize);
+        let first = &self.local[&chain[0]];
+        let first_delta = first.places.delta.clone().expect("a chain holds deltas");
+        if first_delta.len > MAX_PIECE_BYTES {
+            let file = File::open(&first_delta.path)
+                .map_err(|e| format!("reading {}: {e}", first_delta.path.display()))?;
+            let name = Piece::segment_name(seq, &self.me);
+            let hash = self
+                .client
+                .put_from_file(
+                    &name,
+                    &header.encode(),
+                    &file,
+                    first_delta.offset,
+                    first_delta.len,
+                )
+                .map_err(|e| e.0)?;
+            self.count_put(64 + first_delta.len);
+            let piece = self.describe_segment(name, seq, &chain[..1], 64 + first_delta.len, hash);
+            return Ok((piece, chain[..1].to_vec()));
+        }
+        let mut bytes =
+            Vec::with_capacity(64 + MAX_PIECE_BYTES.min(first_delta.len * chain.len() as u64) as usize);
         bytes.extend_from_slice(&header.encode());
         let mut files = Files::default();
-        for l in chain {
-            let d = l.places.delta.as_ref().expect("a chain holds deltas");
+        let mut taken = 0;
+        for &n in chain {
+            let d = self.local[&n]
+                .places
+                .delta
+                .as_ref()
+                .expect("a chain holds deltas");
+            let start = bytes.len();
             files.read(d, &mut bytes)?;
+            match check_record(&bytes[start..]) {
+                Ok(h) if h.number == n && h.parent == d.parent => taken += 1,
+                found => {
+                    bytes.truncate(start);
+                    let why = match found {
+                        Err(defect) => defect.to_string(),
+                        Ok(h) => format!("it holds generation {} on {}", h.number, h.parent),
+                    };
+                    warn!(
+                        generation = n,
+                        "replica: the local record of generation {n} does not check ({why}); it is not uploaded, and the replica waits for a newer base"
+                    );
+                    // Nothing that builds on it goes up either.
+                    self.local.retain(|&g, _| g < n);
+                    break;
+                }
+            }
         }
-        let first = chain.first().expect("a chain is not empty");
-        let last = chain.last().expect("a chain is not empty");
-        let piece = Piece {
-            name: Piece::segment_name(seq, &self.me),
-            kind: Kind::Segment,
-            seq,
-            first: first.places.number,
-            last: last.places.number,
-            count: chain.len() as u64,
-            parent: first.places.delta.as_ref().map_or(0, |d| d.parent),
-            last_created_ms: last.places.created_ms,
-            bytes: bytes.len() as u64,
-            blake3: blake3::hash(&bytes).to_hex().to_string(),
-        };
-        Ok((
-            piece,
-            Bytes::from(bytes),
-            chain.iter().map(|l| l.places.number).collect(),
-        ))
+        if taken == 0 {
+            return Err(format!(
+                "the local record of generation {} does not check",
+                chain[0]
+            ));
+        }
+        let hash = blake3::hash(&bytes);
+        let len = bytes.len() as u64;
+        let name = Piece::segment_name(seq, &self.me);
+        self.client.put(&name, Bytes::from(bytes)).map_err(|e| e.0)?;
+        self.count_put(len);
+        let piece = self.describe_segment(name, seq, &chain[..taken], len, hash);
+        Ok((piece, chain[..taken].to_vec()))
     }
 
-    /// Uploads a base piece: the local base file of `base`, whole, read
-    /// and sent in parts.
+    fn describe_segment(
+        &self,
+        name: String,
+        seq: u64,
+        chain: &[u64],
+        bytes: u64,
+        hash: blake3::Hash,
+    ) -> Piece {
+        let first = &self.local[&chain[0]].places;
+        let last = &self.local[&chain[chain.len() - 1]].places;
+        Piece {
+            name,
+            kind: Kind::Segment,
+            seq,
+            first: first.number,
+            last: last.number,
+            count: chain.len() as u64,
+            parent: first.delta.as_ref().map_or(0, |d| d.parent),
+            last_created_ms: last.created_ms,
+            bytes,
+            blake3: hash.to_hex().to_string(),
+        }
+    }
+
+    /// Uploads a base piece: the local base file of `base`, whole; checked
+    /// first when it is read into memory (up to [`MAX_PIECE_BYTES`]), sent
+    /// in parts past that (the store checked every page against its hash
+    /// when it built the base).
     fn base_piece(&self, base: &Local) -> Result<(Piece, Vec<u64>), String> {
         let place = base.places.base.as_ref().expect("chosen for its base");
         let number = base.places.number;
         let name = Piece::base_name(number, &self.me);
-        let file = File::open(&place.path).map_err(|e| format!("reading {}: {e}", place.path.display()))?;
-        let hash = self
-            .client
-            .put_from_file(&name, &file, place.offset, place.len)
-            .map_err(|e| e.0)?;
+        let hash = if place.len <= MAX_PIECE_BYTES {
+            let mut bytes = Vec::with_capacity(place.len as usize);
+            Files::default().read(place, &mut bytes)?;
+            match check_record(&bytes) {
+                Ok(h) if h.number == number && h.parent == 0 => {}
+                Ok(h) => {
+                    return Err(format!(
+                        "the local base of generation {number} holds generation {}",
+                        h.number
+                    ));
+                }
+                Err(defect) => {
+                    return Err(format!(
+                        "the local base of generation {number} does not check ({defect})"
+                    ));
+                }
+            }
+            let hash = blake3::hash(&bytes);
+            self.client.put(&name, Bytes::from(bytes)).map_err(|e| e.0)?;
+            hash
+        } else {
+            let file =
+                File::open(&place.path).map_err(|e| format!("reading {}: {e}", place.path.display()))?;
+            self.client
+                .put_from_file(&name, &[], &file, place.offset, place.len)
+                .map_err(|e| e.0)?
+        };
         self.count_put(place.len);
         let piece = Piece {
             name,
@@ -801,6 +1005,7 @@ pub fn log_summary(f: &Figures) {
         newest_generation = f.newest_generation,
         behind_generations = f.behind_generations,
         puts = f.puts,
+        lease_puts = f.lease_puts,
         bytes_uploaded = f.bytes_uploaded,
         lag_p50_ms = ms(f.lag_p50_ms),
         lag_p99_ms = ms(f.lag_p99_ms),
