@@ -165,7 +165,7 @@ pub fn inspect(url: &str, dir: Option<&Path>, json: bool) -> Result<ExitCode> {
             );
             println!(
                 "holds       {} ({} pieces, {})",
-                pull::held(c),
+                pull::generations_held(c),
                 c.pieces.len(),
                 human(out.bytes)
             );

@@ -61,7 +61,7 @@ pub fn join(
     keep: u64,
     store: Store,
     store_options: StoreOptions,
-) -> Result<(Store, upload::Start)> {
+) -> Result<(Store, upload::Joined)> {
     let url = &options.url;
     let client = Client::s3(url).map_err(|e| anyhow::anyhow!("replica {e}"))?;
     let me = Writer::me();
@@ -130,7 +130,7 @@ pub fn join(
             return Err(e);
         }
     };
-    let start = upload::Start {
+    let start = upload::Joined {
         client,
         me,
         lease: held,

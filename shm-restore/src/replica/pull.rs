@@ -109,7 +109,7 @@ pub fn pull(
         return Err(format!(
             "generation {target} is not in the replica {} (it holds {})",
             client.url(),
-            held(commit)
+            generations_held(commit)
         ));
     }
     let mut pulled = Pulled::default();
@@ -189,7 +189,7 @@ fn cut_after(dir: &Path, target: u64) -> std::io::Result<()> {
 }
 
 /// "generations 3 to 97" or "no generation".
-pub fn held(commit: &CommitPoint) -> String {
+pub fn generations_held(commit: &CommitPoint) -> String {
     match (commit.pieces.first(), commit.pieces.last()) {
         (Some(first), Some(_)) => format!(
             "{} generations, {} to {}",

@@ -12,7 +12,7 @@ use super::client::{Cas, Client, ReplicaUrl};
 use super::layout::{COMMIT, CommitPoint, Kind, Writer};
 use super::lease::{self, Refused, Renewed};
 use super::pull::pull;
-use super::upload::{LeaseState, Start, Uploader};
+use super::upload::{Joined, LeaseState, Uploader};
 
 const LEN: u64 = 4 * CHUNK_BYTES;
 
@@ -47,7 +47,7 @@ fn uploader(client: &Client, store: &mut Store, interval: Duration) -> Uploader 
     let Cas::Written(version) = client.put_if(COMMIT, Bytes::from(commit.encode()), None).unwrap() else {
         panic!("an empty bucket takes a commit point");
     };
-    let start = Start {
+    let start = Joined {
         client: client.share(),
         me,
         lease: held,

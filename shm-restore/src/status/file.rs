@@ -78,7 +78,7 @@ pub struct Status {
     pub updated_ms: u64,
     /// The replica, with `--replica`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica: Option<crate::replica::upload::Figures>,
+    pub replica: Option<crate::replica::upload::ReplicaFigures>,
 }
 
 /// Milliseconds since the Unix epoch, now.

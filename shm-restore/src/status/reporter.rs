@@ -106,7 +106,7 @@ struct Figures {
     generations: u64,
     bytes_written: u64,
     lags: LagHistogram,
-    replica: Option<crate::replica::upload::Figures>,
+    replica: Option<crate::replica::upload::ReplicaFigures>,
 }
 
 /// The snapshot figures in `shared` now.
