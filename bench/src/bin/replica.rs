@@ -4,7 +4,8 @@
 //! `--replica` and once with it, and reports the local generation rate of
 //! both, the replica lag (durable locally → named by the commit point) p50
 //! and p99, PUTs per minute and per interval, and bytes uploaded per byte
-//! changed; then the PUTs of an idle program (lease renewals only), and the
+//! changed; the local generation rate while the server is stopped
+//! (SIGSTOP); then the PUTs of an idle program (lease renewals only), and the
 //! time `shm-restore pull` takes to make a store of the 64 MiB region from
 //! the replica in an empty directory (download, checks, load).
 //!
@@ -81,6 +82,7 @@ fn run(
     replica: Option<&str>,
     rate: u32,
     window: Duration,
+    pause_after: Option<Duration>,
 ) -> Result<Run> {
     let release = release_dir()?;
     let log = dir.join(format!("{store}.log"));
@@ -102,7 +104,17 @@ fn run(
         .stderr(std::fs::File::create(&log)?);
     let started = Instant::now();
     let mut child = command.spawn().context("starting shm-restore")?;
-    std::thread::sleep(window);
+    match pause_after {
+        // The server stopped (SIGSTOP) for the rest of the window, and
+        // let go again before the clean stop.
+        Some(after) => {
+            std::thread::sleep(after);
+            server.pause();
+            std::thread::sleep(window.saturating_sub(after));
+            server.resume();
+        }
+        None => std::thread::sleep(window),
+    }
     let seconds = started.elapsed().as_secs_f64();
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&child),
@@ -153,14 +165,12 @@ fn bench(args: &Args) -> Result<()> {
     server.create_bucket(BUCKET);
     let window = Duration::from_secs(args.seconds);
     eprintln!("replica: {} s without --replica", args.seconds);
-    let plain = run(&server, dir, "plain", None, 1000, window)?;
+    let plain = run(&server, dir, "plain", None, 1000, window, None)?;
     eprintln!("replica: {} s with --replica", args.seconds);
     let url = format!("s3://{BUCKET}/loaded");
-    let replicated = run(&server, dir, "replicated", Some(&url), 1000, window)?;
-    eprintln!("replica: {} s of an idle program", args.seconds / 2);
-    let idle_url = format!("s3://{BUCKET}/idle");
-    let idle = run(&server, dir, "idle", Some(&idle_url), 0, window / 2)?;
-
+    let replicated = run(&server, dir, "replicated", Some(&url), 1000, window, None)?;
+    // Pulls while the server has only served uploads (before it is
+    // stopped and let go below).
     eprintln!("replica: {} pulls of the 64 MiB region", args.restores);
     let release = release_dir()?;
     let mut pulls = Vec::new();
@@ -176,6 +186,24 @@ fn bench(args: &Args) -> Result<()> {
         }
         pulls.push(started.elapsed().as_secs_f64() * 1000.0);
     }
+    eprintln!(
+        "replica: {} s with --replica, the server stopped after 5 s",
+        args.seconds
+    );
+    let paused_url = format!("s3://{BUCKET}/paused");
+    let paused = run(
+        &server,
+        dir,
+        "paused",
+        Some(&paused_url),
+        1000,
+        window,
+        Some(Duration::from_secs(5)),
+    )?;
+    eprintln!("replica: {} s of an idle program", args.seconds / 2);
+    let idle_url = format!("s3://{BUCKET}/idle");
+    let idle = run(&server, dir, "idle", Some(&idle_url), 0, window / 2, None)?;
+
     pulls.sort_by(f64::total_cmp);
     let puts = replicated.puts.unwrap_or(0.0);
     let lease_puts = replicated.lease_puts.unwrap_or(0.0);
@@ -190,6 +218,11 @@ fn bench(args: &Args) -> Result<()> {
         "| local generations/s with --replica | {:.0} ({:+.1}%) |",
         replicated.per_second,
         (replicated.per_second / plain.per_second - 1.0) * 100.0
+    );
+    println!(
+        "| local generations/s with --replica, the server stopped (SIGSTOP) after 5 s | {:.0} ({:+.1}%) |",
+        paused.per_second,
+        (paused.per_second / plain.per_second - 1.0) * 100.0
     );
     let ms = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.0} ms"));
     println!(
