@@ -37,6 +37,18 @@ fn supervise(server: &Server, dir: &Path, store: &str, flags: &[&str]) -> Proc {
     Proc::spawn(command)
 }
 
+/// A server with the bucket, a work directory, and a supervisor with
+/// `flags` on store `a` in it, replicating, its program started on an
+/// empty region.
+fn first_machine(flags: &[&str]) -> (Server, tempfile::TempDir, Proc) {
+    let server = Server::start();
+    server.create_bucket(BUCKET);
+    let dir = workdir();
+    let mut a = supervise(&server, dir.path(), "a", flags);
+    a.expect_out("restored primes=0");
+    (server, dir, a)
+}
+
 /// Runs `shm-restore` with `args` against the server.
 fn shm_restore(server: &Server, dir: &Path, args: &[&str]) -> Output {
     Command::new(bin("shm-restore"))
@@ -109,11 +121,7 @@ fn local_newest(server: &Server, dir: &Path, store: &str) -> u64 {
 
 #[test]
 fn a_second_machine_pulls_restores_and_carries_on_replicating() {
-    let server = Server::start();
-    server.create_bucket(BUCKET);
-    let dir = workdir();
-    let mut a = supervise(&server, dir.path(), "a", &[]);
-    a.expect_out("restored primes=0");
+    let (server, dir, mut a) = first_machine(&[]);
     // Some generations reach the replica while the program runs.
     wait_until("generations in the replica", || {
         replica_newest(&server, dir.path()) >= 20
@@ -230,11 +238,7 @@ fn a_second_machine_pulls_restores_and_carries_on_replicating() {
 
 #[test]
 fn one_writer_per_replica_and_a_stopped_holder_is_replaced() {
-    let server = Server::start();
-    server.create_bucket(BUCKET);
-    let dir = workdir();
-    let mut a = supervise(&server, dir.path(), "a", &["--replica-lease=3s"]);
-    a.expect_out("restored primes=0");
+    let (server, dir, mut a) = first_machine(&["--replica-lease=3s"]);
     wait_until("generations in the replica", || {
         replica_newest(&server, dir.path()) >= 5
     });
@@ -304,12 +308,8 @@ fn one_writer_per_replica_and_a_stopped_holder_is_replaced() {
 
 #[test]
 fn the_server_paused_then_killed_mid_run_costs_the_program_nothing_and_the_lag_drains() {
-    let mut server = Server::start();
-    server.create_bucket(BUCKET);
-    let dir = workdir();
+    let (mut server, dir, mut a) = first_machine(&[]);
     let store = dir.path().join("a");
-    let mut a = supervise(&server, dir.path(), "a", &[]);
-    a.expect_out("restored primes=0");
     wait_until("generations in the replica", || {
         replica_newest(&server, dir.path()) >= 5
     });
@@ -364,11 +364,7 @@ fn the_server_paused_then_killed_mid_run_costs_the_program_nothing_and_the_lag_d
 
 #[test]
 fn a_corrupted_piece_is_caught_on_pull_and_an_older_generation_used() {
-    let server = Server::start();
-    server.create_bucket(BUCKET);
-    let dir = workdir();
-    let mut a = supervise(&server, dir.path(), "a", &[]);
-    a.expect_out("restored primes=0");
+    let (server, dir, mut a) = first_machine(&[]);
     wait_until("several pieces in the replica", || {
         replica(&server, dir.path())["pieces"].as_array().unwrap().len() >= 3
     });

@@ -59,6 +59,36 @@ fn uploader(client: &Client, store: &mut Store, interval: Duration) -> Uploader 
     Uploader::start(start, store).unwrap()
 }
 
+/// A store in a temporary directory holding generation 1 of a region
+/// image, and an uploader on it shipping every `interval` to a fresh
+/// in-memory replica.
+struct Replicating {
+    dir: tempfile::TempDir,
+    client: Client,
+    store: Store,
+    image: Vec<u8>,
+    up: Uploader,
+    feed: super::upload::Feed,
+}
+
+fn replicating(interval: Duration) -> Replicating {
+    let dir = tempfile::tempdir().unwrap();
+    let client = Client::in_memory(&url());
+    let mut store = Store::open(dir.path(), options()).unwrap();
+    let mut image = vec![0u8; LEN as usize];
+    write(&mut store, &mut image, 1);
+    let up = uploader(&client, &mut store, interval);
+    let feed = up.feed();
+    Replicating {
+        dir,
+        client,
+        store,
+        image,
+        up,
+        feed,
+    }
+}
+
 fn commit_of(client: &Client) -> CommitPoint {
     let (bytes, _) = client.get(COMMIT, u64::MAX).unwrap().expect("a commit point");
     CommitPoint::decode(&bytes).unwrap()
@@ -84,14 +114,15 @@ fn load(dir: &std::path::Path) -> (u64, Vec<u8>, Vec<u8>) {
 
 #[test]
 fn generations_reach_the_replica_in_batches_and_pull_back_byte_for_byte() {
-    let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let client = Client::in_memory(&url());
-    let mut store = Store::open(a.path(), options()).unwrap();
-    let mut image = vec![0u8; LEN as usize];
-    write(&mut store, &mut image, 1);
-    let up = uploader(&client, &mut store, Duration::from_millis(200));
-    let feed = up.feed();
+    let Replicating {
+        dir: a,
+        client,
+        mut store,
+        mut image,
+        up,
+        feed,
+    } = replicating(Duration::from_millis(200));
     for i in 2..=300 {
         write(&mut store, &mut image, i);
         feed.feed(&mut store);
@@ -124,14 +155,15 @@ fn generations_reach_the_replica_in_batches_and_pull_back_byte_for_byte() {
 
 #[test]
 fn a_corrupt_newest_piece_is_refused_on_pull_and_an_older_generation_used() {
-    let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let client = Client::in_memory(&url());
-    let mut store = Store::open(a.path(), options()).unwrap();
-    let mut image = vec![0u8; LEN as usize];
-    write(&mut store, &mut image, 1);
-    let up = uploader(&client, &mut store, Duration::from_millis(50));
-    let feed = up.feed();
+    let Replicating {
+        dir: _a,
+        client,
+        mut store,
+        mut image,
+        up,
+        feed,
+    } = replicating(Duration::from_millis(50));
     write(&mut store, &mut image, 2);
     feed.feed(&mut store);
     wait_for(&client, 2);
@@ -160,14 +192,15 @@ fn a_corrupt_newest_piece_is_refused_on_pull_and_an_older_generation_used() {
 
 #[test]
 fn pull_of_an_older_generation_stops_there() {
-    let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let client = Client::in_memory(&url());
-    let mut store = Store::open(a.path(), options()).unwrap();
-    let mut image = vec![0u8; LEN as usize];
-    write(&mut store, &mut image, 1);
-    let up = uploader(&client, &mut store, Duration::from_millis(50));
-    let feed = up.feed();
+    let Replicating {
+        dir: _a,
+        client,
+        mut store,
+        mut image,
+        up,
+        feed,
+    } = replicating(Duration::from_millis(50));
     for i in 2..=10 {
         write(&mut store, &mut image, i);
     }
@@ -222,13 +255,14 @@ fn an_expired_lease_is_taken_without_take_over() {
 
 #[test]
 fn a_deposed_uploader_never_moves_the_commit_point() {
-    let a = tempfile::tempdir().unwrap();
-    let client = Client::in_memory(&url());
-    let mut store = Store::open(a.path(), options()).unwrap();
-    let mut image = vec![0u8; LEN as usize];
-    write(&mut store, &mut image, 1);
-    let up = uploader(&client, &mut store, Duration::from_millis(20));
-    let feed = up.feed();
+    let Replicating {
+        dir: _a,
+        client,
+        mut store,
+        mut image,
+        up,
+        feed,
+    } = replicating(Duration::from_millis(20));
     wait_for(&client, 1);
     // Another supervisor takes over and writes the commit point as its
     // own (what joining a replica does).
@@ -358,13 +392,14 @@ fn a_base_larger_than_a_part_goes_up_in_parts_and_pulls_back_whole() {
 
 #[test]
 fn a_commit_point_of_our_own_that_moved_under_us_is_adopted_not_taken_for_a_rival() {
-    let a = tempfile::tempdir().unwrap();
-    let client = Client::in_memory(&url());
-    let mut store = Store::open(a.path(), options()).unwrap();
-    let mut image = vec![0u8; LEN as usize];
-    write(&mut store, &mut image, 1);
-    let up = uploader(&client, &mut store, Duration::from_millis(20));
-    let feed = up.feed();
+    let Replicating {
+        dir: _a,
+        client,
+        mut store,
+        mut image,
+        up,
+        feed,
+    } = replicating(Duration::from_millis(20));
     wait_for(&client, 1);
     // What a write that timed out but landed leaves: the same document,
     // ours, under a version the uploader never saw.
