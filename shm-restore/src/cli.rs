@@ -82,7 +82,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub snapshot: PathBuf,
 
-    /// Region size, in bytes or human units (64MiB, 1GiB); rounded up to a page; with the supervisor's copy of it, about twice this must be available. [default: 64MiB]
+    /// Region size, in bytes or human units (64MiB, 1GiB); rounded up to a page; this, and about 4% of it and 48 MiB more for the supervisor, must be available (README, "Memory"). [default: 64MiB]
     #[arg(long, value_name = "SIZE", default_value = "64MiB", hide_default_value = true, value_parser = parse_size)]
     pub size: u64,
 
@@ -151,11 +151,11 @@ pub struct Args {
     #[arg(long, value_name = "URL", value_parser = parse_replica)]
     pub replica: Option<crate::replica::client::ReplicaUrl>,
 
-    /// How often generations durable locally are shipped to the replica, in one piece per batch (sooner past 16 MiB waiting).
+    /// How often generations durable locally are shipped to the replica, in one piece per batch (sooner past 64 MiB waiting).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout, requires = "replica")]
     pub replica_interval: Duration,
 
-    /// How long the replica's lease holds unless renewed (renewed every third of it); a supervisor that cannot renew it stops uploading.
+    /// How long the replica's lease holds unless renewed (renewed every third of it); a supervisor that cannot renew it stops uploading. Each host judges expiry by its own clock: hosts sharing a replica need clocks that agree to well within this.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_lease, requires = "replica")]
     pub replica_lease: Duration,
 
