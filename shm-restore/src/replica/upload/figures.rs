@@ -70,8 +70,11 @@ impl ReplicaFigures {
             .newest_generation
             .map_or_else(|| "none".to_owned(), |g| g.to_string());
         format!(
-            "replica generation {newest}, {} behind, lease {}",
+            "replica generation {newest}, {} behind ({:.0}s), {} PUTs, {:.1} MiB up, lease {}",
             self.behind_generations,
+            self.behind_seconds,
+            self.puts,
+            self.bytes_uploaded as f64 / (1u64 << 20) as f64,
             match self.lease {
                 LeaseState::Held => "held",
                 LeaseState::Expired => "expired",
@@ -97,4 +100,32 @@ pub fn log_summary(f: &ReplicaFigures) {
         lease = ?f.lease,
         "replica summary"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_names_lag_puts_bytes_and_the_lease() {
+        let f = ReplicaFigures {
+            url: "s3://b/p".into(),
+            lease: LeaseState::Expired,
+            lease_until_ms: 0,
+            newest_generation: Some(41),
+            behind_generations: 3,
+            behind_seconds: 2.4,
+            last_upload_ms: None,
+            puts: 17,
+            lease_puts: 2,
+            bytes_uploaded: 3 << 20,
+            lag_p50_ms: None,
+            lag_p99_ms: None,
+            error: None,
+        };
+        assert_eq!(
+            f.summary(),
+            "replica generation 41, 3 behind (2s), 17 PUTs, 3.0 MiB up, lease expired"
+        );
+    }
 }
