@@ -319,12 +319,15 @@ fn the_server_paused_then_killed_mid_run_costs_the_program_nothing_and_the_lag_d
             "paused" => server.pause(),
             _ => server.kill(),
         }
-        // Local generations go on while the replica falls behind.
+        // Local generations go on while the replica falls behind, until
+        // the uploader has seen a request fail (a stopped server answers
+        // nothing: that takes a request's timeout).
         let g = status(&store)["generations"].as_u64().unwrap();
         wait_until("local generations while the server is down", || {
             let s = status(&store);
             s["generations"].as_u64().unwrap() > g + 50
                 && s["replica"]["behind_generations"].as_u64().unwrap() > 10
+                && !s["replica"]["error"].is_null()
         });
         match episode {
             "paused" => server.resume(),
