@@ -98,8 +98,11 @@ fn init_logging(verbose: u8, quiet: u8) {
         (_, 1) => "warn",
         (_, _) => "error",
     };
+    // The object-store client logs each retry of each request: a server
+    // that is down would flood the log the supervisor keeps to one line
+    // per episode. Its warnings and errors stay.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},object_store=warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -243,6 +243,25 @@ fn one_writer_per_replica_and_a_stopped_holder_is_replaced() {
         replica_newest(&server, dir.path()) >= 5
     });
 
+    // Credentials the server refuses: the start is refused in one line
+    // naming the server's answer, and the replica is untouched.
+    let mut wrong = Command::new(bin("shm-restore"));
+    wrong
+        .current_dir(dir.path())
+        .envs(server.env())
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["--snapshot=c", "--size=4MiB", "--replica", URL, "--"])
+        .arg(bin("primes-snapshot"));
+    let out = wrong.output().expect("shm-restore runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refusal = stderr
+        .lines()
+        .find(|l| l.starts_with("shm-restore: "))
+        .unwrap_or_default();
+    assert!(refusal.contains("403") && refusal.contains(URL), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "the program ran");
+
     // A second supervisor is refused while the first holds the lease.
     let mut b = supervise(&server, dir.path(), "b", &["--replica-lease=3s"]);
     assert_eq!(b.wait().code(), Some(1), "{}", b.transcript());

@@ -135,6 +135,16 @@ fn line(e: &object_store::Error) -> String {
         text = s.to_string();
         source = s.source();
     }
+    // An S3 error body: its code and message, not the XML around them.
+    let tag = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let end = start + text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..end].to_owned())
+    };
+    if let (Some(code), Some(message)) = (tag("Code"), tag("Message")) {
+        let status = text.split('<').next().unwrap_or("").trim().trim_end_matches(':');
+        text = format!("{status} ({code}: {message})");
+    }
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
