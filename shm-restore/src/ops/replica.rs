@@ -138,9 +138,9 @@ pub fn inspect(url: &str, dir: Option<&Path>, json: bool) -> Result<ExitCode> {
         updated_ms: commit.as_ref().map(|c| c.updated_ms),
         writer: commit.as_ref().map(|c| c.writer.describe()),
         generations: commit.as_ref().map_or(0, |c| c.generations()),
-        bytes: commit
-            .as_ref()
-            .map_or(0, |c| c.pieces.iter().map(|p| p.bytes).sum()),
+        bytes: commit.as_ref().map_or(0, |c| {
+            c.pieces.iter().fold(0u64, |sum, p| sum.saturating_add(p.bytes))
+        }),
         pieces: commit.as_ref().map_or_else(Vec::new, |c| c.pieces.clone()),
         lease: lease.as_ref().map(|l: &Lease| LeaseJson {
             holder: l.writer.host.clone(),

@@ -217,7 +217,14 @@ impl Uploader {
             }),
             wake: Condvar::new(),
         });
-        let next_seq = start.commit.pieces.iter().map(|p| p.seq).max().unwrap_or(0) + 1;
+        let next_seq = start
+            .commit
+            .pieces
+            .iter()
+            .map(|p| p.seq)
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
         let mut worker = Worker {
             client: start.client,
             me: start.me,

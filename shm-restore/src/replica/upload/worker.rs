@@ -357,8 +357,7 @@ impl Worker {
             .pieces
             .iter()
             .filter(|p| p.kind == Kind::Segment && p.last > base_number)
-            .map(|p| p.bytes)
-            .sum();
+            .fold(0u64, |sum, p| sum.saturating_add(p.bytes));
         let chain = if head == 0 { Vec::new() } else { self.chain() };
         let base_due = since_base > REPLICA_BASE_AFTER_BYTES.max(base_bytes.saturating_mul(2));
         // A base continues nothing: when the deltas do not continue the
