@@ -57,6 +57,12 @@ impl Worker {
             // Ticks keep their cadence whatever an upload takes: a record
             // waits half an interval and one upload, on average.
             let tick = Instant::now();
+            if let Some(by) = stop_by {
+                // Every request gets the stop's bound less what giving the
+                // lease up may take.
+                self.client
+                    .set_deadline(Some(by.checked_sub(RELEASE_TIME).unwrap_or(by)));
+            }
             self.absorb();
             self.bound();
             if self.lease_state != LeaseState::Lost {
@@ -64,12 +70,6 @@ impl Worker {
             }
             let mut uploaded = false;
             let mut failed = false;
-            if let Some(by) = stop_by {
-                // Uploads get the stop's bound less what giving the lease
-                // up may take.
-                self.client
-                    .set_deadline(Some(by.checked_sub(RELEASE_TIME).unwrap_or(by)));
-            }
             if self.lease_state == LeaseState::Held {
                 match self.step() {
                     Ok(Step::Uploaded) => {
