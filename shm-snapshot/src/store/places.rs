@@ -108,7 +108,8 @@ impl Store {
     }
 
     /// Generations whose base file joined the store since the last call,
-    /// oldest first: bases built in the background from the log. (A full
+    /// oldest first, while a [`Store::hold`] is set: bases built in the
+    /// background from the log. (A full
     /// generation written in place of a delta is reported as it becomes
     /// durable, by [`Store::take_synced`].)
     pub fn take_new_bases(&mut self) -> Vec<u64> {

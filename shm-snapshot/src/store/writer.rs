@@ -197,7 +197,10 @@ impl Store {
             header: built.header,
             whole_file: true,
         });
-        self.new_bases.push(built.number);
+        // Only a reader that holds records asks which bases came.
+        if self.held.is_some() {
+            self.new_bases.push(built.number);
+        }
         self.writer().retain_after = Some(built.number);
         self.retain();
     }
