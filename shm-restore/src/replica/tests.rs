@@ -334,7 +334,11 @@ fn the_commit_point_keeps_what_the_newest_generations_need() {
         commit.pieces
     );
     // Newer bases went up (the first one, of generation 1, is gone), and
-    // what the replica holds stays within a few bases' worth.
+    // the replica holds a bounded part of the 800 MiB uploaded: for each
+    // of at most two bases the newest 4 generations need, the base (4 MiB),
+    // the segments before the next checkpoint (16 MiB) and one more piece
+    // (at most 64 MiB; how many deltas a piece holds depends on how busy
+    // the machine is): 168 MiB at most.
     let oldest_base = commit
         .pieces
         .iter()
@@ -344,7 +348,7 @@ fn the_commit_point_keeps_what_the_newest_generations_need() {
     assert!(oldest_base > Some(100), "{:?}", commit.pieces);
     let held: u64 = commit.pieces.iter().map(|p| p.bytes).sum();
     assert!(
-        held < 40 << 20,
+        held <= 168 << 20,
         "the replica holds {held} bytes: {:?}",
         commit.pieces
     );
