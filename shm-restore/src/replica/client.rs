@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
-
 use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
 use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
-    UpdateVersion, WriteMultipart,
+    BackoffConfig, ClientOptions, GetResult, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion, WriteMultipart,
 };
 
 /// Larger ones go up in parts of this size, at most two in flight.
@@ -254,15 +253,21 @@ impl Client {
         ClientError(format!("{what} {}/{name}: {}", self.url, line(e)))
     }
 
+    /// Starts reading object `name`; `None` if there is none.
+    async fn open(&self, name: &str) -> Result<Option<GetResult>, ClientError> {
+        match self.store.get(&self.key(name)).await {
+            Ok(r) => Ok(Some(r)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("reading", name, &e)),
+        }
+    }
+
     /// Object `name` and its version; `None` if there is none. An object
     /// longer than `cap` bytes is refused before it is read.
     pub fn get(&self, name: &str, cap: u64) -> Result<Option<(Bytes, UpdateVersion)>, ClientError> {
-        let key = self.key(name);
         self.run(name, async {
-            let result = match self.store.get(&key).await {
-                Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.fail("reading", name, &e)),
+            let Some(result) = self.open(name).await? else {
+                return Ok(None);
             };
             if result.meta.size > cap {
                 return Err(ClientError(format!(
@@ -341,12 +346,9 @@ impl Client {
         file: &mut File,
         limit: u64,
     ) -> Result<Option<(u64, blake3::Hash)>, ClientError> {
-        let key = self.key(name);
         self.run(name, async {
-            let result = match self.store.get(&key).await {
-                Ok(r) => r,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(self.fail("reading", name, &e)),
+            let Some(result) = self.open(name).await? else {
+                return Ok(None);
             };
             let mut stream = result.into_stream();
             let mut hasher = blake3::Hasher::new();
